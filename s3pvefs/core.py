@@ -1,0 +1,578 @@
+"""The filesystem core: every operation the mount supports, on inodes, without the kernel.
+
+Callers (the pyfuse3 adapter, or unit tests) pass inode numbers, names as str and handles as
+ints; failures are FsError with the errno to answer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from dataclasses import dataclass
+
+import trio
+
+from .blockcache import BlockCache, CachedFile
+from .config import Config
+from .errors import FsError
+from .listing import Directories, walk
+from .names import PROXMOX_DIRS, Attributes, check_key_length, encode_attributes
+from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
+from .reader import BlockReader
+from .store import ObjectStore
+from .uploader import MAX_OBJECT_SIZE, Uploader
+
+log = logging.getLogger(__name__)
+
+STATFS_BLOCK = 4096
+
+
+@dataclass
+class Handle:
+    node: Node
+    writable: bool
+
+
+@dataclass
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    files: int
+    files_free: int
+    name_max: int = 255
+
+
+class FsCore:
+    def __init__(self, config: Config, store: ObjectStore, cache: BlockCache):
+        self.config = config
+        self.prefix = config.prefix
+        self.store = store
+        self.cache = cache
+        self.inodes = InodeTable()
+        self.reader = BlockReader(store, config.max_connections)
+        self.uploader = Uploader(store, self.reader, config)
+        self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
+                                self.default_attributes, config.max_connections)
+        self.handles: dict[int, Handle] = {}
+        self._next_handle = 1
+        self.root = self.inodes.new(None, "", self.default_attributes(stat.S_IFDIR, now_ns()))
+        self.root.meta_loaded = True
+
+    def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
+        permissions = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
+        return Attributes(kind | permissions, self.config.uid, self.config.gid, mtime_ns)
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    async def create_proxmox_dirs(self) -> None:
+        """Make the content directories exist (as markers) before the first request."""
+        for path in PROXMOX_DIRS:
+            parent = self.root
+            for part in path.split("/"):
+                await self.dirs.ensure_listed(parent)
+                child = parent.children.get(part)
+                if child is None or not child.is_dir:
+                    child = await self._make_directory(parent, part, self.config.dir_mode,
+                                                       self.config.uid, self.config.gid)
+                parent = child
+
+    def dirty_nodes(self) -> list[Node]:
+        return [node for node in self.inodes if node.needs_upload]
+
+    async def shutdown(self) -> None:
+        """Upload everything that is not on S3 yet."""
+        await self.uploader.drain(self.dirty_nodes())
+
+    # -- lookups and attributes -------------------------------------------------------------
+
+    def node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise FsError(errno.ENOENT, f"unknown inode {ino}")
+        return node
+
+    def remember(self, node: Node) -> Node:
+        """The kernel got a reference to ``node`` (lookup count + 1)."""
+        node.lookups += 1
+        return node
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.inodes.get(ino)
+        if node is None or ino == ROOT_INODE:
+            return
+        node.lookups -= count
+        if node.lookups <= 0 and node.unlinked and node.open_count == 0:
+            self.inodes.drop(node)
+
+    async def lookup(self, parent_ino: int, name: str) -> Node:
+        parent = self.node(parent_ino)
+        if name == ".":
+            return self.remember(parent)
+        if name == "..":
+            return self.remember(parent.parent or parent)
+        child = await self._child(parent, name)
+        await self._load_attributes(parent, name, child)
+        return self.remember(child)
+
+    async def _child(self, parent: Node, name: str) -> Node:
+        await self.dirs.ensure_listed(parent)
+        child = parent.children.get(name)
+        if child is None:
+            raise FsError(errno.ENOENT)
+        return child
+
+    async def _load_attributes(self, parent: Node, name: str, child: Node) -> None:
+        try:
+            await self.dirs.load_attributes(child)
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            self.dirs.detach(parent, name, child)  # deleted on S3 since the listing
+            raise
+
+    async def getattr(self, ino: int) -> Node:
+        node = self.node(ino)
+        if not node.meta_loaded and node.parent is not None and not node.unlinked:
+            await self._load_attributes(node.parent, node.name, node)
+        return node
+
+    async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
+                      mtime_ns=None) -> Node:
+        node = await self.getattr(ino)
+        if size is not None:
+            await self._truncate(node, size)
+        if mode is not None:
+            node.mode = stat.S_IFMT(node.mode) | (mode & 0o7777)
+        if uid is not None:
+            node.uid = uid
+        if gid is not None:
+            node.gid = gid
+        if mtime_ns is not None:
+            node.mtime_ns = mtime_ns
+        node.ctime_ns = now_ns()
+        if any(v is not None for v in (mode, uid, gid, mtime_ns)):
+            await self._publish_attributes(node)
+        elif size is not None:
+            self._after_change(node)
+        return node
+
+    async def _publish_attributes(self, node: Node) -> None:
+        if node.is_dir:
+            if node.parent is not None:  # the root has no marker
+                await self.store.put(node.key(self.prefix), b"", encode_attributes(node.attributes()))
+            return
+        node.attributes_changed()
+        self._after_change(node)
+
+    def _after_change(self, node: Node) -> None:
+        """Upload a closed file's change in the background; open files upload on release."""
+        if node.write_handles == 0 and node.needs_upload:
+            self.uploader.schedule(node)
+
+    async def _truncate(self, node: Node, size: int) -> None:
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if not node.is_file:
+            raise FsError(errno.EINVAL)
+        if size > MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG)
+        data = self._data(node)
+        async with data.write_lock:
+            await data.truncate(node.size, size)
+            node.size = size
+        node.mtime_ns = now_ns()
+        node.data_changed()
+
+    async def readlink(self, ino: int) -> str:
+        node = self.node(ino)
+        if not node.is_symlink:
+            raise FsError(errno.EINVAL)
+        if node.symlink_target is None:
+            body = await self.store.get(node.base.key)
+            node.symlink_target = body.decode("utf-8", "surrogateescape")
+        return node.symlink_target
+
+    # -- directories ------------------------------------------------------------------------
+
+    async def readdir(self, ino: int) -> list[tuple[str, Node]]:
+        """A snapshot of the entries, with their attributes loaded."""
+        directory = self.node(ino)
+        await self.dirs.ensure_listed(directory)
+        entries = sorted(directory.children.items())
+        await self.dirs.load_many([node for _, node in entries])
+        return [(name, node) for name, node in entries if not node.unlinked]
+
+    async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
+        parent = self.node(parent_ino)
+        await self._check_free(parent, name)
+        return self.remember(await self._make_directory(parent, name, mode, uid, gid))
+
+    async def _make_directory(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
+        attrs = Attributes(stat.S_IFDIR | (mode & 0o7777), uid, gid, now_ns())
+        node = self.inodes.new(parent, name, attrs)
+        key = node.key(self.prefix)
+        try:
+            check_key_length(key)
+            await self.store.put(key, b"", encode_attributes(attrs))
+        except BaseException:
+            self.inodes.drop(node)
+            raise
+        node.meta_loaded = True
+        node.listed_at = trio.current_time()  # new and empty: nothing to list
+        self._insert(parent, name, node)
+        return node
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        parent = self.node(parent_ino)
+        node = await self._child(parent, name)
+        if not node.is_dir:
+            raise FsError(errno.ENOTDIR)
+        await self._check_empty(node)
+        await self.store.delete(node.key(self.prefix))
+        self._remove(parent, name, node)
+
+    async def _check_empty(self, directory: Node) -> None:
+        await self.dirs.ensure_listed(directory)
+        if any(not child.unlinked for child in directory.children.values()):
+            raise FsError(errno.ENOTEMPTY)
+        if await self.dirs.has_remote_children(directory):  # a listing may be up to dir_ttl old
+            self.dirs.invalidate(directory)
+            raise FsError(errno.ENOTEMPTY)
+
+    async def _check_free(self, parent: Node, name: str) -> None:
+        await self.dirs.ensure_listed(parent)
+        if name in parent.children:
+            raise FsError(errno.EEXIST)
+        check_key_length(parent.key(self.prefix) + name + "/")
+
+    def _insert(self, parent: Node, name: str, node: Node) -> None:
+        parent.children[name] = node
+        parent.mtime_ns = parent.ctime_ns = now_ns()
+        parent.touch()
+        node.touch()
+
+    def _remove(self, parent: Node, name: str, node: Node) -> None:
+        parent.remember_removal(name)
+        parent.mtime_ns = parent.ctime_ns = now_ns()
+        self.dirs.detach(parent, name, node)
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _data(self, node: Node) -> CachedFile:
+        if node.data is None:
+            node.data = self.cache.new_file()
+            node.data.reset_base(node.base.size if node.base is not None else 0)
+        return node.data
+
+    def _open_handle(self, node: Node, flags: int) -> int:
+        writable = (flags & os.O_ACCMODE) != os.O_RDONLY
+        node.open_count += 1
+        if writable:
+            node.write_handles += 1
+        self._data(node).pins += 1
+        handle = self._next_handle
+        self._next_handle += 1
+        self.handles[handle] = Handle(node, writable)
+        return handle
+
+    def handle(self, fh: int) -> Handle:
+        handle = self.handles.get(fh)
+        if handle is None:
+            raise FsError(errno.EBADF)
+        return handle
+
+    async def create(self, parent_ino: int, name: str, mode: int, flags: int,
+                     uid: int, gid: int) -> tuple[int, Node]:
+        parent = self.node(parent_ino)
+        await self._check_free(parent, name)
+        attrs = Attributes(stat.S_IFREG | (mode & 0o7777), uid, gid, now_ns())
+        node = self.inodes.new(parent, name, attrs)
+        node.meta_loaded = True
+        node.data_changed()  # even an empty new file becomes an object
+        self._insert(parent, name, node)
+        return self._open_handle(node, flags), self.remember(node)
+
+    async def open(self, ino: int, flags: int) -> tuple[int, bool]:
+        """Returns the handle and whether the kernel may keep its page cache of the file."""
+        node = self.node(ino)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        if not node.is_file:
+            raise FsError(errno.EINVAL)
+        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and node.size:
+            await self._truncate(node, 0)
+        keep_cache = node.kernel_version == node.data_version
+        node.kernel_version = node.data_version
+        return self._open_handle(node, flags), keep_cache
+
+    async def read(self, fh: int, offset: int, length: int) -> bytes:
+        node = self.handle(fh).node
+        length = min(length, node.size - offset)
+        if length <= 0:
+            return b""
+        data = self._data(node)
+        if node.base is not None:
+            await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
+        return await data.read(offset, length)
+
+    async def write(self, fh: int, offset: int, buf: bytes) -> int:
+        handle = self.handle(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        node = handle.node
+        if offset + len(buf) > MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
+        data = self._data(node)
+        edges = self._partly_written_blocks(data, offset, len(buf))
+        if edges and node.base is not None:
+            await self.reader.ensure_cached(data, node.base, edges)
+        async with data.write_lock:
+            await data.write(offset, buf)
+            node.size = max(node.size, offset + len(buf))
+        node.mtime_ns = node.ctime_ns = now_ns()
+        node.touch()
+        return len(buf)
+
+    @staticmethod
+    def _partly_written_blocks(data: CachedFile, offset: int, length: int) -> list[int]:
+        """Blocks the write covers only in part and whose rest must come from S3 first."""
+        end = offset + length
+        partial = []
+        for block in {offset // data.block_size, (end - 1) // data.block_size}:
+            start = block * data.block_size
+            stop = min(start + data.block_size, data.base_valid_len)
+            if data.needs_fetch(block) and not (offset <= start and end >= stop):
+                partial.append(block)
+        return partial
+
+    async def flush(self, fh: int) -> None:
+        self.handle(fh)  # data is already in the cache file; uploads start on release
+
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh, None)
+        if handle is None:
+            return
+        node = handle.node
+        node.open_count -= 1
+        if handle.writable:
+            node.write_handles -= 1
+        if node.data is not None:
+            node.data.pins -= 1
+        if node.unlinked:
+            if node.open_count == 0:
+                if node.data is not None:
+                    node.data.discard()
+                    node.data = None
+                if node.lookups <= 0:
+                    self.inodes.drop(node)
+            return
+        self._after_change(node)
+
+    async def fsync(self, fh: int) -> None:
+        node = self.handle(fh).node
+        try:
+            await self.uploader.sync_now(node)
+        except FsError as exc:
+            log.error("fsync of %s failed: %s", node.path(), exc)
+            raise FsError(errno.EIO) from exc
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        parent = self.node(parent_ino)
+        node = await self._child(parent, name)
+        if node.is_dir:
+            raise FsError(errno.EISDIR)
+        await self._delete_object(node)
+        self._remove(parent, name, node)
+
+    async def _delete_object(self, node: Node) -> None:
+        """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
+        async with self.uploader.held(node):
+            if node.remote_maybe or node.base is not None:
+                await self.store.delete(node.key(self.prefix))
+            node.unlinked = True  # no new upload may start
+
+    async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
+        parent = self.node(parent_ino)
+        await self._check_free(parent, name)
+        node = self.inodes.new(parent, name, Attributes(stat.S_IFLNK | 0o777, uid, gid, now_ns()))
+        key = node.key(self.prefix)
+        body = target.encode("utf-8", "surrogateescape")
+        try:
+            check_key_length(key)
+            etag = await self.store.put(key, body, encode_attributes(node.attributes()))
+        except BaseException:
+            self.inodes.drop(node)
+            raise
+        node.symlink_target = target
+        node.size = len(body)
+        node.base = RemoteObject(key, etag, len(body))
+        node.remote_maybe = node.meta_loaded = True
+        self._insert(parent, name, node)
+        return self.remember(node)
+
+    # -- rename -----------------------------------------------------------------------------
+
+    async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int,
+                     new_name: str, noreplace: bool = False) -> None:
+        old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
+        node = await self._child(old_parent, old_name)
+        await self.dirs.ensure_listed(new_parent)
+        target = new_parent.children.get(new_name)
+        if target is node:
+            return
+        if target is not None:
+            await self._check_replaceable(node, target, noreplace)
+        check_key_length(new_parent.key(self.prefix) + new_name + ("/" if node.is_dir else ""))
+        if node.is_dir:
+            if any(n is node for n in _ancestors(new_parent)):
+                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+            await self._rename_directory(node, new_parent, new_name, target)
+        else:
+            await self._rename_file(node, new_parent, new_name, target)
+
+    async def _check_replaceable(self, node: Node, target: Node, noreplace: bool) -> None:
+        if noreplace:
+            raise FsError(errno.EEXIST)
+        if target.is_dir:
+            if not node.is_dir:
+                raise FsError(errno.EISDIR)
+            await self._check_empty(target)
+        elif node.is_dir:
+            raise FsError(errno.ENOTDIR)
+
+    def _move(self, node: Node, new_parent: Node, new_name: str, target: Node | None) -> None:
+        old_parent, old_name = node.parent, node.name
+        if target is not None:
+            self._remove(new_parent, new_name, target)
+        old_parent.children.pop(old_name, None)
+        old_parent.remember_removal(old_name)
+        node.parent, node.name = new_parent, new_name
+        self._insert(new_parent, new_name, node)
+
+    async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
+                           target: Node | None) -> None:
+        held = [node] if target is None else [node, target]
+        async with self.uploader.held(*held):
+            await self._move_file(node, new_parent, new_name, target)
+        self._after_change(node)
+
+    async def _move_file(self, node: Node, new_parent: Node, new_name: str,
+                         target: Node | None) -> None:
+        old_key = node.key(self.prefix)
+        new_key = new_parent.key(self.prefix) + new_name
+        copied = await self._carry_base(node, new_key)
+        if node.remote_maybe or node.base is not None:
+            try:
+                await self.store.delete(old_key)
+            except BaseException:
+                if copied:
+                    await self._forget_copy(node, old_key, new_key)
+                raise
+        target_on_s3 = target is not None and (target.remote_maybe or target.base is not None)
+        self._move(node, new_parent, new_name, target)
+        node.remote_maybe = copied or target_on_s3
+        node.ctime_ns = now_ns()
+
+    async def _carry_base(self, node: Node, new_key: str) -> bool:
+        """Make the file's remote data available at ``new_key``; True if copied there.
+
+        A file whose every byte is in the cache and that must be uploaded anyway needs no copy:
+        its upload goes to the new key. Otherwise the server copies the object.
+        """
+        if node.base is None:
+            return False
+        data = node.data
+        if node.data_dirty and data is not None and data.fully_local(node.size):
+            node.base = None
+            data.reset_base(0)
+            return False
+        metadata = encode_attributes(node.attributes())
+        etag = await self.uploader.copy_object(node.base, new_key, metadata)
+        node.base = RemoteObject(new_key, etag, node.base.size)
+        node.uploaded_meta_gen = node.meta_gen
+        return True
+
+    async def _forget_copy(self, node: Node, old_key: str, new_key: str) -> None:
+        """Undo a copy made for a rename that then failed, so the old state stays whole."""
+        node.base = RemoteObject(old_key, node.base.etag, node.base.size)
+        with trio.CancelScope(shield=True):
+            try:
+                await self.store.delete(new_key)
+            except FsError as exc:
+                log.warning("could not remove %s after a failed rename: %s", new_key, exc)
+
+    async def _rename_directory(self, node: Node, new_parent: Node, new_name: str,
+                                target: Node | None) -> None:
+        loaded = [n for n in walk(node) if n is not node]
+        async with self.uploader.held(*loaded):
+            await self._move_tree(node, new_parent, new_name, target, loaded)
+        for descendant in loaded:
+            self._after_change(descendant)
+
+    async def _move_tree(self, node: Node, new_parent: Node, new_name: str,
+                         target: Node | None, loaded: list[Node]) -> None:
+        old_prefix = node.key(self.prefix)
+        new_prefix = new_parent.key(self.prefix) + new_name + "/"
+        objects = await self.dirs.list_tree(old_prefix)
+        new_etags = await self._copy_tree(objects, old_prefix, new_prefix)
+        if old_prefix not in {obj.key for obj in objects}:
+            await self.store.put(new_prefix, b"", encode_attributes(node.attributes()))
+        if target is not None:
+            await self.store.delete(target.key(self.prefix))
+        await self.store.delete_many([obj.key for obj in objects])
+        self._move(node, new_parent, new_name, target)
+        for descendant in loaded:
+            self._rebase(descendant, old_prefix, new_prefix, new_etags)
+
+    async def _copy_tree(self, objects, old_prefix: str, new_prefix: str) -> dict[str, str]:
+        """Server-side copies of every object; new key -> new etag."""
+        new_etags: dict[str, str] = {}
+
+        async def copy_one(obj) -> None:
+            new_key = new_prefix + obj.key[len(old_prefix):]
+            source = RemoteObject(obj.key, obj.etag, obj.size)
+            new_etags[new_key] = await self.uploader.copy_object(source, new_key, None)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for obj in objects:
+                    nursery.start_soon(copy_one, obj)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.store.delete_many(list(new_etags))
+                except FsError as exc:
+                    log.warning("could not remove copies after a failed rename: %s", exc)
+            raise
+        return new_etags
+
+    def _rebase(self, node: Node, old_prefix: str, new_prefix: str, new_etags: dict) -> None:
+        if node.base is None or not node.base.key.startswith(old_prefix):
+            return
+        new_key = new_prefix + node.base.key[len(old_prefix):]
+        if new_key in new_etags:
+            node.base = RemoteObject(new_key, new_etags[new_key], node.base.size)
+            node.remote_maybe = True
+        else:  # it was not on S3 when listed; only local data is left
+            node.base = None
+            if node.data is not None:
+                node.data.reset_base(0)
+
+    # -- statfs -----------------------------------------------------------------------------
+
+    def statfs(self) -> StatFs:
+        """Answered from memory: Proxmox polls it every 10 s and needs it even if S3 is down."""
+        used = sum(node.size for node in self.inodes if node.is_file and not node.unlinked)
+        total = max(self.config.capacity // STATFS_BLOCK, 1)
+        used_blocks = min(total - 1, -(-used // STATFS_BLOCK))
+        files = len(self.inodes)
+        return StatFs(STATFS_BLOCK, total, total - used_blocks, files + 1_000_000, 1_000_000)
+
+
+def _ancestors(node: Node):
+    while node is not None:
+        yield node
+        node = node.parent

@@ -1,0 +1,84 @@
+"""Typed errors and the one place where S3 failures become errno values."""
+
+from __future__ import annotations
+
+import errno
+
+# S3 error codes (and HTTP statuses as strings) -> errno. Anything unknown is EIO.
+_S3_CODE_ERRNO: dict[str, int] = {
+    "NoSuchKey": errno.ENOENT,
+    "NotFound": errno.ENOENT,
+    "404": errno.ENOENT,
+    "NoSuchUpload": errno.ENOENT,
+    "NoSuchBucket": errno.EIO,  # the bucket vanishing under a mount is an I/O failure
+    "AccessDenied": errno.EACCES,
+    "403": errno.EACCES,
+    "Forbidden": errno.EACCES,
+    "InvalidAccessKeyId": errno.EACCES,
+    "SignatureDoesNotMatch": errno.EACCES,
+    "ExpiredToken": errno.EACCES,
+    "InvalidToken": errno.EACCES,
+    "AllAccessDisabled": errno.EACCES,
+    "PreconditionFailed": errno.ESTALE,
+    "412": errno.ESTALE,
+    "NotImplemented": errno.EOPNOTSUPP,
+    "501": errno.EOPNOTSUPP,
+    "EntityTooLarge": errno.EFBIG,
+    "KeyTooLongError": errno.ENAMETOOLONG,
+    "InvalidObjectState": errno.EIO,
+    "InvalidRange": errno.EINVAL,
+    "416": errno.EINVAL,
+    "QuotaExceeded": errno.EDQUOT,
+}
+
+
+def errno_for_s3_code(code: str | None) -> int:
+    """Map an S3 error code or HTTP status to an errno; unknown codes are EIO."""
+    return _S3_CODE_ERRNO.get(code or "", errno.EIO)
+
+
+class S3PveFsError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(S3PveFsError):
+    """Invalid configuration or environment; the message is shown to the admin as is."""
+
+
+class FsError(S3PveFsError):
+    """A filesystem operation fails with this errno (answered to the kernel as is)."""
+
+    def __init__(self, errno_value: int, message: str = ""):
+        super().__init__(message or errno.errorcode.get(errno_value, str(errno_value)))
+        self.errno = errno_value
+
+
+class StoreError(FsError):
+    """An object-store request failed for good (after botocore's retries)."""
+
+    def __init__(self, operation: str, key: str | None, code: str | None, message: str):
+        super().__init__(errno_for_s3_code(code), message)
+        self.operation = operation
+        self.key = key
+        self.code = code
+        self.detail = message
+
+    def __str__(self) -> str:
+        where = f" {self.key}" if self.key else ""
+        return f"{self.operation}{where} failed: {self.code or 'error'}: {self.detail}"
+
+    @property
+    def not_found(self) -> bool:
+        return self.errno == errno.ENOENT
+
+    @property
+    def not_implemented(self) -> bool:
+        return self.errno == errno.EOPNOTSUPP
+
+
+class StaleObjectError(FsError):
+    """The object changed on S3 under a file whose blocks we still rely on."""
+
+    def __init__(self, key: str):
+        super().__init__(errno.ESTALE, f"object {key} changed on the server")
+        self.key = key

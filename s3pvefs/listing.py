@@ -1,0 +1,226 @@
+"""Directory listings and attribute loading: how the tree learns what is on S3.
+
+A directory's children come from ListObjectsV2 pages (delimiter "/"); a listing stays trusted
+for ``dir_ttl`` seconds. Merging a listing never undoes a local change made after the listing
+started, and never drops a node that holds unsaved data or open handles.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+from collections.abc import Callable, Iterator
+
+import trio
+
+from .errors import FsError
+from .names import Attributes, SkippedKeys, decode_attributes, listing_name
+from .nodes import InodeTable, Node, RemoteObject, next_change
+from .store import ObjectInfo, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class Directories:
+    def __init__(
+        self,
+        store: ObjectStore,
+        inodes: InodeTable,
+        prefix: str,
+        dir_ttl: float,
+        defaults: Callable[[int, int], Attributes],
+        max_parallel: int,
+    ):
+        self.store = store
+        self.inodes = inodes
+        self.prefix = prefix
+        self.dir_ttl = dir_ttl
+        self.defaults = defaults  # (file type bits, mtime_ns) -> default attributes
+        self.skipped = SkippedKeys()
+        self.limiter = trio.CapacityLimiter(max_parallel)
+
+    # -- listings ---------------------------------------------------------------------------
+
+    async def ensure_listed(self, directory: Node) -> None:
+        if not directory.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if directory.listing_fresh(trio.current_time(), self.dir_ttl):
+            return
+        async with directory.listing_lock:
+            if directory.listing_fresh(trio.current_time(), self.dir_ttl):
+                return
+            started = trio.current_time()
+            start_seq = next_change()
+            objects, prefixes = await self._list_directory(directory.key(self.prefix))
+            self._merge(directory, objects, prefixes, start_seq)
+            directory.listed_at = started
+            directory.forget_removals_before(start_seq)
+
+    def invalidate(self, directory: Node) -> None:
+        directory.listed_at = None
+
+    async def _list_directory(self, dir_key: str) -> tuple[list[ObjectInfo], list[str]]:
+        objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        token = None
+        while True:
+            page = await self.store.list_page(dir_key, "/", token)
+            objects.extend(page.objects)
+            prefixes.extend(page.prefixes)
+            token = page.next_token
+            if not token:
+                return objects, prefixes
+
+    async def list_tree(self, dir_key: str) -> list[ObjectInfo]:
+        """Every object below ``dir_key``, recursively (for directory renames)."""
+        objects: list[ObjectInfo] = []
+        token = None
+        while True:
+            page = await self.store.list_page(dir_key, None, token)
+            objects.extend(page.objects)
+            token = page.next_token
+            if not token:
+                return objects
+
+    async def has_remote_children(self, directory: Node) -> bool:
+        """Ask S3 directly whether anything but the marker lies below a directory."""
+        dir_key = directory.key(self.prefix)
+        page = await self.store.list_page(dir_key, None, None, max_keys=2)
+        return any(obj.key != dir_key for obj in page.objects)
+
+    def _merge(self, directory: Node, objects, prefixes, start_seq: int) -> None:
+        dir_key = directory.key(self.prefix)
+        seen = self._entries(dir_key, objects, prefixes)
+        for name, entry in seen.items():
+            if directory.removed.get(name, 0) > start_seq:
+                continue  # deleted here while the listing was in flight
+            child = directory.children.get(name)
+            if child is None:
+                directory.children[name] = self._node_from_listing(directory, name, entry)
+            elif not (child.busy or child.changed_seq > start_seq):
+                self._refresh(directory, child, name, entry)
+        for name, child in list(directory.children.items()):
+            if name in seen or child.changed_seq > start_seq or self._holds_local_state(child):
+                continue
+            self.detach(directory, name, child)
+
+    def _entries(self, dir_key: str, objects, prefixes) -> dict[str, ObjectInfo | str]:
+        """Child name -> ObjectInfo (file) or common prefix (directory)."""
+        seen: dict[str, ObjectInfo | str] = {}
+        for obj in objects:
+            if obj.key == dir_key:
+                continue  # this directory's own marker
+            name = listing_name(dir_key, obj.key)
+            if name is None or obj.key.endswith("/"):
+                self.skipped.warn(obj.key, "its name cannot be shown in a directory tree")
+                continue
+            seen[name] = obj
+        for common_prefix in prefixes:
+            name = listing_name(dir_key, common_prefix)
+            if name is None:
+                self.skipped.warn(common_prefix, "empty, '.', '..' or over-long path component")
+                continue
+            if name in seen:
+                self.skipped.warn(
+                    dir_key + name, "the key is also a directory prefix; showing the directory"
+                )
+            seen[name] = common_prefix
+        return seen
+
+    def _node_from_listing(self, directory: Node, name: str, entry: ObjectInfo | str) -> Node:
+        if isinstance(entry, str):
+            node = self.inodes.new(directory, name, self.defaults(stat.S_IFDIR, directory.mtime_ns))
+            return node
+        node = self.inodes.new(directory, name, self.defaults(stat.S_IFREG, entry.mtime_ns))
+        self._set_remote(node, entry)
+        return node
+
+    def _refresh(self, directory: Node, child: Node, name: str, entry: ObjectInfo | str) -> None:
+        is_dir_entry = isinstance(entry, str)
+        if is_dir_entry != child.is_dir:
+            self.detach(directory, name, child)
+            directory.children[name] = self._node_from_listing(directory, name, entry)
+        elif not is_dir_entry and (child.base is None or child.base.etag != entry.etag):
+            log.debug("%s changed on S3; dropping cached data", entry.key)
+            self._set_remote(child, entry)
+            child.meta_loaded = False
+
+    def _set_remote(self, node: Node, info: ObjectInfo) -> None:
+        """Point a clean node at a (new) remote object, dropping cached data of the old one."""
+        node.base = RemoteObject(info.key, info.etag, info.size)
+        node.size = info.size
+        node.mtime_ns = node.ctime_ns = info.mtime_ns
+        node.data_version += 1
+        if node.data is not None:
+            node.data.discard()
+            node.data = None
+
+    def _holds_local_state(self, node: Node) -> bool:
+        return any(n.busy for n in walk(node))
+
+    def detach(self, directory: Node, name: str, child: Node) -> None:
+        """Take a node out of the tree; it lives on while the kernel or a handle holds it."""
+        if directory.children.get(name) is child:
+            del directory.children[name]
+        for node in walk(child):
+            node.unlinked = True
+            if node.open_count == 0 and node.data is not None:
+                node.data.discard()
+                node.data = None
+            if node.lookups <= 0:
+                self.inodes.drop(node)
+
+    # -- attributes -------------------------------------------------------------------------
+
+    async def load_attributes(self, node: Node) -> None:
+        """Replace listing defaults by the attributes kept in the object's metadata."""
+        if node.meta_loaded or node.parent is None:
+            return
+        async with self.limiter:
+            if node.is_dir:
+                await self._load_directory_attributes(node)
+            elif node.base is not None:
+                await self._load_file_attributes(node)
+        node.meta_loaded = True
+
+    async def _load_directory_attributes(self, node: Node) -> None:
+        try:
+            info = await self.store.head(node.key(self.prefix))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return  # a directory made only of key prefixes: defaults
+        self._apply(node, info, stat.S_IFDIR)
+
+    async def _load_file_attributes(self, node: Node) -> None:
+        info = await self.store.head(node.base.key)
+        if info.etag != node.base.etag:
+            self._set_remote(node, info)
+        self._apply(node, info, stat.S_IFREG)
+
+    def _apply(self, node: Node, info: ObjectInfo, kind: int) -> None:
+        attrs = decode_attributes(info.metadata, self.defaults(kind, info.mtime_ns))
+        if stat.S_ISDIR(attrs.mode) != (kind == stat.S_IFDIR):
+            attrs = self.defaults(kind, attrs.mtime_ns)  # metadata that contradicts the key
+        node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
+        node.mtime_ns = node.ctime_ns = attrs.mtime_ns
+
+    async def load_many(self, nodes: list[Node]) -> None:
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                if not node.meta_loaded:
+                    nursery.start_soon(self._load_quietly, node)
+
+    async def _load_quietly(self, node: Node) -> None:
+        try:
+            await self.load_attributes(node)
+        except FsError as exc:
+            log.warning("cannot read attributes of %s: %s", node.path(), exc)
+
+
+def walk(node: Node) -> Iterator[Node]:
+    """The node and every loaded descendant."""
+    yield node
+    for child in list(node.children.values()):
+        yield from walk(child)

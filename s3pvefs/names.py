@@ -1,0 +1,137 @@
+"""Path <-> key mapping, name validation and attribute metadata encoding.
+
+A file at path ``a/b/c`` is the object ``<prefix>a/b/c``; a directory is the key prefix
+``<prefix>a/b/`` and, when it was made by mkdir, the empty marker object with that key.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import stat
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+from .errors import FsError
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255  # bytes, what the kernel and every tool expect
+KEY_MAX = 1024  # bytes, S3's limit on a key
+
+# The Proxmox content directories, created when the mount comes up.
+PROXMOX_DIRS = (
+    "dump",
+    "images",
+    "private",
+    "snippets",
+    "import",
+    "template",
+    "template/iso",
+    "template/cache",
+)
+
+# x-amz-meta-* names; the same ones s3fs uses, so both tools agree on attributes.
+META_MODE = "mode"
+META_UID = "uid"
+META_GID = "gid"
+META_MTIME = "mtime"
+
+
+def name_from_kernel(raw: bytes) -> str:
+    """Decode and check a name the kernel gives us for a new entry."""
+    if len(raw) > NAME_MAX:
+        raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # S3 keys are UTF-8: a name that is not cannot be stored.
+        raise FsError(errno.EINVAL, "name is not valid UTF-8") from None
+    if name in ("", ".", "..") or "/" in name or "\0" in name:
+        raise FsError(errno.EINVAL, f"invalid name {name!r}")
+    return name
+
+
+def check_key_length(key: str) -> None:
+    if len(key.encode("utf-8")) > KEY_MAX:
+        raise FsError(errno.ENAMETOOLONG, "path too long for an S3 key (1024 bytes)")
+
+
+def listing_name(dir_key: str, key: str) -> str | None:
+    """The child name of ``key`` inside directory ``dir_key``, or None if a tree can't show it.
+
+    ``key`` is a listed object key or a common prefix (ending with "/").
+    """
+    rest = key[len(dir_key):]
+    if rest.endswith("/"):
+        rest = rest[:-1]
+    if rest in ("", ".", "..") or "/" in rest or "\0" in rest:
+        return None
+    if len(rest.encode("utf-8")) > NAME_MAX:
+        return None
+    return rest
+
+
+class SkippedKeys:
+    """Warn once per key that the tree cannot show, instead of failing the listing."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+
+    def warn(self, key: str, why: str) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning("skipping S3 key %r: %s", key, why)
+
+
+@dataclass(frozen=True)
+class Attributes:
+    mode: int  # including the file-type bits
+    uid: int
+    gid: int
+    mtime_ns: int
+
+
+def encode_attributes(attrs: Attributes) -> dict[str, str]:
+    seconds, nanos = divmod(attrs.mtime_ns, 1_000_000_000)
+    mtime = f"{seconds}.{nanos:09d}" if nanos else str(seconds)
+    return {
+        META_MODE: str(attrs.mode),
+        META_UID: str(attrs.uid),
+        META_GID: str(attrs.gid),
+        META_MTIME: mtime,
+    }
+
+
+def decode_attributes(metadata: dict[str, str] | None, defaults: Attributes) -> Attributes:
+    """Attributes from an object's user metadata; anything missing or garbled uses defaults."""
+    metadata = metadata or {}
+    mode = _parse_int(metadata.get(META_MODE), defaults.mode)
+    if stat.S_IFMT(mode) == 0:
+        mode |= stat.S_IFMT(defaults.mode)
+    elif stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+        mode = defaults.mode  # devices, fifos, sockets: not something we serve
+    return Attributes(
+        mode=mode,
+        uid=_parse_int(metadata.get(META_UID), defaults.uid),
+        gid=_parse_int(metadata.get(META_GID), defaults.gid),
+        mtime_ns=_parse_mtime(metadata.get(META_MTIME), defaults.mtime_ns),
+    )
+
+
+def _parse_int(text: str | None, default: int) -> int:
+    try:
+        value = int(text) if text is not None else default
+    except ValueError:
+        return default
+    return value if value >= 0 else default
+
+
+def _parse_mtime(text: str | None, default: int) -> int:
+    if text is None:
+        return default
+    try:
+        return int(Decimal(text) * 1_000_000_000)
+    except (InvalidOperation, ValueError):
+        return default

@@ -1,0 +1,179 @@
+"""Inodes: the in-memory tree of what the mount shows, and its directory-listing cache."""
+
+from __future__ import annotations
+
+import itertools
+import stat
+import time
+from dataclasses import dataclass
+
+import trio
+
+from .blockcache import CachedFile
+from .names import Attributes
+
+ROOT_INODE = 1
+
+# Every local change gets a number from this sequence, so that a listing that started before
+# the change can tell that it must not undo it.
+_change_sequence = itertools.count(1)
+
+
+def next_change() -> int:
+    return next(_change_sequence)
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """The S3 object a file's clean data comes from."""
+
+    key: str
+    etag: str
+    size: int
+
+
+class Node:
+    """One inode. Directories hold their children; files hold their cache state."""
+
+    def __init__(self, ino: int, parent: Node | None, name: str, attrs: Attributes):
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.mode = attrs.mode
+        self.uid = attrs.uid
+        self.gid = attrs.gid
+        self.mtime_ns = attrs.mtime_ns
+        self.ctime_ns = attrs.mtime_ns
+        self.size = 0
+        self.lookups = 0  # the kernel's references (lookup, create, readdirplus minus forget)
+        self.changed_seq = next_change()
+        self.unlinked = False
+        # Attributes known from the object's metadata (HEAD or our own write), not defaults.
+        self.meta_loaded = False
+        # -- directories --
+        self.children: dict[str, Node] = {}
+        self.listed_at: float | None = None  # trio.current_time() of the listing's start
+        self.listing_lock = trio.Lock()
+        self.removed: dict[str, int] = {}  # names removed locally -> change number
+        # -- files and symlinks --
+        self.base: RemoteObject | None = None
+        self.data: CachedFile | None = None
+        self.open_count = 0
+        self.write_handles = 0
+        # Changes that only a new upload publishes: data_gen for creation and truncation,
+        # meta_gen for attributes; compared with what the last successful upload carried.
+        self.data_gen = 0
+        self.meta_gen = 0
+        self.uploaded_data_gen = 0
+        self.uploaded_meta_gen = 0
+        self.remote_maybe = False  # an object may exist at this node's key
+        self.symlink_target: str | None = None
+        self.sync_lock = trio.Lock()
+        self.sync_scope: trio.CancelScope | None = None
+        self.last_error: str | None = None
+        self.data_version = 0  # bumped when the remote content changed under us
+        self.kernel_version = -1  # data_version the kernel's page cache was filled from
+
+    # -- kind -------------------------------------------------------------------------------
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+    # -- naming -----------------------------------------------------------------------------
+
+    def path(self) -> str:
+        parts = []
+        node = self
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        return "/".join(reversed(parts))
+
+    def key(self, prefix: str) -> str:
+        """The object key of a file, or the marker key (ending in "/") of a directory."""
+        path = self.path()
+        if self.is_dir:
+            return prefix + path + "/" if path else prefix
+        return prefix + path
+
+    def attributes(self) -> Attributes:
+        return Attributes(self.mode, self.uid, self.gid, self.mtime_ns)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def touch(self) -> None:
+        self.changed_seq = next_change()
+
+    def data_changed(self) -> None:
+        """Creation or truncation: the object must be uploaded again."""
+        self.data_gen += 1
+        self.touch()
+
+    def attributes_changed(self) -> None:
+        self.meta_gen += 1
+        self.touch()
+
+    @property
+    def data_dirty(self) -> bool:
+        dirty_blocks = self.data is not None and bool(self.data.dirty)
+        return dirty_blocks or self.data_gen != self.uploaded_data_gen
+
+    @property
+    def needs_upload(self) -> bool:
+        if self.unlinked or self.is_dir:
+            return False
+        return self.data_dirty or self.meta_gen != self.uploaded_meta_gen
+
+    @property
+    def busy(self) -> bool:
+        """Local state a listing must not override."""
+        return self.open_count > 0 or self.needs_upload or self.sync_lock.locked()
+
+    def listing_fresh(self, now: float, ttl: float) -> bool:
+        return self.listed_at is not None and now - self.listed_at < ttl
+
+    def remember_removal(self, name: str) -> None:
+        self.removed[name] = next_change()
+        self.touch()
+
+    def forget_removals_before(self, seq: int) -> None:
+        self.removed = {name: s for name, s in self.removed.items() if s > seq}
+
+
+class InodeTable:
+    """Inode number -> node. Numbers are never reused while the mount is up."""
+
+    def __init__(self) -> None:
+        self._nodes: dict[int, Node] = {}
+        self._numbers = itertools.count(ROOT_INODE + 1)
+
+    def new(self, parent: Node | None, name: str, attrs: Attributes) -> Node:
+        ino = ROOT_INODE if parent is None else next(self._numbers)
+        node = Node(ino, parent, name, attrs)
+        self._nodes[ino] = node
+        return node
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def drop(self, node: Node) -> None:
+        self._nodes.pop(node.ino, None)
+
+    def __iter__(self):
+        return iter(list(self._nodes.values()))
+
+    def __len__(self) -> int:
+        return len(self._nodes)

@@ -1,0 +1,524 @@
+"""The only module that talks to S3: a trio-facing object store over aiobotocore.
+
+aiobotocore runs in the asyncio loop of a ``bridge.AsyncioThread``; every request is a small
+coroutine executed there, and only plain values (bytes, str, dicts of str) come back to trio.
+Failures become ``StoreError`` with the S3 error code, which ``errors.py`` maps to an errno.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+import trio
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from .bridge import AsyncioThread
+from .config import Config
+from .errors import ConfigError, StoreError
+
+log = logging.getLogger("s3pvefs.store")
+
+T = TypeVar("T")
+
+DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys per request
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Network and protocol failures (anything else is a bug and propagates as is).
+_TRANSPORT_FAILURES = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # full key including prefix
+    size: int
+    etag: str  # without surrounding quotes
+    mtime_ns: int  # LastModified in ns since the epoch
+    # User metadata (x-amz-meta-* names, lower-case, without the prefix); None from a listing.
+    metadata: dict[str, str] | None = None
+    storage_class: str | None = None
+
+
+@dataclass
+class ListPage:
+    objects: list[ObjectInfo]
+    prefixes: list[str]  # CommonPrefixes: full keys ending with the delimiter
+    next_token: str | None  # ContinuationToken of the next page; None at the end
+
+
+@dataclass(frozen=True)
+class MultipartUploadInfo:
+    key: str
+    upload_id: str
+    initiated_ns: int
+
+
+@dataclass
+class StoreStats:
+    """Counted where requests are made (one per API call, not per botocore retry)."""
+
+    requests: collections.Counter[str] = field(default_factory=collections.Counter)
+    bytes_sent: int = 0  # body bytes of PutObject/UploadPart
+    bytes_received: int = 0  # body bytes of GetObject
+    errors: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": dict(self.requests),
+            "bytes_sent": self.bytes_sent,
+            "bytes_received": self.bytes_received,
+            "errors": dict(self.errors),
+        }
+
+
+class ObjectStore(Protocol):
+    """What the filesystem needs from S3. Keys are full keys; the bucket is fixed."""
+
+    stats: StoreStats
+
+    async def head_bucket(self) -> None: ...
+    async def create_bucket(self) -> None: ...
+    async def head(self, key: str) -> ObjectInfo: ...
+    async def get(
+        self, key: str, start: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes: ...
+    async def put(self, key: str, data: bytes, metadata: dict[str, str]) -> str: ...
+    async def delete(self, key: str) -> None: ...
+    async def delete_many(self, keys: list[str]) -> None: ...
+    async def list_page(
+        self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage: ...
+    async def copy(
+        self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+    ) -> str: ...
+    async def create_multipart(self, key: str, metadata: dict[str, str]) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str: ...
+    async def upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
+        end_inclusive: int, if_match: str | None = None,
+    ) -> str: ...
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str: ...
+    async def abort_multipart(self, key: str, upload_id: str) -> None: ...
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUploadInfo]: ...
+    async def aclose(self) -> None: ...
+
+
+# -- conversions ----------------------------------------------------------------------------
+
+
+def _unquote(etag: str) -> str:
+    return etag.strip('"')
+
+
+def _quote(etag: str) -> str:
+    return f'"{_unquote(etag)}"'
+
+
+def _ns(timestamp: dt.datetime) -> int:
+    return (timestamp - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _range_header(start: int, length: int | None) -> str | None:
+    if start == 0 and length is None:
+        return None
+    if length is None:
+        return f"bytes={start}-"
+    return f"bytes={start}-{start + length - 1}"
+
+
+def _listed_object(entry: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        key=entry["Key"],
+        size=entry["Size"],
+        etag=_unquote(entry.get("ETag", "")),
+        mtime_ns=_ns(entry["LastModified"]),
+        storage_class=entry.get("StorageClass"),
+    )
+
+
+class _BodyReadError(Exception):
+    """Reading a GET body failed after the response headers arrived (botocore won't retry)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+# Failures that become StoreError.
+_REQUEST_FAILURES = (*_TRANSPORT_FAILURES, _BodyReadError)
+
+
+def _error_from_client_error(operation: str, exc: ClientError) -> tuple[str | None, str]:
+    error = exc.response.get("Error", {})
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    code = error.get("Code") or (str(status) if status else None)
+    if code == "404":  # a HEAD answer has no body, so only the status says what is missing
+        code = "NoSuchBucket" if operation == "HeadBucket" else "NotFound"
+    message = error.get("Message") or str(exc)
+    return code, f"HTTP {status}: {message}" if status else message
+
+
+def to_store_error(operation: str, key: str | None, exc: BaseException) -> StoreError:
+    """Describe a failed request as a StoreError (code decides the errno)."""
+    if isinstance(exc, ClientError):
+        code, message = _error_from_client_error(operation, exc)
+    elif isinstance(exc, EndpointConnectionError):
+        code, message = "EndpointConnectionError", str(exc)
+    elif isinstance(exc, ConnectTimeoutError):
+        code, message = "ConnectTimeout", str(exc)
+    elif isinstance(exc, ReadTimeoutError):
+        code, message = "ReadTimeout", str(exc)
+    elif isinstance(exc, _BodyReadError):
+        code, message = "IncompleteBody", f"reading the response body failed: {exc.cause}"
+    else:
+        code, message = type(exc).__name__, str(exc) or type(exc).__name__
+    return StoreError(operation, key, code, message)
+
+
+# -- client setup (runs in the loop thread) -------------------------------------------------
+
+
+def _client_config(config: Config) -> AioConfig:
+    return AioConfig(
+        region_name=config.region,
+        s3={"addressing_style": config.addressing_style},
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        retries={"mode": config.retry_mode, "total_max_attempts": config.max_attempts},
+        max_pool_connections=config.max_connections,
+        # Many S3-compatible servers reject the CRC trailers botocore sends by default.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+
+
+def _client_kwargs(config: Config) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "region_name": config.region,
+        "endpoint_url": config.endpoint_url,
+        "config": _client_config(config),
+    }
+    if not config.verify_tls:
+        kwargs["verify"] = False
+    elif config.ca_bundle:
+        kwargs["verify"] = config.ca_bundle
+    if config.access_key_id and config.secret_access_key:
+        kwargs["aws_access_key_id"] = config.access_key_id
+        kwargs["aws_secret_access_key"] = config.secret_access_key
+        kwargs["aws_session_token"] = config.session_token
+    return kwargs
+
+
+def _session(config: Config) -> AioSession:
+    explicit_keys = bool(config.access_key_id and config.secret_access_key)
+    if config.profile and not explicit_keys:
+        return AioSession(profile=config.profile)
+    return AioSession()  # the standard chain: env, shared files, instance metadata, ...
+
+
+async def _open_client(config: Config) -> tuple[AsyncExitStack, Any]:
+    stack = AsyncExitStack()
+    client = await stack.enter_async_context(
+        _session(config).create_client("s3", **_client_kwargs(config))
+    )
+    return stack, client
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+class S3Store:
+    """``ObjectStore`` over one aiobotocore client living in an ``AsyncioThread``."""
+
+    def __init__(
+        self, bridge: AsyncioThread, client: Any, client_stack: AsyncExitStack, config: Config
+    ) -> None:
+        assert config.bucket
+        self.bucket: str = config.bucket
+        self.stats = StoreStats()
+        self._bridge = bridge
+        self._client = client
+        self._client_stack = client_stack
+        self._region = config.region
+        self._max_attempts = max(1, config.max_attempts)
+        self._limiter = trio.CapacityLimiter(config.max_connections)
+        self._closed = False
+
+    # -- plumbing --
+
+    async def _request(
+        self,
+        operation: str,
+        key: str | None,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        quiet_not_found: bool = False,
+    ) -> T:
+        """Run ``fn(*args)`` in the loop under the limiter; count it and translate failures."""
+        async with self._limiter:
+            self.stats.requests[operation] += 1
+            try:
+                return await self._bridge.run(fn, *args)
+            except _REQUEST_FAILURES as exc:
+                error = to_store_error(operation, key, exc)
+                self._record_failure(error, quiet_not_found)
+                raise error from exc
+
+    async def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
+        """One plain client call: ``operation`` is the S3 name, params go to botocore as is."""
+        return await self._request(operation, key, self._call_in_loop, operation, params)
+
+    async def _call_in_loop(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        method = getattr(self._client, _snake_case(operation))
+        response: dict[str, Any] = await method(Bucket=self.bucket, **params)
+        response.pop("ResponseMetadata", None)
+        return response
+
+    def _record_failure(self, error: StoreError, quiet_not_found: bool) -> None:
+        self.stats.errors[error.operation] += 1
+        where = f"s3://{self.bucket}/{error.key}" if error.key else f"s3://{self.bucket}"
+        level = logging.DEBUG if quiet_not_found and error.not_found else logging.WARNING
+        log.log(level, "S3 request %s %s failed: %s: %s",
+                error.operation, where, error.code, error.detail)
+
+    # -- bucket --
+
+    async def head_bucket(self) -> None:
+        await self._call("HeadBucket", None)
+
+    async def create_bucket(self) -> None:
+        params: dict[str, Any] = {}
+        if self._region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+        await self._call("CreateBucket", None, **params)
+
+    # -- objects --
+
+    async def head(self, key: str) -> ObjectInfo:
+        response = await self._request(
+            "HeadObject", key, self._call_in_loop, "HeadObject", {"Key": key},
+            quiet_not_found=True,
+        )
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=_unquote(response.get("ETag", "")),
+            mtime_ns=_ns(response["LastModified"]),
+            metadata=dict(response.get("Metadata", {})),
+            storage_class=response.get("StorageClass"),
+        )
+
+    async def get(
+        self, key: str, start: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        if length == 0:
+            return b""
+        params: dict[str, Any] = {"Key": key}
+        if (byte_range := _range_header(start, length)) is not None:
+            params["Range"] = byte_range
+        if if_match is not None:
+            params["IfMatch"] = _quote(if_match)
+        data = await self._get_with_body_retries(key, params)
+        self.stats.bytes_received += len(data)
+        return data
+
+    async def _get_with_body_retries(self, key: str, params: dict[str, Any]) -> bytes:
+        # botocore retries a request, not a body cut off mid-stream; that is done here.
+        attempt = 1
+        while True:
+            try:
+                return await self._request(
+                    "GetObject", key, self._get_in_loop, params, quiet_not_found=True
+                )
+            except StoreError as error:
+                if error.code != "IncompleteBody" or attempt >= self._max_attempts:
+                    raise
+                attempt += 1
+
+    async def _get_in_loop(self, params: dict[str, Any]) -> bytes:
+        response = await self._client.get_object(Bucket=self.bucket, **params)
+        async with response["Body"] as body:
+            try:
+                return await body.read()  # type: ignore[no-any-return]
+            except _TRANSPORT_FAILURES as exc:
+                raise _BodyReadError(exc) from exc
+
+    async def put(self, key: str, data: bytes, metadata: dict[str, str]) -> str:
+        self.stats.bytes_sent += len(data)
+        response = await self._call("PutObject", key, Key=key, Body=data, Metadata=metadata)
+        return _unquote(response["ETag"])
+
+    async def delete(self, key: str) -> None:
+        await self._call("DeleteObject", key, Key=key)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for first in range(0, len(keys), DELETE_BATCH):
+            await self._delete_batch(keys[first:first + DELETE_BATCH])
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        response = await self._call(
+            "DeleteObjects", keys[0],
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        failures = response.get("Errors") or []
+        if failures:
+            first = failures[0]
+            error = StoreError(
+                "DeleteObjects", first.get("Key"), first.get("Code"),
+                f"{len(failures)} of {len(keys)} keys not deleted; first: {first.get('Message')}",
+            )
+            self._record_failure(error, quiet_not_found=False)
+            raise error
+
+    async def list_page(
+        self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter is not None:
+            params["Delimiter"] = delimiter
+        if token is not None:
+            params["ContinuationToken"] = token
+        response = await self._call("ListObjectsV2", prefix, **params)
+        truncated = bool(response.get("IsTruncated"))
+        return ListPage(
+            objects=[_listed_object(entry) for entry in response.get("Contents", [])],
+            prefixes=[entry["Prefix"] for entry in response.get("CommonPrefixes", [])],
+            next_token=response.get("NextContinuationToken") if truncated else None,
+        )
+
+    async def copy(
+        self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "Key": dst_key,
+            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+        }
+        if metadata is None:
+            params["MetadataDirective"] = "COPY"
+        else:
+            params["MetadataDirective"] = "REPLACE"
+            params["Metadata"] = metadata
+        if if_match is not None:
+            params["CopySourceIfMatch"] = _quote(if_match)
+        response = await self._call("CopyObject", src_key, **params)
+        return _unquote(response["CopyObjectResult"]["ETag"])
+
+    # -- multipart --
+
+    async def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        response = await self._call("CreateMultipartUpload", key, Key=key, Metadata=metadata)
+        return response["UploadId"]  # type: ignore[no-any-return]
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        self.stats.bytes_sent += len(data)
+        response = await self._call(
+            "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data
+        )
+        return _unquote(response["ETag"])
+
+    async def upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
+        end_inclusive: int, if_match: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": part_number,
+            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+            "CopySourceRange": f"bytes={start}-{end_inclusive}",
+        }
+        if if_match is not None:
+            params["CopySourceIfMatch"] = _quote(if_match)
+        response = await self._call("UploadPartCopy", src_key, **params)
+        return _unquote(response["CopyPartResult"]["ETag"])
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+    ) -> str:
+        ordered = [{"PartNumber": number, "ETag": _quote(etag)} for number, etag in sorted(parts)]
+        response = await self._call(
+            "CompleteMultipartUpload", key,
+            Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered},
+        )
+        return _unquote(response["ETag"])
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._call("AbortMultipartUpload", key, Key=key, UploadId=upload_id)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUploadInfo]:
+        uploads: list[MultipartUploadInfo] = []
+        markers: dict[str, str] = {}
+        while True:
+            response = await self._call("ListMultipartUploads", prefix, Prefix=prefix, **markers)
+            uploads.extend(
+                MultipartUploadInfo(entry["Key"], entry["UploadId"], _ns(entry["Initiated"]))
+                for entry in response.get("Uploads", [])
+            )
+            if not response.get("IsTruncated"):
+                return uploads
+            markers = {
+                "KeyMarker": response.get("NextKeyMarker", ""),
+                "UploadIdMarker": response.get("NextUploadIdMarker", ""),
+            }
+
+    # -- teardown --
+
+    async def aclose(self) -> None:
+        """Close the client inside its loop, then stop the loop thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await self._bridge.run(self._client_stack.aclose)
+            except Exception:
+                log.warning("closing the S3 client failed", exc_info=True)
+            await trio.to_thread.run_sync(self._bridge.stop)
+
+
+def _snake_case(operation: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
+
+
+@asynccontextmanager
+async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
+    """Start the loop thread, create the client in it, and tear both down on exit."""
+    if not config.bucket:
+        raise ConfigError("no bucket configured")
+    bridge = AsyncioThread()
+    await trio.to_thread.run_sync(bridge.start)
+    try:
+        client_stack, client = await bridge.run(_open_client, config)
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(bridge.stop)
+        if isinstance(exc, (BotoCoreError, ValueError, OSError)):
+            raise ConfigError(f"cannot create the S3 client: {exc}") from exc
+        raise
+    store = S3Store(bridge, client, client_stack, config)
+    try:
+        yield store
+    finally:
+        await store.aclose()

@@ -1,0 +1,323 @@
+"""Makes S3 match local state: uploads files (PUT or parallel multipart) and copies objects.
+
+One sync of a node at a time (``node.sync_lock``). A background worker syncs files handed to
+``schedule`` (on release) and retries failures with backoff for outages longer than botocore's own
+retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import trio
+
+from .config import Config, GiB, MiB
+from .errors import FsError, StoreError
+from .names import check_key_length, encode_attributes
+from .nodes import Node, RemoteObject
+from .reader import BlockReader
+from .store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024 * GiB  # S3's limit on one object
+MAX_COPY_SIZE = 5 * GiB  # CopyObject's limit; beyond it UploadPartCopy
+RETRY_MIN, RETRY_MAX = 1.0, 300.0
+
+
+def choose_part_size(size: int, min_part: int) -> int:
+    """The smallest MiB-multiple part size >= min_part that fits ``size`` in 10,000 parts."""
+    needed = math.ceil(size / MAX_PARTS)
+    part = max(min_part, math.ceil(needed / MiB) * MiB)
+    return part
+
+
+class Uploader:
+    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config):
+        self.store = store
+        self.reader = reader
+        self.prefix = config.prefix
+        self.threshold = config.multipart_threshold
+        self.min_part = config.part_size
+        # Parts (each held in memory while it uploads) in flight across all files.
+        self.part_slots = trio.Semaphore(config.upload_concurrency)
+        self.file_slots = trio.Semaphore(max(2, config.upload_concurrency))
+        self._queue: dict[int, Node] = {}
+        self._not_before: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        self._running: set[int] = set()
+        self._wakeup = trio.Event()
+
+    # -- background worker ------------------------------------------------------------------
+
+    def schedule(self, node: Node, delay: float = 0.0) -> None:
+        self._queue[node.ino] = node
+        if delay:
+            self._not_before[node.ino] = trio.current_time() + delay
+        else:
+            self._not_before.pop(node.ino, None)
+        self._wakeup.set()
+
+    @property
+    def idle(self) -> bool:
+        return not self._queue and not self._running
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                node = self._next_ready()
+                if node is None:
+                    await self._sleep_until_work()
+                    continue
+                await self.file_slots.acquire()
+                self._running.add(node.ino)
+                nursery.start_soon(self._background_sync, node)
+
+    def _next_ready(self) -> Node | None:
+        now = trio.current_time()
+        for ino, node in self._queue.items():
+            if ino not in self._running and self._not_before.get(ino, 0) <= now:
+                del self._queue[ino]
+                self._not_before.pop(ino, None)
+                return node
+        return None
+
+    async def _sleep_until_work(self) -> None:
+        waits = [t for ino, t in self._not_before.items() if ino not in self._running]
+        timeout = max(0.0, min(waits) - trio.current_time()) if waits else math.inf
+        with trio.move_on_after(timeout):
+            await self._wakeup.wait()
+        self._wakeup = trio.Event()
+
+    async def _background_sync(self, node: Node) -> None:
+        try:
+            await self.sync(node)
+        except FsError as exc:
+            failures = self._failures.get(node.ino, 0) + 1
+            self._failures[node.ino] = failures
+            delay = min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1))
+            log.error("upload of %s failed (attempt %d), retrying in %.0f s: %s",
+                      node.path(), failures, delay, exc)
+            self.schedule(node, delay)
+        else:
+            self._failures.pop(node.ino, None)
+            if node.needs_upload and node.write_handles == 0:
+                self.schedule(node)  # written again while it uploaded
+        finally:
+            self._running.discard(node.ino)
+            self.file_slots.release()
+            self._wakeup.set()
+
+    async def drain(self, nodes: list[Node]) -> None:
+        """Upload everything given and queued; returns when the worker is idle."""
+        for node in nodes:
+            if node.needs_upload:
+                self.schedule(node)
+        while not self.idle:
+            await trio.sleep(0.05)
+
+    # -- one node ---------------------------------------------------------------------------
+
+    async def sync_now(self, node: Node) -> None:
+        """Return once the node's current state is on S3 (raises FsError if it cannot be)."""
+        while node.needs_upload:
+            await self.sync(node)
+
+    @asynccontextmanager
+    async def held(self, *nodes: Node):
+        """Cancel the nodes' uploads in flight and keep new ones from starting meanwhile.
+
+        Used while a rename or unlink changes where a node's object lives; uploads that were
+        cancelled start again (at the new key) once the change is done.
+        """
+        async with AsyncExitStack() as stack:
+            for node in sorted(set(nodes), key=lambda n: n.ino):
+                if node.sync_scope is not None:
+                    node.sync_scope.cancel()
+                await stack.enter_async_context(node.sync_lock)
+            yield
+
+    async def sync(self, node: Node) -> None:
+        async with node.sync_lock:
+            if not node.needs_upload:
+                return
+            with trio.CancelScope() as scope:
+                node.sync_scope = scope
+                try:
+                    await self._upload(node)
+                    node.last_error = None
+                except FsError as exc:
+                    node.last_error = str(exc)
+                    raise
+                finally:
+                    node.sync_scope = None
+
+    async def _upload(self, node: Node) -> None:
+        key = node.key(self.prefix)
+        check_key_length(key)
+        size, data_gen, meta_gen = node.size, node.data_gen, node.meta_gen
+        data = node.data
+        snapshot = data.dirty_snapshot() if data is not None else {}
+        metadata = encode_attributes(node.attributes())
+        if data is not None:
+            data.pins += 1
+            data.low_water = size
+        node.remote_maybe = True
+        try:
+            if self._attributes_only(node, key, snapshot):
+                etag = await self.copy_object(node.base, key, metadata)
+            elif node.is_symlink:
+                etag = await self.store.put(key, node.symlink_target.encode(), metadata)
+            elif size < self.threshold:
+                etag = await self.store.put(key, await self._compose(node, 0, size), metadata)
+            else:
+                etag = await self._multipart(node, key, size, metadata)
+        finally:
+            if data is not None:
+                data.pins -= 1
+        node.base = RemoteObject(key, etag, size)
+        node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
+        if data is not None:
+            data.reset_base(min(size, data.low_water))
+            data.mark_clean(snapshot)
+        log.info("uploaded %s (%d bytes)", key, size)
+
+    @staticmethod
+    def _attributes_only(node: Node, key: str, dirty_snapshot: dict) -> bool:
+        """Only attributes changed: a copy of the object onto itself publishes them."""
+        return (
+            not dirty_snapshot
+            and node.data_gen == node.uploaded_data_gen
+            and node.base is not None
+            and node.base.key == key
+            and node.base.size == node.size
+        )
+
+    async def _compose(self, node: Node, offset: int, length: int) -> bytes:
+        """The file's bytes in [offset, offset+length): cached blocks, else the remote object."""
+        data = node.data
+        if data is None:
+            return await self.reader.read_range(node.base, offset, length) if length else b""
+        pieces = []
+        for local, start, end in _segments(data, offset, length):
+            if local:
+                pieces.append(await data.read(start, end - start))
+            else:
+                remote_end = min(end, data.base_valid_len)
+                chunk = await self.reader.read_range(node.base, start, remote_end - start)
+                pieces.append(chunk + bytes(end - start - len(chunk)))
+        return b"".join(pieces)
+
+    async def _multipart(self, node: Node, key: str, size: int, metadata: dict) -> str:
+        part_size = choose_part_size(size, self.min_part)
+
+        async def part_body(offset: int, length: int) -> bytes:
+            return await self._compose(node, offset, length)
+
+        return await self._multipart_upload(key, size, part_size, metadata, part_body)
+
+    async def _multipart_upload(self, key, size, part_size, metadata, part_body) -> str:
+        if size > MAX_OBJECT_SIZE:
+            raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
+        upload_id = await self.store.create_multipart(key, metadata)
+        etags: dict[int, str] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    await self.part_slots.acquire()
+                    length = min(part_size, size - offset)
+                    nursery.start_soon(self._part, key, upload_id, number, offset, length,
+                                       part_body, etags)
+            return await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await self._abort_quietly(key, upload_id)
+            raise
+
+    async def _part(self, key, upload_id, number, offset, length, part_body, etags) -> None:
+        try:
+            body = await part_body(offset, length)
+            etags[number] = await self.store.upload_part(key, upload_id, number, body)
+        finally:
+            self.part_slots.release()
+
+    async def _abort_quietly(self, key: str, upload_id: str) -> None:
+        try:
+            await self.store.abort_multipart(key, upload_id)
+        except FsError as exc:
+            log.warning("could not abort multipart upload of %s (%s); "
+                        "a lifecycle rule or the next mount cleans it up", key, exc)
+
+    # -- server-side copies -----------------------------------------------------------------
+
+    async def copy_object(self, source: RemoteObject, dest_key: str, metadata: dict | None) -> str:
+        """Copy an object on the server; re-upload it when the server cannot copy."""
+        check_key_length(dest_key)
+        try:
+            if source.size <= MAX_COPY_SIZE:
+                return await self.store.copy(source.key, dest_key, metadata, if_match=source.etag)
+            return await self._multipart_copy(source, dest_key, metadata)
+        except StoreError as exc:
+            if not exc.not_implemented:
+                raise
+            log.info("server cannot copy %s (%s); re-uploading it", source.key, exc.code)
+        return await self._copy_by_reupload(source, dest_key, metadata)
+
+    async def _metadata_of(self, source: RemoteObject, metadata: dict | None) -> dict:
+        if metadata is not None:
+            return metadata
+        return (await self.store.head(source.key)).metadata or {}
+
+    async def _multipart_copy(self, source, dest_key, metadata) -> str:
+        metadata = await self._metadata_of(source, metadata)
+        part_size = choose_part_size(source.size, max(self.min_part, 512 * MiB))
+        upload_id = await self.store.create_multipart(dest_key, metadata)
+        etags: dict[int, str] = {}
+        try:
+            async with trio.open_nursery() as nursery:
+                for number, offset in enumerate(range(0, source.size, part_size), start=1):
+                    end = min(source.size, offset + part_size) - 1
+                    nursery.start_soon(self._copy_part, dest_key, upload_id, number, source,
+                                       offset, end, etags)
+            return await self.store.complete_multipart(dest_key, upload_id, sorted(etags.items()))
+        except BaseException:
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await self._abort_quietly(dest_key, upload_id)
+            raise
+
+    async def _copy_part(self, dest_key, upload_id, number, source, start, end, etags) -> None:
+        async with self.part_slots:
+            etags[number] = await self.store.upload_part_copy(
+                dest_key, upload_id, number, source.key, start, end, if_match=source.etag)
+
+    async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata) -> str:
+        metadata = await self._metadata_of(source, metadata)
+        if source.size < self.threshold:
+            body = await self.reader.read_range(source, 0, source.size) if source.size else b""
+            return await self.store.put(dest_key, body, metadata)
+
+        async def part_body(offset: int, length: int) -> bytes:
+            return await self.reader.read_range(source, offset, length)
+
+        part_size = choose_part_size(source.size, self.min_part)
+        return await self._multipart_upload(dest_key, source.size, part_size, metadata, part_body)
+
+
+def _segments(data, offset: int, length: int):
+    """Split [offset, offset+length) into runs that are (local, start, end)."""
+    end = offset + length
+    runs: list[list] = []
+    for block in data.blocks(offset, length):
+        start = max(offset, block * data.block_size)
+        stop = min(end, (block + 1) * data.block_size)
+        local = not data.needs_fetch(block)
+        if runs and runs[-1][0] == local and runs[-1][2] == start:
+            runs[-1][2] = stop
+        else:
+            runs.append([local, start, stop])
+    return [tuple(run) for run in runs]

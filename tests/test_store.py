@@ -1,0 +1,394 @@
+"""The object store against a moto server process; the trio/asyncio bridge; fault injection."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import errno
+import logging
+import threading
+import time
+
+import pytest
+import trio
+
+from s3pvefs import store as store_module
+from s3pvefs.bridge import AsyncioThread, LoopStoppedError
+from s3pvefs.config import MiB, Config
+from s3pvefs.errors import StoreError
+from s3pvefs.faults import FaultInjectingStore, store_error
+from s3pvefs.store import S3Store, open_s3_store
+
+PART = 5 * MiB  # S3's (and moto's) minimum size of a part that is not the last
+
+
+# -- objects --------------------------------------------------------------------------------
+
+
+async def test_put_get_and_ranges(store: S3Store) -> None:
+    data = bytes(range(256)) * 4
+    etag = await store.put("dir/file", data, {})
+    assert etag and '"' not in etag
+    assert await store.get("dir/file") == data
+    assert await store.get("dir/file", 10, 5) == data[10:15]
+    assert await store.get("dir/file", 1000) == data[1000:]
+    assert await store.get("dir/file", 3, 0) == b""
+    assert await store.get("dir/file", if_match=etag) == data
+
+
+async def test_head_returns_metadata(store: S3Store) -> None:
+    etag = await store.put("f", b"abc", {"mode": "33188", "uid": "1000"})
+    before_ns = time.time_ns()
+    info = await store.head("f")
+    assert (info.key, info.size, info.etag) == ("f", 3, etag)
+    assert info.metadata == {"mode": "33188", "uid": "1000"}
+    assert abs(info.mtime_ns - before_ns) < 120 * 10**9
+
+
+async def test_list_pages_with_delimiter(store: S3Store) -> None:
+    keys = ["d/a", "d/b", "d/c", "d/sub/x", "d/sub2/", "other"]
+    async with trio.open_nursery() as nursery:
+        for key in keys:
+            nursery.start_soon(store.put, key, key.encode(), {})
+
+    objects: list[str] = []
+    prefixes: list[str] = []
+    token = None
+    pages = 0
+    while True:
+        page = await store.list_page("d/", "/", token, max_keys=2)
+        pages += 1
+        objects += [info.key for info in page.objects]
+        prefixes += page.prefixes
+        if page.next_token is None:
+            break
+        token = page.next_token
+    assert objects == ["d/a", "d/b", "d/c"]
+    assert prefixes == ["d/sub/", "d/sub2/"]
+    assert pages == 3
+    listed = (await store.list_page("d/", "/")).objects[0]
+    assert listed.size == 3 and listed.metadata is None and listed.etag
+
+
+async def test_recursive_listing(store: S3Store) -> None:
+    for key in ["r/a", "r/s/b", "r/s/t/c"]:
+        await store.put(key, b"x", {})
+    page = await store.list_page("r/", None)
+    assert [info.key for info in page.objects] == ["r/a", "r/s/b", "r/s/t/c"]
+    assert page.prefixes == [] and page.next_token is None
+
+
+async def test_copy_keeps_or_replaces_metadata(store: S3Store) -> None:
+    etag = await store.put("src", b"payload", {"mode": "1"})
+    assert await store.copy("src", "kept") == etag
+    assert (await store.head("kept")).metadata == {"mode": "1"}
+    await store.copy("src", "replaced", metadata={"mode": "2", "mtime": "5"}, if_match=etag)
+    replaced = await store.head("replaced")
+    assert replaced.metadata == {"mode": "2", "mtime": "5"}
+    assert await store.get("replaced") == b"payload"
+
+
+async def test_delete_and_delete_many_in_batches(
+    store: S3Store, s3_client, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "DELETE_BATCH", 2)
+    keys = [f"k{i}" for i in range(5)]
+    for key in keys + ["single"]:
+        await store.put(key, b"", {})
+    await store.delete("single")
+    await store.delete("never-existed")  # S3 deletes are idempotent
+    await store.delete_many(keys)
+    assert store.stats.requests["DeleteObjects"] == 3
+    assert s3_client.list_objects_v2(Bucket=bucket)["KeyCount"] == 0
+
+
+async def test_get_retries_a_body_cut_off_mid_stream(
+    store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await store.put("f", b"data", {})
+    real_get_in_loop = store._get_in_loop
+    attempts: list[int] = []
+
+    async def cut_off_once(params: dict) -> bytes:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise store_module._BodyReadError(ConnectionResetError("reset by peer"))
+        return await real_get_in_loop(params)
+
+    monkeypatch.setattr(store, "_get_in_loop", cut_off_once)
+    assert await store.get("f") == b"data"
+    assert store.stats.requests["GetObject"] == 2 and store.stats.errors["GetObject"] == 1
+
+
+# -- multipart ------------------------------------------------------------------------------
+
+
+async def test_multipart_upload_with_part_copy(store: S3Store, s3_client, bucket: str) -> None:
+    source = b"s" * PART
+    source_etag = await store.put("source", source, {})
+    upload_id = await store.create_multipart("big", {"mode": "7"})
+    part1 = await store.upload_part_copy(
+        "big", upload_id, 1, "source", 0, PART - 1, if_match=source_etag
+    )
+    part2 = await store.upload_part("big", upload_id, 2, b"tail")
+    etag = await store.complete_multipart("big", upload_id, [(2, part2), (1, part1)])
+    assert etag.endswith("-2")
+    info = await store.head("big")
+    assert info.size == PART + 4 and info.metadata == {"mode": "7"} and info.etag == etag
+    body = s3_client.get_object(Bucket=bucket, Key="big")["Body"].read()
+    assert body == source + b"tail"
+
+
+async def test_abort_and_list_multipart_uploads(store: S3Store) -> None:
+    first = await store.create_multipart("up/one", {})
+    second = await store.create_multipart("up/two", {})
+    await store.create_multipart("elsewhere", {})
+    listed = await store.list_multipart_uploads("up/")
+    assert {(u.key, u.upload_id) for u in listed} == {("up/one", first), ("up/two", second)}
+    await store.abort_multipart("up/one", first)
+    assert [u.upload_id for u in await store.list_multipart_uploads("up/")] == [second]
+    with pytest.raises(StoreError):  # AWS says NoSuchUpload; moto answers HTTP 500
+        await store.upload_part("up/one", first, 1, b"x")
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+async def test_if_match_mismatch_is_estale(store: S3Store) -> None:
+    await store.put("f", b"old", {})
+    with pytest.raises(StoreError) as failure:
+        await store.get("f", 0, 2, if_match="0123456789abcdef0123456789abcdef")
+    assert failure.value.errno == errno.ESTALE
+    assert failure.value.code == "PreconditionFailed"
+
+
+async def test_missing_key_is_enoent_and_logged_quietly(
+    store: S3Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="s3pvefs.store")
+    for request in (store.head, store.get):
+        with pytest.raises(StoreError) as failure:
+            await request("no/such/key")
+        assert failure.value.errno == errno.ENOENT
+        assert failure.value.key == "no/such/key"
+    records = [r for r in caplog.records if r.name == "s3pvefs.store"]
+    assert len(records) == 2 and all(r.levelno == logging.DEBUG for r in records)
+
+
+async def test_missing_bucket(store_config: Config, caplog: pytest.LogCaptureFixture) -> None:
+    config = dataclasses.replace(store_config, bucket="no-such-bucket-here")
+    async with open_s3_store(config) as missing:
+        with pytest.raises(StoreError) as failure:
+            await missing.head_bucket()
+        assert failure.value.code == "NoSuchBucket" and failure.value.errno == errno.EIO
+        with pytest.raises(StoreError) as failure:
+            await missing.put("k", b"x", {})
+        assert failure.value.code == "NoSuchBucket"
+        await missing.create_bucket()
+        await missing.head_bucket()
+    warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("PutObject" in m and "no-such-bucket-here/k" in m for m in warning)
+
+
+async def test_unreachable_endpoint_fails_fast_with_eio(
+    store_config: Config, unreachable_endpoint_url: str
+) -> None:
+    endpoint = unreachable_endpoint_url
+    config = dataclasses.replace(store_config, endpoint_url=endpoint, max_attempts=1)
+    started = time.monotonic()
+    async with open_s3_store(config) as unreachable:
+        with pytest.raises(StoreError) as failure:
+            await unreachable.get("some/key")
+        assert unreachable.stats.errors["GetObject"] == 1
+    assert time.monotonic() - started < 5
+    assert failure.value.errno == errno.EIO
+    assert failure.value.code == "EndpointConnectionError"
+    assert endpoint in str(failure.value)
+
+
+async def test_explicit_credentials(store_config: Config) -> None:
+    config = dataclasses.replace(
+        store_config, access_key_id="other", secret_access_key="secret", addressing_style="path"
+    )
+    async with open_s3_store(config) as explicit:
+        await explicit.head_bucket()
+
+
+# -- stats and concurrency ------------------------------------------------------------------
+
+
+async def test_stats_count_requests_bytes_and_errors(store: S3Store) -> None:
+    await store.put("a", b"12345", {})
+    await store.get("a", 1, 2)
+    with pytest.raises(StoreError):
+        await store.get("missing")
+    snapshot = store.stats.snapshot()
+    assert snapshot == {
+        "requests": {"PutObject": 1, "GetObject": 2},
+        "bytes_sent": 5,
+        "bytes_received": 2,
+        "errors": {"GetObject": 1},
+    }
+
+
+async def test_many_concurrent_requests(store: S3Store) -> None:
+    async def put_and_check(i: int) -> None:
+        await store.put(f"c/{i}", str(i).encode(), {})
+        assert await store.get(f"c/{i}") == str(i).encode()
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(put_and_check, i)
+    assert store.stats.requests["PutObject"] == 40
+
+
+async def test_cancelled_requests_leave_the_store_usable(store: S3Store) -> None:
+    await store.put("big", b"x" * PART, {})
+    for deadline in (0.001, 0.005, 0.02):
+        with trio.move_on_after(deadline):
+            await store.get("big")
+    assert await store.get("big", 0, 3) == b"xxx"
+
+
+async def test_store_closes_inside_a_cancelled_scope(store_config: Config) -> None:
+    with trio.CancelScope() as scope:
+        async with open_s3_store(store_config) as opened:
+            await opened.head_bucket()
+            scope.cancel()
+            await trio.sleep(10)
+    assert scope.cancelled_caught
+    assert not any(t.name == "s3pvefs-asyncio" for t in threading.enumerate())
+
+
+# -- bridge ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def loop_thread():
+    thread = AsyncioThread()
+    thread.start()
+    yield thread
+    thread.stop()
+
+
+async def test_bridge_returns_results_and_raises_errors(loop_thread: AsyncioThread) -> None:
+    async def in_loop(value: int) -> tuple[int, bool]:
+        await asyncio.sleep(0)
+        return value * 2, threading.current_thread() is not threading.main_thread()
+
+    async def failing() -> None:
+        raise KeyError("boom")
+
+    assert await loop_thread.run(in_loop, 21) == (42, True)
+    with pytest.raises(KeyError):
+        await loop_thread.run(failing)
+    assert (await trio.to_thread.run_sync(loop_thread.run_sync_in_loop, in_loop, 2))[0] == 4
+
+
+async def test_bridge_cancellation_waits_for_the_asyncio_task(loop_thread: AsyncioThread) -> None:
+    started = threading.Event()
+    finished_cancelled = threading.Event()
+
+    async def slow() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # cleanup that the trio side must wait for
+            finished_cancelled.set()
+            raise
+
+    begin = time.monotonic()
+    with trio.move_on_after(0.2) as scope:
+        await loop_thread.run(slow)
+    assert scope.cancelled_caught
+    assert time.monotonic() - begin < 2
+    assert started.is_set()
+    assert finished_cancelled.is_set()  # already finished when the trio task resumed
+
+
+async def test_bridge_cancelled_before_start(loop_thread: AsyncioThread) -> None:
+    ran = threading.Event()
+
+    async def never() -> None:
+        ran.set()
+        await asyncio.sleep(30)
+
+    for _ in range(20):  # the cancel races with task creation in the loop thread
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await loop_thread.run(never)
+        assert scope.cancelled_caught
+    assert await loop_thread.run(asyncio.sleep, 0, "still works") == "still works"
+
+
+async def test_bridge_stop_wakes_pending_calls(loop_thread: AsyncioThread) -> None:
+    failures: list[BaseException] = []
+
+    async def pending_call() -> None:
+        try:
+            await loop_thread.run(asyncio.sleep, 30)
+        except LoopStoppedError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pending_call)
+        await trio.sleep(0.05)
+        await trio.to_thread.run_sync(loop_thread.stop)
+    assert len(failures) == 1
+    loop_thread.stop()  # idempotent
+    with pytest.raises(LoopStoppedError):
+        await loop_thread.run(asyncio.sleep, 0)
+
+
+# -- fault injection ------------------------------------------------------------------------
+
+
+async def test_faults_fail_times_and_key_filter(store: S3Store) -> None:
+    faulty = FaultInjectingStore(store)
+    await faulty.put("a", b"1", {})
+    await faulty.put("b", b"2", {})
+
+    faulty.fail("GetObject", store_error("GetObject", "AccessDenied"), times=1,
+                key_filter=lambda key: key == "b")
+    assert await faulty.get("a") == b"1"
+    with pytest.raises(StoreError) as failure:
+        await faulty.get("b")
+    assert failure.value.errno == errno.EACCES
+    assert await faulty.get("b") == b"2"  # used up
+
+    faulty.fail("CopyObject", RuntimeError("injected"), key_filter=lambda key: key == "dst")
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            await faulty.copy("a", "dst")
+    faulty.clear()
+    await faulty.copy("a", "dst")
+    assert faulty.injected == {"GetObject": 1, "CopyObject": 2}
+    assert faulty.stats is store.stats
+    assert store.stats.requests["CopyObject"] == 1  # injected failures never reach S3
+
+
+async def test_faults_any_operation_and_validation(store: S3Store) -> None:
+    faulty = FaultInjectingStore(store)
+    faulty.fail("*", store_error("X", "ServiceUnavailable"), times=2)
+    for request in (faulty.head_bucket(), faulty.list_page("")):
+        with pytest.raises(StoreError):
+            await request
+    await faulty.head_bucket()
+    with pytest.raises(ValueError):
+        faulty.fail("Get", RuntimeError())
+
+
+async def test_faults_delay(store: S3Store) -> None:
+    faulty = FaultInjectingStore(store)
+    faulty.delay("PutObject", 10)
+    with trio.move_on_after(0.1) as scope:
+        await faulty.put("slow", b"", {})
+    assert scope.cancelled_caught
+    assert store.stats.requests["PutObject"] == 0
+    faulty.delay("PutObject", 0)
+    faulty.delay("HeadObject", 0.05)
+    await faulty.put("slow", b"", {})
+    begin = trio.current_time()
+    await faulty.head("slow")
+    assert trio.current_time() - begin >= 0.05
