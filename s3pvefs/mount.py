@@ -48,16 +48,17 @@ async def _mount(config: Config, mountpoint: Path) -> int:
 
 
 async def check_bucket(store: ObjectStore, config: Config) -> None:
-    """Fail before mounting, with a message that says what to fix."""
+    """Fail before mounting, with a message that says what to fix.
+
+    A one-key listing of the prefix checks the endpoint, the credentials, the bucket and the
+    permission to list in one request, and its error body names the cause.
+    """
     where = f"bucket {config.bucket!r} at {config.endpoint_url or 'AWS S3'}"
     try:
-        await store.head_bucket()
+        await store.list_page(config.prefix, "/", None, max_keys=1)
         return
     except StoreError as exc:
         failure = exc
-    if failure.errno == errno.EACCES:
-        raise ConfigError(f"access to {where} denied ({failure.code}): check the credentials "
-                          "and the bucket policy") from None
     if failure.code in ("NoSuchBucket", "NotFound", "404"):
         if not config.create_bucket:
             raise ConfigError(f"{where} does not exist: create it, or mount with "
@@ -65,6 +66,9 @@ async def check_bucket(store: ObjectStore, config: Config) -> None:
         await store.create_bucket()
         log.info("created %s", where)
         return
+    if failure.errno == errno.EACCES:
+        raise ConfigError(f"access to {where} denied: {failure.code}: {failure.detail} "
+                          "(check the credentials and the bucket policy)") from None
     raise ConfigError(f"cannot reach {where}: {failure}") from None
 
 

@@ -142,3 +142,15 @@ def store_config(moto_server: MotoServer, bucket: str) -> Config:
 async def store(store_config: Config) -> AsyncIterator[S3Store]:
     async with open_s3_store(store_config) as opened:
         yield opened
+
+
+@pytest.fixture
+def mount_s3pvefs(tmp_path: Path, moto_server: MotoServer, bucket: str):
+    """Call it to mount the test bucket for real; every mount is unmounted and reaped after."""
+    from mounting import MountFactory
+
+    factory = MountFactory(tmp_path, moto_server.endpoint_url, bucket)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
