@@ -131,7 +131,7 @@ def parse_size(value: Any, label: str = "size") -> int:
     if isinstance(value, str):
         m = _SIZE_RE.match(value)
         if m:
-            number, unit, i, b = m.groups()
+            number, unit, i, _b = m.groups()
             if unit or not i:  # "i" is only allowed after a unit letter ("Ki"), never alone
                 try:
                     return int(Decimal(number) * _UNIT[unit.lower()])
@@ -220,6 +220,13 @@ def parse_str(value: Any, label: str = "value") -> str:
     return value
 
 
+def parse_secret(value: Any, label: str = "value") -> str:
+    """Like parse_str, but never repeats the value in the error message."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{label}: expected a string, got {_type_name(value)}")
+    return value
+
+
 def parse_path(value: Any, label: str = "value") -> Path:
     if isinstance(value, Path):
         text = str(value)
@@ -255,9 +262,9 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "max_connections": ("max_connections", parse_int),
     },
     "credentials": {
-        "access_key_id": ("access_key_id", parse_str),
-        "secret_access_key": ("secret_access_key", parse_str),
-        "session_token": ("session_token", parse_str),
+        "access_key_id": ("access_key_id", parse_secret),
+        "secret_access_key": ("secret_access_key", parse_secret),
+        "session_token": ("session_token", parse_secret),
     },
     "cache": {
         "dir": ("cache_dir", parse_path),
@@ -339,6 +346,16 @@ def _read_toml(path: Path) -> tuple[dict[str, Any], os.stat_result]:
 def _values_from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """Converted values and their labels from the TOML file; enforces the chmod 600 rule."""
     data, st = _read_toml(path)
+    creds = data.get("credentials")
+    if (
+        isinstance(creds, dict)
+        and ("secret_access_key" in creds or "session_token" in creds)
+        and st.st_mode & 0o066
+    ):
+        raise ConfigError(
+            f"config file {path} contains a secret key but is readable or writable by group or "
+            f"others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+        )
     values: dict[str, Any] = {}
     labels: dict[str, str] = {}
     sections = list(TOML_LAYOUT)
@@ -367,12 +384,6 @@ def _values_from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
             label = f"[{section}] {key} in {path}"
             values[fname] = conv(value, label)
             labels[fname] = label
-    creds = data.get("credentials", {})
-    if ("secret_access_key" in creds or "session_token" in creds) and st.st_mode & 0o066:
-        raise ConfigError(
-            f"config file {path} contains a secret key but is readable or writable by group or "
-            f"others (mode {stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
-        )
     return values, labels
 
 

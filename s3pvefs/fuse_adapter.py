@@ -37,6 +37,9 @@ def _answer(method):
             raise pyfuse3.FUSEError(exc.errno) from None
         except trio.Cancelled:
             raise
+        except OSError as exc:  # the local cache disk: ENOSPC, EDQUOT, EIO
+            log.error("%s: local cache I/O failed: %s", method.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
         except Exception:
             log.exception("unexpected error in %s; answering EIO", method.__name__)
             raise pyfuse3.FUSEError(errno.EIO) from None

@@ -1,0 +1,7 @@
+"""`python -m s3pvefs ...` is the same as the `s3pvefs` command."""
+
+import sys
+
+from s3pvefs.cli import main
+
+sys.exit(main())

@@ -1,0 +1,409 @@
+"""Unit tests of s3pvefs.config: TOML + flags, conversions, validation messages."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from s3pvefs.config import (
+    GiB,
+    KiB,
+    MiB,
+    PiB,
+    TiB,
+    Config,
+    load_config,
+    parse_mode,
+    parse_size,
+)
+from s3pvefs.errors import ConfigError
+from s3pvefs.logsetup import setup_logging
+
+
+def write(tmp_path: Path, text: str, mode: int = 0o600, name: str = "s3pvefs.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    os.chmod(path, mode)
+    return path
+
+
+def error_of(config_file: Path | None = None, **overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, overrides)
+    return str(info.value)
+
+
+# ---- defaults, file, overrides ----------------------------------------------------------------
+
+
+def test_defaults_without_file():
+    c = load_config(None, {})
+    assert c == Config()
+    assert c.prefix == "" and c.endpoint_url is None and c.bucket is None
+
+
+def test_full_toml_file(tmp_path):
+    path = write(
+        tmp_path,
+        """
+[s3]
+endpoint_url = "https://s3.example.com:9000/"
+region = "eu-central-1"
+bucket = "pve-backups"
+prefix = "/cluster1/pve"
+addressing_style = "Path"
+create_bucket = true
+verify_tls = false
+connect_timeout = 3
+read_timeout = 30.5
+max_attempts = 8
+retry_mode = "adaptive"
+max_connections = 32
+
+[credentials]
+access_key_id = "AKIAEXAMPLE12345"
+secret_access_key = "verysecretkey/with+chars"
+
+[cache]
+dir = "/srv/cache"
+size = "20GiB"
+block_size = "2M"
+
+[upload]
+part_size = "32MiB"
+multipart_threshold = "64MiB"
+concurrency = 8
+
+[mount]
+allow_other = true
+uid = 1000
+gid = 1000
+file_mode = "0640"
+dir_mode = 0o750
+capacity = "100T"
+dir_ttl = 30
+attr_ttl = 0
+
+[log]
+level = "debug"
+file = "/var/log/s3pvefs.log"
+""",
+    )
+    c = load_config(path, {})
+    assert c.endpoint_url == "https://s3.example.com:9000"
+    assert c.region == "eu-central-1"
+    assert c.bucket == "pve-backups"
+    assert c.prefix == "cluster1/pve/"
+    assert c.addressing_style == "path"
+    assert c.create_bucket is True and c.verify_tls is False
+    assert c.connect_timeout == 3.0 and c.read_timeout == 30.5
+    assert c.max_attempts == 8 and c.retry_mode == "adaptive" and c.max_connections == 32
+    assert c.access_key_id == "AKIAEXAMPLE12345"
+    assert c.secret_access_key == "verysecretkey/with+chars"
+    assert c.cache_dir == Path("/srv/cache")
+    assert c.cache_size == 20 * GiB and c.block_size == 2 * MiB
+    assert c.part_size == 32 * MiB and c.multipart_threshold == 64 * MiB
+    assert c.upload_concurrency == 8
+    assert c.allow_other is True and (c.uid, c.gid) == (1000, 1000)
+    assert c.file_mode == 0o640 and c.dir_mode == 0o750
+    assert c.capacity == 100 * TiB
+    assert c.dir_ttl == 30.0 and c.attr_ttl == 0.0
+    assert c.log_level == "DEBUG" and c.log_file == Path("/var/log/s3pvefs.log")
+
+
+def test_flags_win_over_file_and_none_does_not(tmp_path):
+    path = write(
+        tmp_path,
+        '[s3]\nbucket = "from-file"\nregion = "eu-west-1"\n[cache]\nsize = "8G"\n',
+        mode=0o644,
+    )
+    c = load_config(path, {"bucket": "from-flag", "region": None, "cache_size": "12GiB",
+                           "verify_tls": False, "allow_other": None})
+    assert c.bucket == "from-flag"
+    assert c.region == "eu-west-1"  # None = flag not given: the file's value stands
+    assert c.cache_size == 12 * GiB
+    assert c.verify_tls is False
+    assert c.allow_other is False
+
+
+def test_flag_strings_are_converted():
+    c = load_config(None, {"uid": "33", "file_mode": "600", "dir_mode": "0o700",
+                           "connect_timeout": "2.5", "max_attempts": "3", "capacity": "1.5GiB",
+                           "cache_dir": "/tmp/x/../cache"})
+    assert c.uid == 33 and c.file_mode == 0o600 and c.dir_mode == 0o700
+    assert c.connect_timeout == 2.5 and c.max_attempts == 3
+    assert c.capacity == GiB + 512 * MiB
+    assert c.cache_dir.is_absolute()
+
+
+# ---- sizes and modes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (0, 0),
+        (4096, 4096),
+        ("4096", 4096),
+        ("512k", 512 * KiB),
+        ("512K", 512 * KiB),
+        ("512KiB", 512 * KiB),
+        ("512kb", 512 * KiB),
+        ("16MiB", 16 * MiB),
+        ("16m", 16 * MiB),
+        ("10G", 10 * GiB),
+        ("10 GiB", 10 * GiB),
+        ("1.5GiB", 3 * GiB // 2),
+        ("2T", 2 * TiB),
+        ("1P", PiB),
+        ("100B", 100),
+        (" 1MB ", MiB),
+    ],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "10X", "-1", "1.2.3", "i", "10 i", "MiB", True, [1], -5])
+def test_parse_size_rejects(bad):
+    with pytest.raises(ConfigError) as info:
+        parse_size(bad, "--cache-size")
+    assert "--cache-size" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("0644", 0o644), ("644", 0o644), ("0o755", 0o755), ("1777", 0o1777), (0o640, 0o640), (0, 0)],
+)
+def test_parse_mode(text, expected):
+    assert parse_mode(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["abc", "0899", "", "17777", 0o17777, True, 1.5])
+def test_parse_mode_rejects(bad):
+    with pytest.raises(ConfigError):
+        parse_mode(bad, "--file-mode")
+
+
+def test_decimal_mode_in_toml_is_explained(tmp_path):
+    path = write(tmp_path, "[mount]\nfile_mode = 644\n")
+    msg = error_of(path)
+    assert "[mount] file_mode" in msg and '"0644"' in msg and "0o644" in msg
+
+
+# ---- validation messages ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({"bucket": "ab"}, "3 to 63 characters"),
+        ({"bucket": "My_Bucket"}, "lowercase letters"),
+        ({"bucket": "a..b"}, "'..'"),
+        ({"bucket": "-abc"}, "begin and end"),
+        ({"bucket": "192.168.1.1"}, "IP address"),
+        ({"bucket": "xn--abc"}, "reserved"),
+        ({"endpoint_url": "ftp://host", "bucket": "b1b"}, "http or https"),
+        ({"endpoint_url": "host:9000", "bucket": "b1b"}, "http://host[:port]"),
+        ({"endpoint_url": "http://host:9000/bucket", "bucket": "b1b"}, "path"),
+        ({"endpoint_url": "http://host:99999", "bucket": "b1b"}, "--endpoint-url"),
+        ({"endpoint_url": "http://u:p@host", "bucket": "b1b"}, "credentials"),
+        ({"endpoint_url": "http://bad_host!", "bucket": "b1b"}, "host"),
+        ({"endpoint_url": "http://host:9000"}, "no bucket"),
+        ({"prefix": "a//b"}, "'//'"),
+        ({"prefix": "a/../b"}, "'..'"),
+        ({"addressing_style": "dns"}, "auto, path or virtual"),
+        ({"retry_mode": "legacy"}, "standard or adaptive"),
+        ({"connect_timeout": "0"}, "more than 0"),
+        ({"read_timeout": -1}, "more than 0"),
+        ({"max_attempts": "0"}, "at least 1"),
+        ({"max_connections": "0"}, "at least 1"),
+        ({"upload_concurrency": "0"}, "at least 1"),
+        ({"cache_size": "0"}, "positive"),
+        ({"capacity": "0"}, "positive"),
+        ({"block_size": "100k"}, "power of two"),
+        ({"block_size": "32k"}, "64 KiB to 64 MiB"),
+        ({"block_size": "128MiB"}, "64 KiB to 64 MiB"),
+        ({"part_size": "4MiB"}, "at least 5 MiB"),
+        ({"part_size": "6MiB", "block_size": "4MiB"}, "multiple of the block size"),
+        ({"part_size": "6GiB", "cache_size": "100G"}, "at most 5 GiB"),
+        ({"multipart_threshold": "6GiB"}, "at most 5 GiB"),
+        ({"cache_size": "32MiB"}, "at least 4 upload parts"),
+        ({"uid": "-1"}, "from 0 to"),
+        ({"uid": "abc"}, "expected an integer"),
+        ({"dir_ttl": "-1"}, "0 or more"),
+        ({"attr_ttl": "soon"}, "number"),
+        ({"log_level": "chatty"}, "unknown log level"),
+        ({"region": ""}, "invalid region"),
+        ({"profile": " "}, "empty"),
+        ({"access_key_id": "AKIA"}, "both access_key_id and secret_access_key"),
+        ({"access_key_id": "AKIA", "secret_access_key": "s", "profile": "p"}, "use one of them"),
+        ({"ca_bundle": "/nonexistent/ca.pem"}, "not a file"),
+        ({"create_bucket": "maybe"}, "true or false"),
+    ],
+)
+def test_validation_errors_are_readable(overrides, expected):
+    msg = error_of(None, **overrides)
+    assert expected in msg
+    # The message names the flag (or the setting) that is wrong, never a Python repr of a class.
+    assert "Traceback" not in msg and "<" not in msg
+
+
+def test_cache_size_message_says_why():
+    msg = error_of(None, cache_size="32MiB", part_size="16MiB")
+    assert msg.startswith("--cache-size: 32 MiB is too small")
+    assert "4 x part size 16 MiB = 64 MiB" in msg
+
+
+def test_errors_in_file_name_the_section_and_file(tmp_path):
+    path = write(tmp_path, '[upload]\npart_size = "1MiB"\n')
+    msg = error_of(path)
+    assert f"[upload] part_size in {path}" in msg and "5 MiB" in msg
+
+
+def test_type_errors_in_file(tmp_path):
+    path = write(tmp_path, "[s3]\nmax_attempts = \"many\"\n")
+    assert "expected an integer" in error_of(path)
+    path = write(tmp_path, "[s3]\nbucket = 5\n")
+    assert "expected a string" in error_of(path)
+
+
+def test_normalisation():
+    c = load_config(None, {"prefix": "/pve", "endpoint_url": "HTTP://Minio:9000", "bucket": "b1b",
+                           "log_level": "warn", "retry_mode": "Adaptive"})
+    assert c.prefix == "pve/"
+    assert c.endpoint_url == "http://Minio:9000"
+    assert c.log_level == "WARNING" and c.retry_mode == "adaptive"
+    assert load_config(None, {"prefix": "a/b/"}).prefix == "a/b/"
+    assert load_config(None, {"prefix": "/"}).prefix == ""
+    assert load_config(None, {"endpoint_url": "http://[::1]:9000", "bucket": "b1b"}).endpoint_url == "http://[::1]:9000"
+
+
+def test_bucket_without_endpoint_means_aws():
+    c = load_config(None, {"bucket": "my-pve-backups", "region": "eu-west-3"})
+    assert c.endpoint_url is None and c.bucket == "my-pve-backups"
+
+
+# ---- file problems --------------------------------------------------------------------------
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = write(tmp_path, '[s3]\nbukcet = "x"\n')
+    msg = error_of(path)
+    assert "unknown key 'bukcet' in [s3]" in msg and "did you mean 'bucket'" in msg
+
+
+def test_unknown_section_is_named(tmp_path):
+    path = write(tmp_path, '[cahce]\nsize = "1G"\n')
+    msg = error_of(path)
+    assert "unknown section [cahce]" in msg and "[cache]" in msg
+
+
+def test_top_level_key_is_rejected(tmp_path):
+    path = write(tmp_path, 'bucket = "x"\n')
+    msg = error_of(path)
+    assert "unknown key 'bucket' at the top" in msg
+
+
+def test_bad_toml_and_missing_file(tmp_path):
+    path = write(tmp_path, "[s3\nbucket = \n")
+    assert "is not valid TOML" in error_of(path)
+    assert "does not exist" in error_of(tmp_path / "nope.toml")
+    assert "is a directory" in error_of(tmp_path)
+
+
+# ---- the chmod 600 rule ----------------------------------------------------------------------
+
+SECRET_TOML = '[s3]\nbucket = "b1b"\n[credentials]\naccess_key_id = "AKIAEXAMPLE"\nsecret_access_key = "s3cr3t-value"\n'
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o666])
+def test_secret_in_group_or_world_accessible_file_is_refused(tmp_path, mode):
+    path = write(tmp_path, SECRET_TOML, mode=mode)
+    msg = error_of(path)
+    assert f"chmod 600 {path}" in msg
+    assert "s3cr3t-value" not in msg
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700])
+def test_secret_in_private_file_is_accepted(tmp_path, mode):
+    path = write(tmp_path, SECRET_TOML, mode=mode)
+    c = load_config(path, {})
+    assert c.secret_access_key == "s3cr3t-value"
+
+
+def test_session_token_alone_triggers_the_rule(tmp_path):
+    path = write(tmp_path, '[credentials]\nsession_token = "tok"\n', mode=0o644)
+    assert "chmod 600" in error_of(path)
+
+
+def test_file_without_secret_may_be_world_readable(tmp_path):
+    path = write(tmp_path, '[s3]\nbucket = "b1b"\n[credentials]\naccess_key_id = "AKIA"\n', mode=0o644)
+    # (keys are incomplete, which is its own error; but not the chmod rule)
+    msg = error_of(path)
+    assert "chmod" not in msg and "both access_key_id" in msg
+
+
+# ---- secrets stay out of logs -----------------------------------------------------------------
+
+
+def test_redacted_and_repr_hide_secrets():
+    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": "topsecret!",
+                           "session_token": "token-123456"})
+    red = c.redacted()
+    assert red["secret_access_key"] == "***" and red["session_token"] == "***"
+    assert red["access_key_id"] == "AKIA***"
+    assert red["file_mode"] == "0644" and red["cache_dir"] == "/var/cache/s3pvefs"
+    text = repr(c) + str(red)
+    assert "topsecret!" not in text and "token-123456" not in text and "AKIAEXAMPLE12345" not in text
+
+
+def test_logging_masks_secrets(tmp_path):
+    log_file = tmp_path / "log" / "s3pvefs.log"
+    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": "topsecret!",
+                           "log_file": str(log_file), "log_level": "debug"})
+    handler = setup_logging(c)
+    try:
+        logging.getLogger("s3pvefs.test").info("signing with %s", "topsecret!")
+        logging.getLogger("botocore.test").debug("hidden at debug")
+        handler.flush()
+        text = log_file.read_text()
+        assert "signing with ***" in text and "topsecret!" not in text
+        assert "INFO s3pvefs.test:" in text
+        assert "hidden at debug" not in text
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def test_unwritable_log_file_is_a_config_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    c = load_config(None, {"log_file": str(blocker / "sub" / "x.log")})
+    with pytest.raises(ConfigError, match="cannot open log file"):
+        setup_logging(c)
+
+
+# ---- shipped examples ---------------------------------------------------------------------------
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.toml"))
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_are_valid(tmp_path, example):
+    copy = write(tmp_path, example.read_text(), mode=0o600)
+    c = load_config(copy, {})
+    assert c.bucket
+
+
+def test_examples_exist():
+    assert {p.name for p in EXAMPLES} >= {"aws.toml", "minio.toml", "ceph-rgw.toml"}
+
+
+def test_wrong_type_of_secret_is_not_echoed(tmp_path):
+    path = write(tmp_path, "[credentials]\naccess_key_id = \"AKIA\"\nsecret_access_key = 123456789\n")
+    msg = error_of(path)
+    assert "secret_access_key" in msg and "123456789" not in msg
