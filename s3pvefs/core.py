@@ -16,7 +16,7 @@ import trio
 
 from .blockcache import BlockCache, CachedFile
 from .config import Config
-from .errors import FsError
+from .errors import FsError, first_fs_error
 from .listing import Directories, walk
 from .names import PROXMOX_DIRS, Attributes, check_key_length, encode_attributes
 from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
@@ -142,6 +142,8 @@ class FsCore:
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
                       mtime_ns=None) -> Node:
         node = await self.getattr(ino)
+        if size is not None and node.is_file and size == node.size:
+            size = None  # nothing to change; a no-op truncate must not force a re-upload
         if size is not None:
             await self._truncate(node, size)
         if mode is not None:
@@ -207,7 +209,7 @@ class FsCore:
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
-        await self._check_free(parent, name)
+        await self._check_free(parent, name, is_dir=True)
         return self.remember(await self._make_directory(parent, name, mode, uid, gid))
 
     async def _make_directory(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
@@ -242,11 +244,11 @@ class FsCore:
             self.dirs.invalidate(directory)
             raise FsError(errno.ENOTEMPTY)
 
-    async def _check_free(self, parent: Node, name: str) -> None:
+    async def _check_free(self, parent: Node, name: str, is_dir: bool = False) -> None:
         await self.dirs.ensure_listed(parent)
         if name in parent.children:
             raise FsError(errno.EEXIST)
-        check_key_length(parent.key(self.prefix) + name + "/")
+        check_key_length(parent.key(self.prefix) + name + ("/" if is_dir else ""))
 
     def _insert(self, parent: Node, name: str, node: Node) -> None:
         parent.children[name] = node
@@ -517,33 +519,41 @@ class FsCore:
         old_prefix = node.key(self.prefix)
         new_prefix = new_parent.key(self.prefix) + new_name + "/"
         objects = await self.dirs.list_tree(old_prefix)
-        new_etags = await self._copy_tree(objects, old_prefix, new_prefix)
+        keep = {new_prefix} if target is not None else set()  # the target's own marker
+        new_etags = await self._copy_tree(objects, old_prefix, new_prefix, keep)
         if old_prefix not in {obj.key for obj in objects}:
             await self.store.put(new_prefix, b"", encode_attributes(node.attributes()))
-        if target is not None:
-            await self.store.delete(target.key(self.prefix))
         await self.store.delete_many([obj.key for obj in objects])
         self._move(node, new_parent, new_name, target)
         for descendant in loaded:
             self._rebase(descendant, old_prefix, new_prefix, new_etags)
 
-    async def _copy_tree(self, objects, old_prefix: str, new_prefix: str) -> dict[str, str]:
-        """Server-side copies of every object; new key -> new etag."""
+    async def _copy_tree(self, objects, old_prefix: str, new_prefix: str,
+                         keep: set[str]) -> dict[str, str]:
+        """Server-side copies of every object; new key -> new etag.
+
+        On failure every destination key except those in ``keep`` is deleted again, including
+        copies whose answer never arrived because their task was cancelled.
+        """
         new_etags: dict[str, str] = {}
+        limiter = trio.CapacityLimiter(self.config.max_connections)
 
         async def copy_one(obj) -> None:
             new_key = new_prefix + obj.key[len(old_prefix):]
             source = RemoteObject(obj.key, obj.etag, obj.size)
-            new_etags[new_key] = await self.uploader.copy_object(source, new_key, None)
+            async with limiter:
+                new_etags[new_key] = await self.uploader.copy_object(source, new_key, None)
 
         try:
-            async with trio.open_nursery() as nursery:
-                for obj in objects:
-                    nursery.start_soon(copy_one, obj)
+            with first_fs_error():
+                async with trio.open_nursery() as nursery:
+                    for obj in objects:
+                        nursery.start_soon(copy_one, obj)
         except BaseException:
+            destinations = {new_prefix + obj.key[len(old_prefix):] for obj in objects} - keep
             with trio.CancelScope(shield=True):
                 try:
-                    await self.store.delete_many(list(new_etags))
+                    await self.store.delete_many(sorted(destinations))
                 except FsError as exc:
                     log.warning("could not remove copies after a failed rename: %s", exc)
             raise

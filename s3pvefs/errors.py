@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from contextlib import contextmanager
 
 # S3 error codes (and HTTP statuses as strings) -> errno. Anything unknown is EIO.
 _S3_CODE_ERRNO: dict[str, int] = {
@@ -82,3 +83,24 @@ class StaleObjectError(FsError):
     def __init__(self, key: str):
         super().__init__(errno.ESTALE, f"object {key} changed on the server")
         self.key = key
+
+
+@contextmanager
+def first_fs_error():
+    """Let an FsError raised inside a trio nursery reach callers as itself.
+
+    Nurseries wrap failures in exception groups; callers of the core expect one FsError with
+    the errno to answer. Groups holding anything else propagate unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        matched, rest = group.split(FsError)
+        if matched is None or rest is not None:
+            raise
+        raise _first_leaf(matched) from group
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first

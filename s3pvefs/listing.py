@@ -215,7 +215,7 @@ class Directories:
     async def _load_quietly(self, node: Node) -> None:
         try:
             await self.load_attributes(node)
-        except FsError as exc:
+        except Exception as exc:  # one bad object must not fail the whole listing
             log.warning("cannot read attributes of %s: %s", node.path(), exc)
 
 

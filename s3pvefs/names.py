@@ -37,6 +37,11 @@ META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
 
+# Bounds of what a stat structure can carry; metadata beyond them is garbage.
+MODE_LIMIT = 0o177777 + 1
+ID_LIMIT = 2**32
+MTIME_LIMIT = 2**63  # nanoseconds in a signed 64-bit integer
+
 
 def name_from_kernel(raw: bytes) -> str:
     """Decode and check a name the kernel gives us for a new entry."""
@@ -94,8 +99,9 @@ class Attributes:
 
 
 def encode_attributes(attrs: Attributes) -> dict[str, str]:
-    seconds, nanos = divmod(attrs.mtime_ns, 1_000_000_000)
-    mtime = f"{seconds}.{nanos:09d}" if nanos else str(seconds)
+    sign = "-" if attrs.mtime_ns < 0 else ""
+    seconds, nanos = divmod(abs(attrs.mtime_ns), 1_000_000_000)
+    mtime = f"{sign}{seconds}.{nanos:09d}" if nanos else f"{sign}{seconds}"
     return {
         META_MODE: str(attrs.mode),
         META_UID: str(attrs.uid),
@@ -107,31 +113,36 @@ def encode_attributes(attrs: Attributes) -> dict[str, str]:
 def decode_attributes(metadata: dict[str, str] | None, defaults: Attributes) -> Attributes:
     """Attributes from an object's user metadata; anything missing or garbled uses defaults."""
     metadata = metadata or {}
-    mode = _parse_int(metadata.get(META_MODE), defaults.mode)
+    mode = _parse_int(metadata.get(META_MODE), defaults.mode, MODE_LIMIT)
     if stat.S_IFMT(mode) == 0:
         mode |= stat.S_IFMT(defaults.mode)
     elif stat.S_IFMT(mode) not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
         mode = defaults.mode  # devices, fifos, sockets: not something we serve
     return Attributes(
         mode=mode,
-        uid=_parse_int(metadata.get(META_UID), defaults.uid),
-        gid=_parse_int(metadata.get(META_GID), defaults.gid),
+        uid=_parse_int(metadata.get(META_UID), defaults.uid, ID_LIMIT),
+        gid=_parse_int(metadata.get(META_GID), defaults.gid, ID_LIMIT),
         mtime_ns=_parse_mtime(metadata.get(META_MTIME), defaults.mtime_ns),
     )
 
 
-def _parse_int(text: str | None, default: int) -> int:
+def _parse_int(text: str | None, default: int, limit: int) -> int:
+    """A non-negative integer below ``limit`` (what the kernel can take), else the default."""
     try:
         value = int(text) if text is not None else default
     except ValueError:
         return default
-    return value if value >= 0 else default
+    return value if 0 <= value < limit else default
 
 
 def _parse_mtime(text: str | None, default: int) -> int:
     if text is None:
         return default
     try:
-        return int(Decimal(text) * 1_000_000_000)
-    except (InvalidOperation, ValueError):
+        seconds = Decimal(text)
+        if not seconds.is_finite():
+            return default
+        value = int(seconds * 1_000_000_000)
+    except (InvalidOperation, ValueError, OverflowError):
         return default
+    return value if -MTIME_LIMIT <= value < MTIME_LIMIT else default

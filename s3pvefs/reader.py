@@ -8,7 +8,7 @@ import logging
 import trio
 
 from .blockcache import CachedFile
-from .errors import FsError
+from .errors import FsError, first_fs_error
 from .nodes import RemoteObject
 from .store import ObjectStore
 
@@ -27,9 +27,10 @@ class BlockReader:
         missing = [b for b in blocks if data.needs_fetch(b)]
         if not missing:
             return
-        async with trio.open_nursery() as nursery:
-            for block in missing:
-                nursery.start_soon(self._fetch_shared, data, base, block)
+        with first_fs_error():
+            async with trio.open_nursery() as nursery:
+                for block in missing:
+                    nursery.start_soon(self._fetch_shared, data, base, block)
         # A shared fetch that failed elsewhere leaves the block missing: report it here too.
         if any(data.needs_fetch(b) for b in missing):
             raise FsError(errno.EIO, f"could not read {base.key} from S3 (see log)")

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from .config import Config, GiB, MiB
-from .errors import FsError, StoreError
+from .errors import FsError, StoreError, first_fs_error
 from .names import check_key_length, encode_attributes
 from .nodes import Node, RemoteObject
 from .reader import BlockReader
@@ -97,7 +97,7 @@ class Uploader:
     async def _background_sync(self, node: Node) -> None:
         try:
             await self.sync(node)
-        except FsError as exc:
+        except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
             delay = min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1))
@@ -182,6 +182,7 @@ class Uploader:
                 data.pins -= 1
         node.base = RemoteObject(key, etag, size)
         node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
+        node.touch()  # a listing that started before this upload must not drop the file
         if data is not None:
             data.reset_base(min(size, data.low_water))
             data.mark_clean(snapshot)
@@ -227,12 +228,13 @@ class Uploader:
         upload_id = await self.store.create_multipart(key, metadata)
         etags: dict[int, str] = {}
         try:
-            async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, size, part_size), start=1):
-                    await self.part_slots.acquire()
-                    length = min(part_size, size - offset)
-                    nursery.start_soon(self._part, key, upload_id, number, offset, length,
-                                       part_body, etags)
+            with first_fs_error():
+                async with trio.open_nursery() as nursery:
+                    for number, offset in enumerate(range(0, size, part_size), start=1):
+                        await self.part_slots.acquire()
+                        length = min(part_size, size - offset)
+                        nursery.start_soon(self._part, key, upload_id, number, offset, length,
+                                           part_body, etags)
             return await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
@@ -279,11 +281,12 @@ class Uploader:
         upload_id = await self.store.create_multipart(dest_key, metadata)
         etags: dict[int, str] = {}
         try:
-            async with trio.open_nursery() as nursery:
-                for number, offset in enumerate(range(0, source.size, part_size), start=1):
-                    end = min(source.size, offset + part_size) - 1
-                    nursery.start_soon(self._copy_part, dest_key, upload_id, number, source,
-                                       offset, end, etags)
+            with first_fs_error():
+                async with trio.open_nursery() as nursery:
+                    for number, offset in enumerate(range(0, source.size, part_size), start=1):
+                        end = min(source.size, offset + part_size) - 1
+                        nursery.start_soon(self._copy_part, dest_key, upload_id, number, source,
+                                           offset, end, etags)
             return await self.store.complete_multipart(dest_key, upload_id, sorted(etags.items()))
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):

@@ -1,0 +1,1242 @@
+"""The filesystem core (core.py and the layers under it) against a moto server, no kernel.
+
+Each test builds FsCore objects directly, calls them with inode numbers and str names as the
+FUSE adapter does, and checks the bucket with a plain boto3 client and the store's request
+counts. A "second core" on the same bucket with an empty cache plays another mount, or this
+mount after a restart.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import os
+import random
+import stat
+
+import pytest
+import trio
+
+from s3pvefs.blockcache import BlockCache
+from s3pvefs.config import KiB, MiB, Config
+from s3pvefs.core import FsCore
+from s3pvefs.errors import FsError
+from s3pvefs.faults import FaultInjectingStore, store_error
+from s3pvefs.names import PROXMOX_DIRS, Attributes, decode_attributes
+from s3pvefs.nodes import ROOT_INODE, Node
+
+BLOCK = 64 * KiB
+PART = 5 * MiB
+PREFIX = "pve/"
+UID, GID = 1000, 1001
+FILE_MODE = stat.S_IFREG | 0o640
+WRITE_FLAGS = os.O_WRONLY | os.O_CREAT
+TIMEOUT = 20  # seconds any single wait may take before the test fails
+
+
+# -- fixtures and helpers ------------------------------------------------------------------
+
+
+@pytest.fixture
+def core_config(store_config: Config) -> Config:
+    return dataclasses.replace(
+        store_config, prefix=PREFIX, block_size=BLOCK, part_size=PART,
+        multipart_threshold=PART, dir_ttl=3600.0, cache_size=64 * MiB, upload_concurrency=4,
+        uid=0, gid=0, file_mode=0o644, dir_mode=0o755,
+    )
+
+
+@pytest.fixture
+async def make_core(core_config, store, tmp_path):
+    """``await make_core(backend=None, **config_changes)``: a started FsCore on the bucket.
+
+    Every core gets its own empty cache directory and its own uploader worker (unless
+    ``start_uploader=False``: the test runs it); the workers are cancelled and the caches closed
+    at the end of the test.
+    """
+    caches: list[BlockCache] = []
+    async with trio.open_nursery() as nursery:
+
+        async def make(backend=None, *, start_uploader: bool = True, **changes) -> FsCore:
+            config = dataclasses.replace(core_config, **changes)
+            cache = BlockCache(tmp_path / f"cache{len(caches)}", config.block_size,
+                               config.cache_size)
+            cache.open()
+            caches.append(cache)
+            core = FsCore(config, backend if backend is not None else store, cache)
+            if start_uploader:
+                await nursery.start(core.uploader.run)
+            await core.create_proxmox_dirs()
+            return core
+
+        yield make
+        nursery.cancel_scope.cancel()
+    for cache in caches:
+        cache.close()
+
+
+class Counts:
+    """Requests (and GET body bytes) made since the last reset."""
+
+    def __init__(self, store) -> None:
+        self.stats = store.stats
+        self.reset()
+
+    def reset(self) -> None:
+        self._requests = collections.Counter(self.stats.requests)
+        self._received = self.stats.bytes_received
+
+    def __getitem__(self, operation: str) -> int:
+        return self.stats.requests[operation] - self._requests[operation]
+
+    @property
+    def received(self) -> int:
+        return self.stats.bytes_received - self._received
+
+    @property
+    def changes(self) -> int:
+        """Requests that change the bucket."""
+        return sum(self[op] for op in ("PutObject", "CopyObject", "DeleteObject", "DeleteObjects",
+                                       "CreateMultipartUpload", "UploadPart"))
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def inode(core: FsCore, path: str) -> int:
+    ino = ROOT_INODE
+    for part in path.split("/"):
+        ino = (await core.lookup(ino, part)).ino
+    return ino
+
+
+async def write_file(core: FsCore, parent: int, name: str, data: bytes, *,
+                     release: bool = True, chunk: int = 128 * KiB) -> tuple[int, Node]:
+    """Create and write a file as the kernel would (128 KiB writes); returns (fh, node)."""
+    fh, node = await core.create(parent, name, FILE_MODE, WRITE_FLAGS, UID, GID)
+    for offset in range(0, len(data), chunk):
+        assert await core.write(fh, offset, data[offset:offset + chunk]) == len(
+            data[offset:offset + chunk])
+    if release:
+        await core.release(fh)
+    return fh, node
+
+
+async def read_file(core: FsCore, ino: int, offset: int = 0, length: int | None = None) -> bytes:
+    fh, _ = await core.open(ino, os.O_RDONLY)
+    try:
+        if length is None:
+            length = core.node(ino).size - offset
+        return await core.read(fh, offset, length)
+    finally:
+        await core.release(fh)
+
+
+async def drain(core: FsCore) -> None:
+    with trio.fail_after(TIMEOUT):
+        await core.uploader.drain(core.dirty_nodes())
+
+
+def s3_body(s3_client, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def s3_keys(s3_client, bucket: str, prefix: str = "") -> list[str]:
+    keys = []
+    for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [entry["Key"] for entry in page.get("Contents", [])]
+    return sorted(keys)
+
+
+def s3_uploads(s3_client, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+def s3_attributes(s3_client, bucket: str, key: str) -> Attributes:
+    metadata = s3_client.head_object(Bucket=bucket, Key=key)["Metadata"]
+    assert set(metadata) >= {"mode", "uid", "gid", "mtime"}, metadata
+    return decode_attributes(metadata, Attributes(0, -1, -1, -1))
+
+
+async def fails_with(code: int, fn, *args, **kwargs) -> None:
+    """The call fails with FsError(code), as the FUSE adapter needs it to."""
+    with pytest.raises(FsError) as info:
+        await fn(*args, **kwargs)
+    assert info.value.errno == code, f"{info.value!r}: expected {errno.errorcode[code]}"
+
+
+async def fails_somehow(fn, *args, **kwargs) -> FsError:
+    """The call fails with one bare FsError (never an exception group), whatever its errno."""
+    with pytest.raises(FsError) as info:
+        await fn(*args, **kwargs)
+    return info.value
+
+
+async def wait_for(predicate, timeout: float = TIMEOUT) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
+
+
+class SlowListings(FaultInjectingStore):
+    """Listings whose answer arrives ``answer_delay`` seconds after S3 made it."""
+
+    answer_delay = 0.0
+
+    async def list_page(self, *args, **kwargs):
+        page = await super().list_page(*args, **kwargs)
+        if self.answer_delay:
+            await trio.sleep(self.answer_delay)
+        return page
+
+
+# -- start-up --------------------------------------------------------------------------------
+
+
+async def test_proxmox_dirs_are_markers(make_core, store, s3_client, bucket) -> None:
+    counts = Counts(store)
+    core = await make_core()
+    markers = sorted(f"{PREFIX}{path}/" for path in PROXMOX_DIRS)
+    assert s3_keys(s3_client, bucket) == markers
+    assert counts["PutObject"] == len(PROXMOX_DIRS)
+    for key in markers:
+        attrs = s3_attributes(s3_client, bucket, key)
+        assert attrs.mode == stat.S_IFDIR | 0o755
+        assert s3_body(s3_client, bucket, key) == b""
+    names = [name for name, _ in await core.readdir(ROOT_INODE)]
+    assert names == sorted({path.split("/")[0] for path in PROXMOX_DIRS})
+
+    counts.reset()
+    second = await make_core()
+    assert counts.changes == 0
+    assert s3_keys(s3_client, bucket) == markers
+    template = await inode(second, "template")
+    assert [name for name, _ in await second.readdir(template)] == ["cache", "iso"]
+
+
+async def test_negative_lookup_in_fresh_listing_needs_no_request(make_core, store) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    await core.readdir(images)
+    counts = Counts(store)
+    await fails_with(errno.ENOENT, core.lookup, images, "absent")
+    await fails_with(errno.ENOENT, core.lookup, ROOT_INODE, "absent")
+    assert sum(counts.stats.requests.values()) == sum(counts._requests.values())
+
+
+# -- uploads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, BLOCK - 1, BLOCK + 1, PART - 1, PART + 1])
+async def test_upload_on_release(make_core, store, s3_client, bucket, size) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    data = payload(size, seed=size)
+    counts = Counts(store)
+    _, node = await write_file(core, images, "vm-100-disk-0.raw", data)
+    await drain(core)
+
+    key = f"{PREFIX}images/vm-100-disk-0.raw"
+    assert s3_body(s3_client, bucket, key) == data
+    attrs = s3_attributes(s3_client, bucket, key)
+    assert attrs == Attributes(FILE_MODE, UID, GID, node.mtime_ns)
+    assert not node.needs_upload and core.dirty_nodes() == []
+    assert s3_uploads(s3_client, bucket) == []
+    if size < PART:
+        assert (counts["PutObject"], counts["UploadPart"]) == (1, 0)
+    else:
+        assert (counts["PutObject"], counts["CreateMultipartUpload"]) == (0, 1)
+        assert counts["UploadPart"] == 2
+        head = s3_client.head_object(Bucket=bucket, Key=key, PartNumber=1)
+        assert head["PartsCount"] == 2
+        assert head["ContentLength"] == PART
+    # the cache holds the file: reading it back needs no GET
+    counts.reset()
+    assert await read_file(core, node.ino) == data
+    assert counts["GetObject"] == 0
+
+
+async def test_upload_of_open_file_waits_for_release(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    fh, node = await write_file(core, images, "open.raw", b"abc", release=False)
+    await trio.sleep(0.2)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    await core.write(fh, 3, b"def")
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/open.raw") == b"abcdef"
+
+
+async def test_fsync_uploads_synchronously(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    dump = await inode(core, "dump")
+    data = payload(3 * BLOCK + 17)
+    fh, node = await write_file(core, dump, "vzdump.vma", data, release=False)
+    await core.fsync(fh)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/vzdump.vma") == data
+    assert not node.needs_upload
+    counts = Counts(store)
+    await core.fsync(fh)  # nothing new: no request
+    assert counts.changes == 0
+    await core.write(fh, len(data), b"tail")
+    await core.fsync(fh)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/vzdump.vma") == data + b"tail"
+    await core.release(fh)
+
+
+@pytest.mark.parametrize("operation, size", [
+    ("PutObject", 3 * BLOCK),
+    pytest.param("UploadPart", PART + 1),
+])
+async def test_fsync_failure_is_eio(make_core, store, operation, size) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    fh, _ = await write_file(core, await inode(core, "dump"), "backup.vma", payload(size),
+                             release=False)
+    faulty.fail(operation, store_error(operation, "AccessDenied"))  # permanent: EACCES
+    await fails_with(errno.EIO, core.fsync, fh)
+    node = core.node(await inode(core, "dump/backup.vma"))
+    assert "AccessDenied" in node.last_error
+
+
+@pytest.mark.parametrize("operation, size", [("PutObject", 3 * BLOCK), ("UploadPart", PART + 1)])
+async def test_failed_upload_stays_dirty(make_core, store, s3_client, bucket, operation,
+                                         size) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    dump = await inode(core, "dump")
+    data = payload(size, seed=3)
+    fh, node = await write_file(core, dump, "backup.vma", data, release=False)
+    faulty.fail(operation, store_error(operation, "AccessDenied"))  # permanent: EACCES
+    await fails_somehow(core.fsync, fh)
+    assert faulty.injected[operation] >= 1
+    assert node.needs_upload and node in core.dirty_nodes()
+    assert s3_keys(s3_client, bucket, f"{PREFIX}dump/b") == []
+    assert s3_uploads(s3_client, bucket) == []  # a failed multipart upload is aborted
+    assert await core.read(fh, 0, size) == data  # the data is still here
+
+    faulty.clear()
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/backup.vma") == data
+    assert not node.needs_upload
+
+
+@pytest.mark.parametrize("operation, size", [
+    ("PutObject", 3 * BLOCK),
+    pytest.param("UploadPart", PART + 1),
+])
+async def test_background_upload_failure_is_retried(make_core, store, s3_client, bucket,
+                                                    operation, size) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty, start_uploader=False)
+    data = payload(size, seed=4)
+    faulty.fail(operation, store_error(operation, "InternalError"), times=1)
+    async with trio.open_nursery() as nursery:  # the worker must survive the failure
+        await nursery.start(core.uploader.run)
+        _, node = await write_file(core, await inode(core, "dump"), "retry.vma", data)
+        await drain(core)  # after one backoff of RETRY_MIN
+        nursery.cancel_scope.cancel()
+    assert faulty.injected[operation] == 1
+    assert not node.needs_upload and node.last_error is None
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/retry.vma") == data
+    assert s3_uploads(s3_client, bucket) == []
+
+
+async def test_writes_during_fsync_are_uploaded_too(make_core, store, s3_client,
+                                                    bucket) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    data = bytearray(payload(4 * BLOCK, seed=5))
+    fh, node = await write_file(core, await inode(core, "dump"), "w.vma", bytes(data),
+                                release=False)
+    faulty.delay("PutObject", 0.3)
+
+    async def write_meanwhile() -> None:
+        await trio.sleep(0.1)  # the first PUT has its snapshot and is on its way
+        await core.write(fh, BLOCK + 7, b"changed")
+        await core.write(fh, len(data), b"grown")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_meanwhile)
+        await core.fsync(fh)  # returns once the latest content is on S3
+    data[BLOCK + 7:BLOCK + 14] = b"changed"
+    data += b"grown"
+    assert not node.needs_upload
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/w.vma") == data
+    await core.release(fh)
+
+
+async def test_size_limits_and_handles(make_core) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    fh, node = await write_file(core, images, "f.raw", b"x", release=False)
+    await fails_with(errno.EFBIG, core.write, fh, 5 * 1024**4, b"x")
+    await fails_with(errno.EFBIG, core.setattr, node.ino, size=5 * 1024**4 + 1)
+    await fails_with(errno.EISDIR, core.setattr, images, size=0)
+    await fails_with(errno.EISDIR, core.open, images, os.O_RDONLY)
+    await core.release(fh)
+    await fails_with(errno.EBADF, core.read, fh, 0, 1)
+    await fails_with(errno.EBADF, core.write, fh, 0, b"x")
+    ro, _ = await core.open(node.ino, os.O_RDONLY)
+    await fails_with(errno.EBADF, core.write, ro, 0, b"x")
+    await core.release(ro)
+    await fails_with(errno.ENOENT, core.getattr, 999_999)
+    await fails_with(errno.ENAMETOOLONG, core.create, images, "n" * 1100, FILE_MODE,
+                     WRITE_FLAGS, 0, 0)
+    await fails_with(errno.EEXIST, core.create, images, "f.raw", FILE_MODE, WRITE_FLAGS, 0, 0)
+
+
+# -- reads -----------------------------------------------------------------------------------
+
+
+async def test_read_fetches_only_needed_blocks(make_core, store, s3_client, bucket) -> None:
+    size = 10 * BLOCK + 123
+    data = payload(size, seed=7)
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}images/disk.raw", Body=data)
+    core = await make_core()
+    ino = await inode(core, "images/disk.raw")
+    node = core.node(ino)
+    assert node.size == size and node.mode == stat.S_IFREG | 0o644  # defaults: no metadata
+
+    fh, _ = await core.open(ino, os.O_RDONLY)
+    counts = Counts(store)
+    assert await core.read(fh, 3 * BLOCK + 10, 100) == data[3 * BLOCK + 10:3 * BLOCK + 110]
+    assert (counts["GetObject"], counts.received) == (1, BLOCK)
+    assert await core.read(fh, 3 * BLOCK, BLOCK) == data[3 * BLOCK:4 * BLOCK]  # cached now
+    assert counts["GetObject"] == 1
+
+    counts.reset()  # across a block boundary: both blocks
+    assert await core.read(fh, 5 * BLOCK - 50, 100) == data[5 * BLOCK - 50:5 * BLOCK + 50]
+    assert (counts["GetObject"], counts.received) == (2, 2 * BLOCK)
+
+    counts.reset()  # at and past the end
+    assert await core.read(fh, size, 10) == b""
+    assert await core.read(fh, size + 5 * BLOCK, 10) == b""
+    assert counts["GetObject"] == 0
+    assert await core.read(fh, size - 10, 1000) == data[-10:]
+    assert (counts["GetObject"], counts.received) == (1, 123)  # the short last block
+
+    counts.reset()  # the whole file: only the 6 blocks not read yet
+    assert await core.read(fh, 0, size + 100) == data
+    assert (counts["GetObject"], counts.received) == (7, 7 * BLOCK)
+    await core.release(fh)
+
+
+async def test_concurrent_reads_of_a_block_share_one_get(make_core, store, s3_client,
+                                                         bucket) -> None:
+    data = payload(4 * BLOCK, seed=8)
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}images/shared.raw", Body=data)
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    ino = await inode(core, "images/shared.raw")
+    faulty.delay("GetObject", 0.3)
+    counts = Counts(store)
+    results: dict[int, bytes] = {}
+
+    async def reader(offset: int) -> None:
+        results[offset] = await read_file(core, ino, offset, 1000)
+
+    async with trio.open_nursery() as nursery:
+        for offset in (BLOCK, BLOCK + 1000, BLOCK + 5000, 2 * BLOCK - 1000):
+            nursery.start_soon(reader, offset)
+    assert counts["GetObject"] == 1
+    for offset, got in results.items():
+        assert got == data[offset:offset + 1000]
+
+
+
+async def test_read_of_changed_object_is_estale(make_core, s3_client, bucket) -> None:
+    key = f"{PREFIX}images/changing.raw"
+    s3_client.put_object(Bucket=bucket, Key=key, Body=payload(2 * BLOCK, seed=1))
+    core = await make_core()
+    ino = await inode(core, "images/changing.raw")
+    s3_client.put_object(Bucket=bucket, Key=key, Body=payload(2 * BLOCK, seed=2))
+    await fails_with(errno.ESTALE, read_file, core, ino, 0, 10)
+
+
+async def test_cache_evicts_closed_clean_files(make_core, store, s3_client, bucket) -> None:
+    a, b = payload(6 * BLOCK, seed=9), payload(6 * BLOCK, seed=10)
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}images/a.raw", Body=a)
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}images/b.raw", Body=b)
+    core = await make_core(cache_size=4 * BLOCK)
+    ino_a, ino_b = await inode(core, "images/a.raw"), await inode(core, "images/b.raw")
+    assert await read_file(core, ino_a) == a  # open: kept although over the limit
+    assert await read_file(core, ino_b) == b  # a is closed and clean: evicted
+    assert not core.node(ino_a).data.cached
+    counts = Counts(store)
+    assert await read_file(core, ino_a) == a
+    assert (counts["GetObject"], counts.received) == (6, 6 * BLOCK)
+    fh, _ = await core.open(ino_b, os.O_WRONLY)  # b was evicted by now: edges come back
+    await core.write(fh, 2 * BLOCK + 3, b"bee")
+    await core.release(fh)
+    await drain(core)
+    expected = b[:2 * BLOCK + 3] + b"bee" + b[2 * BLOCK + 6:]
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/b.raw") == expected
+
+
+# -- writes into remote files ----------------------------------------------------------------
+
+
+async def uploaded_file(make_core, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` through a core of its own and upload it."""
+    writer = await make_core()
+    parent, name = path.rsplit("/", 1)
+    await write_file(writer, await inode(writer, parent), name, data)
+    await drain(writer)
+
+
+async def test_partial_overwrite_with_empty_cache(make_core, store, s3_client, bucket) -> None:
+    size = 3 * BLOCK + 500
+    data = bytearray(payload(size, seed=11))
+    await uploaded_file(make_core, "images/base.raw", bytes(data))
+
+    core = await make_core()  # another mount: nothing cached
+    ino = await inode(core, "images/base.raw")
+    fh, _ = await core.open(ino, os.O_RDWR)
+    counts = Counts(store)
+    await core.write(fh, BLOCK + 5, b"X" * 10)  # inside block 1
+    data[BLOCK + 5:BLOCK + 15] = b"X" * 10
+    assert (counts["GetObject"], counts.received) == (1, BLOCK)
+
+    counts.reset()
+    await core.write(fh, 3 * BLOCK - 5, b"Y" * 10)  # the end of block 2, start of block 3
+    data[3 * BLOCK - 5:3 * BLOCK + 5] = b"Y" * 10
+    assert (counts["GetObject"], counts.received) == (2, BLOCK + 500)
+
+    counts.reset()
+    await core.write(fh, 0, b"Z" * BLOCK)  # all of block 0: nothing to fetch
+    data[0:BLOCK] = b"Z" * BLOCK
+    assert counts["GetObject"] == 0
+    assert await core.read(fh, 0, size) == data
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/base.raw") == data
+
+    third = await make_core()
+    assert await read_file(third, await inode(third, "images/base.raw")) == data
+
+
+async def test_partial_overwrite_of_remote_multipart_file(make_core, store, s3_client,
+                                                         bucket) -> None:
+    size = PART + 100
+    data = bytearray(payload(size, seed=15))
+    await uploaded_file(make_core, "images/mp.raw", bytes(data))
+    core = await make_core()
+    ino = await inode(core, "images/mp.raw")
+    fh, _ = await core.open(ino, os.O_WRONLY)
+    await core.write(fh, PART - 5, b"across")  # the part boundary is a block boundary too
+    data[PART - 5:PART + 1] = b"across"
+    await core.release(fh)
+    counts = Counts(store)
+    await drain(core)
+    assert (counts["UploadPart"], counts["PutObject"]) == (2, 0)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/mp.raw") == data
+
+
+async def test_write_beyond_end_of_remote_file(make_core, s3_client, bucket) -> None:
+    size = 2 * BLOCK + 100
+    data = payload(size, seed=12)
+    await uploaded_file(make_core, "images/grow.raw", data)
+    core = await make_core()
+    ino = await inode(core, "images/grow.raw")
+    fh, _ = await core.open(ino, os.O_WRONLY)
+    await core.write(fh, size + BLOCK, b"end")  # leaves a hole
+    await core.release(fh)
+    await drain(core)
+    expected = data + bytes(BLOCK) + b"end"
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/grow.raw") == expected
+
+
+@pytest.mark.parametrize("empty_cache", [False, True], ids=["cached", "empty-cache"])
+async def test_truncate_down_then_extend_reads_zeros(make_core, s3_client, bucket,
+                                                     empty_cache) -> None:
+    data = payload(3 * BLOCK, seed=13)
+    writer = await make_core()
+    images = await inode(writer, "images")
+    await write_file(writer, images, "t.raw", data)
+    await drain(writer)
+    core = await make_core() if empty_cache else writer
+    ino = await inode(core, "images/t.raw")
+
+    await core.setattr(ino, size=100)
+    await core.setattr(ino, size=3 * BLOCK)
+    expected = data[:100] + bytes(3 * BLOCK - 100)
+    assert core.node(ino).size == 3 * BLOCK
+    assert await read_file(core, ino) == expected
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/t.raw") == expected
+
+
+@pytest.mark.parametrize("new_size", [BLOCK + 1000, 2 * BLOCK - 1, 1, 0])
+async def test_truncate_remote_file_to_unaligned_size(make_core, store, s3_client, bucket,
+                                                      new_size) -> None:
+    data = payload(3 * BLOCK + 7, seed=14)
+    await uploaded_file(make_core, "images/cut.raw", data)
+    core = await make_core()
+    ino = await inode(core, "images/cut.raw")
+    node = await core.setattr(ino, size=new_size)
+    assert node.size == new_size
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/cut.raw") == data[:new_size]
+    assert await read_file(core, ino) == data[:new_size]
+
+
+async def test_open_with_o_trunc(make_core, s3_client, bucket) -> None:
+    await uploaded_file(make_core, "snippets/hook.pl", b"#!/usr/bin/perl\n" * 100)
+    core = await make_core()
+    ino = await inode(core, "snippets/hook.pl")
+    fh, _ = await core.open(ino, os.O_WRONLY | os.O_TRUNC)
+    await core.write(fh, 0, b"new")
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}snippets/hook.pl") == b"new"
+
+
+# -- rename ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fsync_first", [False, True], ids=["local", "fsynced"])
+async def test_rename_while_open_for_writing(make_core, store, s3_client, bucket,
+                                             fsync_first) -> None:
+    """vzdump style: write a temporary name, rename while open, write on, close."""
+    core = await make_core()
+    dump = await inode(core, "dump")
+    first = payload(BLOCK + 3, seed=20)
+    fh, node = await write_file(core, dump, "vzdump.tmp", first, release=False)
+    if fsync_first:
+        await core.fsync(fh)
+    counts = Counts(store)
+    await core.rename(dump, "vzdump.tmp", dump, "vzdump.vma")
+    if fsync_first:  # a clean file with an object: copied on the server
+        assert (counts["CopyObject"], counts["DeleteObject"], counts.changes) == (1, 1, 2)
+    else:  # nothing is on S3 yet, nothing to move
+        assert counts.changes == 0
+    more = payload(2 * BLOCK, seed=21)
+    await core.write(fh, len(first), more)
+    await core.release(fh)
+    await drain(core)
+    assert counts["CopyObject"] == fsync_first and counts["DeleteObject"] == fsync_first
+    assert s3_keys(s3_client, bucket, f"{PREFIX}dump/") == [f"{PREFIX}dump/",
+                                                           f"{PREFIX}dump/vzdump.vma"]
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/vzdump.vma") == first + more
+    await fails_with(errno.ENOENT, core.lookup, dump, "vzdump.tmp")
+    assert (await core.lookup(dump, "vzdump.vma")) is node
+
+
+async def test_rename_clean_file_copies_on_server(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    images, dump = await inode(core, "images"), await inode(core, "dump")
+    data = payload(2 * BLOCK + 9, seed=22)
+    _, node = await write_file(core, images, "a.raw", data)
+    await drain(core)
+    counts = Counts(store)
+    await core.rename(images, "a.raw", dump, "b.raw")
+    await drain(core)
+    assert (counts["CopyObject"], counts["PutObject"], counts["UploadPart"]) == (1, 0, 0)
+    assert counts.received == 0
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/a") == []
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/b.raw") == data
+    assert s3_attributes(s3_client, bucket, f"{PREFIX}dump/b.raw").mode == FILE_MODE
+    assert node.base.key == f"{PREFIX}dump/b.raw"
+    assert await read_file(core, node.ino) == data
+
+    other = await make_core()
+    assert await read_file(other, await inode(other, "dump/b.raw")) == data
+    await fails_with(errno.ENOENT, other.lookup, await inode(other, "images"), "a.raw")
+
+
+async def test_rename_over_existing_file(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    new, old = payload(BLOCK, seed=23), payload(3 * BLOCK, seed=24)
+    _, node = await write_file(core, images, "new.raw", new)
+    _, replaced = await write_file(core, images, "disk.raw", old)
+    await drain(core)
+    await core.rename(images, "new.raw", images, "disk.raw")
+    await drain(core)
+    assert replaced.unlinked
+    assert (await core.lookup(images, "disk.raw")) is node
+    await fails_with(errno.ENOENT, core.lookup, images, "new.raw")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+                                                             f"{PREFIX}images/disk.raw"]
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/disk.raw") == new
+
+
+async def test_rename_local_file_over_uploaded_file(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    await write_file(core, images, "disk.raw", payload(BLOCK, seed=25))
+    await drain(core)
+    fh, node = await write_file(core, images, "disk.tmp", b"fresh", release=False)
+    await core.rename(images, "disk.tmp", images, "disk.raw")
+    await core.release(fh)
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+                                                             f"{PREFIX}images/disk.raw"]
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/disk.raw") == b"fresh"
+    await core.unlink(images, "disk.raw")  # the replaced object is known to exist: deleted
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+
+
+@pytest.mark.parametrize("operation, size", [("PutObject", 2 * BLOCK), ("UploadPart", PART + 1)])
+async def test_rename_during_upload_restarts_it_at_new_key(make_core, store, s3_client,
+                                                           bucket, operation, size) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    dump = await inode(core, "dump")
+    data = payload(size, seed=26)
+    faulty.delay(operation, 0.5)
+    _, node = await write_file(core, dump, "x.tmp", data)
+    await wait_for(lambda: node.sync_lock.locked())
+    await trio.sleep(0.1)
+    await core.rename(dump, "x.tmp", dump, "x.vma")
+    faulty.clear()
+    await drain(core)
+    await trio.sleep(0.5)  # a part that was still sleeping would have gone through now
+    assert s3_uploads(s3_client, bucket) == []
+    assert s3_keys(s3_client, bucket, f"{PREFIX}dump/") == [f"{PREFIX}dump/",
+                                                           f"{PREFIX}dump/x.vma"]
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/x.vma") == data
+
+
+async def test_rename_of_partly_cached_dirty_file(make_core, store, s3_client, bucket) -> None:
+    data = bytearray(payload(4 * BLOCK, seed=27))
+    await uploaded_file(make_core, "images/p.raw", bytes(data))
+    core = await make_core()
+    images = await inode(core, "images")
+    ino = await inode(core, "images/p.raw")
+    fh, _ = await core.open(ino, os.O_RDWR)
+    await core.write(fh, 2 * BLOCK + 1, b"patch")
+    data[2 * BLOCK + 1:2 * BLOCK + 6] = b"patch"
+    counts = Counts(store)
+    await core.rename(images, "p.raw", images, "q.raw")
+    assert counts["CopyObject"] == 1  # the blocks not cached are still needed
+    await core.release(fh)
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+                                                             f"{PREFIX}images/q.raw"]
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/q.raw") == data
+
+
+@pytest.mark.parametrize("size", [3 * BLOCK + 5, PART + 1])
+async def test_rename_reuploads_when_copy_is_not_implemented(make_core, store, s3_client,
+                                                             bucket, size) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    iso = await inode(core, "template/iso")
+    data = payload(size, seed=28)
+    _, node = await write_file(core, iso, "debian.iso", data)
+    await drain(core)
+    faulty.fail("CopyObject", store_error("CopyObject", "NotImplemented"))
+    faulty.fail("UploadPartCopy", store_error("UploadPartCopy", "NotImplemented"))
+    await core.rename(iso, "debian.iso", iso, "debian-12.iso")
+    await drain(core)
+    assert faulty.injected["CopyObject"] >= 1
+    key = f"{PREFIX}template/iso/debian-12.iso"
+    assert s3_keys(s3_client, bucket, f"{PREFIX}template/iso/") == [f"{PREFIX}template/iso/", key]
+    assert s3_body(s3_client, bucket, key) == data
+    assert s3_attributes(s3_client, bucket, key) == Attributes(FILE_MODE, UID, GID, node.mtime_ns)
+    assert s3_uploads(s3_client, bucket) == []
+
+
+async def make_tree(core: FsCore, s3_client, bucket: str) -> dict[str, bytes]:
+    """d/ (mode 0700) with f1, sub/f2 and sub/deeper/f3; path -> content."""
+    d = await core.mkdir(ROOT_INODE, "d", 0o700, UID, GID)
+    sub = await core.mkdir(d.ino, "sub", 0o755, UID, GID)
+    deeper = await core.mkdir(sub.ino, "deeper", 0o755, UID, GID)
+    files = {"f1": (d, payload(100, 30)), "sub/f2": (sub, payload(BLOCK + 1, 31)),
+             "sub/deeper/f3": (deeper, b"three")}
+    for path, (parent, data) in files.items():
+        await write_file(core, parent.ino, path.rsplit("/", 1)[-1], data)
+    await drain(core)
+    return {path: data for path, (_, data) in files.items()}
+
+
+async def test_rename_directory_moves_every_key(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    files = await make_tree(core, s3_client, bucket)
+    # a key another client wrote that this mount never listed
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}d/sub/external", Body=b"ext")
+    files["sub/external"] = b"ext"
+    old_keys = s3_keys(s3_client, bucket, f"{PREFIX}d/")
+    await core.rename(ROOT_INODE, "d", ROOT_INODE, "e")
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+    assert s3_keys(s3_client, bucket, f"{PREFIX}e/") == [
+        PREFIX + "e/" + key[len(PREFIX + "d/"):] for key in old_keys]
+    for path, data in files.items():
+        assert s3_body(s3_client, bucket, f"{PREFIX}e/{path}") == data
+    # metadata went along
+    assert s3_attributes(s3_client, bucket, f"{PREFIX}e/").mode == stat.S_IFDIR | 0o700
+    assert s3_attributes(s3_client, bucket, f"{PREFIX}e/f1").mode == FILE_MODE
+
+    # the moved nodes upload to their new keys
+    f1 = await inode(core, "e/f1")
+    fh, _ = await core.open(f1, os.O_WRONLY)
+    await core.write(fh, 0, b"NEW")
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}e/f1") == b"NEW" + files["f1"][3:]
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+
+    other = await make_core()
+    for path, data in files.items():
+        expected = b"NEW" + data[3:] if path == "f1" else data
+        assert await read_file(other, await inode(other, f"e/{path}")) == expected
+    assert (await other.lookup(ROOT_INODE, "e")).mode == stat.S_IFDIR | 0o700
+
+
+async def test_rename_nonempty_dir_over_empty_dir(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    files = await make_tree(core, s3_client, bucket)
+    await core.mkdir(ROOT_INODE, "e", 0o755, UID, GID)
+    await core.rename(ROOT_INODE, "d", ROOT_INODE, "e")
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+    for path, data in files.items():
+        assert s3_body(s3_client, bucket, f"{PREFIX}e/{path}") == data
+    await fails_with(errno.ENOENT, core.lookup, ROOT_INODE, "d")
+    assert await read_file(core, await inode(core, "e/sub/f2")) == files["sub/f2"]
+
+
+async def test_rename_dir_over_empty_dir_keeps_its_marker(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    await make_tree(core, s3_client, bucket)
+    await core.mkdir(ROOT_INODE, "e", 0o755, UID, GID)
+    await core.mkdir(ROOT_INODE, "empty", 0o711, UID, GID)
+    await core.mkdir(ROOT_INODE, "other", 0o755, UID, GID)
+    await core.rename(ROOT_INODE, "d", ROOT_INODE, "e")
+    await core.rename(ROOT_INODE, "empty", ROOT_INODE, "other")
+    keys = s3_keys(s3_client, bucket)
+    assert f"{PREFIX}other/" in keys  # else the directory is gone for every other mount
+    assert f"{PREFIX}e/" in keys  # else its mode 0700 is lost
+    second = await make_core()
+    assert (await second.lookup(ROOT_INODE, "e")).mode == stat.S_IFDIR | 0o700
+    assert (await second.lookup(ROOT_INODE, "other")).mode == stat.S_IFDIR | 0o711
+
+
+async def test_directory_rename_without_server_copy(make_core, store, s3_client, bucket) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    files = await make_tree(core, s3_client, bucket)
+    faulty.fail("CopyObject", store_error("CopyObject", "NotImplemented"))
+    await core.rename(ROOT_INODE, "d", ROOT_INODE, "e")
+    faulty.clear()
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+    for path, data in files.items():
+        assert s3_body(s3_client, bucket, f"{PREFIX}e/{path}") == data
+        assert s3_attributes(s3_client, bucket, f"{PREFIX}e/{path}").uid == UID
+    assert s3_attributes(s3_client, bucket, f"{PREFIX}e/").mode == stat.S_IFDIR | 0o700
+
+
+class FailingCopy(FaultInjectingStore):
+    """The copy to a key ending in ``fail_suffix`` fails after ``fail_delay`` seconds; the
+    answers of the other copies arrive ``answer_delay`` seconds after S3 made the copy."""
+
+    fail_suffix = "sub/f2"
+    fail_delay = 0.0
+    answer_delay = 0.0
+
+    async def copy(self, src_key, dst_key, metadata=None, if_match=None):
+        if dst_key.endswith(self.fail_suffix):
+            await trio.sleep(self.fail_delay)
+            raise store_error("CopyObject", "AccessDenied", dst_key)
+        etag = await super().copy(src_key, dst_key, metadata, if_match)
+        await trio.sleep(self.answer_delay)
+        return etag
+
+
+async def test_directory_rename_copy_failure_changes_nothing(make_core, store, s3_client,
+                                                             bucket) -> None:
+    failing = FailingCopy(store)
+    core = await make_core(failing)
+    files = await make_tree(core, s3_client, bucket)
+    before = s3_keys(s3_client, bucket)
+    failing.fail_delay = 0.3  # every other copy has finished by then
+    await fails_somehow(core.rename, ROOT_INODE, "d", ROOT_INODE, "e")
+    assert store.stats.requests["CopyObject"] == len(before) - len(PROXMOX_DIRS) - 1
+    assert s3_keys(s3_client, bucket) == before  # copies made were removed again
+    await fails_with(errno.ENOENT, core.lookup, ROOT_INODE, "e")
+    assert await read_file(core, await inode(core, "d/sub/f2")) == files["sub/f2"]
+    failing.fail_suffix = "never"
+    await core.rename(ROOT_INODE, "d", ROOT_INODE, "e")  # and it works once S3 does
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+
+
+async def test_directory_rename_failure_leaves_no_stray_copies(make_core, store, s3_client,
+                                                               bucket) -> None:
+    failing = FailingCopy(store)
+    core = await make_core(failing)
+    await make_tree(core, s3_client, bucket)
+    before = s3_keys(s3_client, bucket)
+    failing.fail_delay = 0.3  # the other copies are made on S3 but not answered yet
+    failing.answer_delay = 1.0
+    await fails_somehow(core.rename, ROOT_INODE, "d", ROOT_INODE, "e")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}e/") == []
+    assert s3_keys(s3_client, bucket) == before
+
+
+
+async def test_directory_rename_copy_failure_errno(make_core, store, s3_client, bucket) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    await make_tree(core, s3_client, bucket)
+    faulty.fail("CopyObject", store_error("CopyObject", "AccessDenied"))
+    await fails_with(errno.EACCES, core.rename, ROOT_INODE, "d", ROOT_INODE, "e")
+
+
+async def test_rename_errors(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    await make_tree(core, s3_client, bucket)
+    d = await inode(core, "d")
+    sub = await inode(core, "d/sub")
+    empty = await core.mkdir(ROOT_INODE, "empty", 0o755, UID, GID)
+    await write_file(core, ROOT_INODE, "file", b"x")
+    await drain(core)
+    before = s3_keys(s3_client, bucket)
+    counts = Counts(store)
+
+    await fails_with(errno.ENOTEMPTY, core.rename, ROOT_INODE, "empty", ROOT_INODE, "d")
+    await fails_with(errno.EISDIR, core.rename, ROOT_INODE, "file", ROOT_INODE, "empty")
+    await fails_with(errno.ENOTDIR, core.rename, ROOT_INODE, "empty", ROOT_INODE, "file")
+    await fails_with(errno.EEXIST, core.rename, d, "f1", ROOT_INODE, "file", noreplace=True)
+    await fails_with(errno.EEXIST, core.rename, ROOT_INODE, "empty", d, "sub", noreplace=True)
+    await fails_with(errno.EINVAL, core.rename, ROOT_INODE, "d", sub, "loop")
+    await fails_with(errno.EINVAL, core.rename, ROOT_INODE, "d", d, "self")
+    await fails_with(errno.ENOENT, core.rename, ROOT_INODE, "missing", ROOT_INODE, "x")
+    await fails_with(errno.ENOTDIR, core.rename, ROOT_INODE, "file", await inode(core, "file"),
+                     "x")
+    await fails_with(errno.ENAMETOOLONG, core.rename, ROOT_INODE, "file", d, "n" * 1100)
+    await drain(core)
+    assert counts.changes == 0
+    assert s3_keys(s3_client, bucket) == before
+    # renaming onto itself changes nothing
+    await core.rename(ROOT_INODE, "file", ROOT_INODE, "file")
+    assert empty.ino == await inode(core, "empty")
+
+
+# -- unlink, mkdir, rmdir, symlink ----------------------------------------------------------
+
+
+async def test_unlink_during_multipart_upload(make_core, store, s3_client, bucket) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    images = await inode(core, "images")
+    faulty.delay("UploadPart", 1.0)
+    _, node = await write_file(core, images, "big.raw", payload(PART + 1, seed=40))
+    with trio.fail_after(TIMEOUT):  # the upload exists; its parts are on their way
+        while not await trio.to_thread.run_sync(s3_uploads, s3_client, bucket):
+            await trio.sleep(0.02)
+    assert s3_uploads(s3_client, bucket) == [f"{PREFIX}images/big.raw"]
+    assert node.sync_lock.locked()
+    with trio.fail_after(5):
+        await core.unlink(images, "big.raw")
+    await drain(core)
+    await trio.sleep(1.2)  # any part still sleeping would have gone through by now
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    assert s3_uploads(s3_client, bucket) == []
+    assert node.unlinked and not node.needs_upload
+    await fails_with(errno.ENOENT, core.lookup, images, "big.raw")
+
+
+async def test_unlink_open_file_keeps_data_until_release(make_core, store, s3_client,
+                                                         bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    data = payload(BLOCK + 1, seed=41)
+    await write_file(core, images, "gone.raw", data)
+    await drain(core)
+    ino = await inode(core, "images/gone.raw")
+    fh, _ = await core.open(ino, os.O_RDWR)
+    await core.unlink(images, "gone.raw")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    assert await core.read(fh, 0, len(data)) == data
+    await core.write(fh, 0, b"late")
+    counts = Counts(store)
+    await core.release(fh)
+    await drain(core)
+    assert counts.changes == 0
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+
+
+async def test_mkdir_rmdir_markers(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    node = await core.mkdir(images, "100", 0o750, UID, GID)
+    assert node.is_dir
+    attrs = s3_attributes(s3_client, bucket, f"{PREFIX}images/100/")
+    assert (attrs.mode, attrs.uid, attrs.gid) == (stat.S_IFDIR | 0o750, UID, GID)
+    await fails_with(errno.EEXIST, core.mkdir, images, "100", 0o755, 0, 0)
+    await write_file(core, node.ino, "vm-100-disk-0.qcow2", b"q")
+    await fails_with(errno.ENOTEMPTY, core.rmdir, images, "100")
+    await fails_with(errno.ENOTDIR, core.rmdir, node.ino, "vm-100-disk-0.qcow2")
+    await fails_with(errno.EISDIR, core.unlink, ROOT_INODE, "images")
+    await core.unlink(node.ino, "vm-100-disk-0.qcow2")
+    await core.rmdir(images, "100")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    await fails_with(errno.ENOENT, core.rmdir, images, "100")
+    await fails_with(errno.ENOENT, core.lookup, images, "100")
+    await fails_with(errno.ENAMETOOLONG, core.mkdir, images, "n" * 1100, 0o755, 0, 0)
+
+    other = await make_core()
+    await fails_with(errno.ENOENT, other.lookup, await inode(other, "images"), "100")
+
+
+async def test_rmdir_sees_keys_another_client_put(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    d = await core.mkdir(ROOT_INODE, "d", 0o755, UID, GID)
+    assert await core.readdir(d.ino) == []  # listing fresh and empty
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}d/foreign", Body=b"f")
+    await fails_with(errno.ENOTEMPTY, core.rmdir, ROOT_INODE, "d")
+    assert f"{PREFIX}d/" in s3_keys(s3_client, bucket)
+    assert [name for name, _ in await core.readdir(d.ino)] == ["foreign"]
+    await core.unlink(d.ino, "foreign")
+    await core.rmdir(ROOT_INODE, "d")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}d/") == []
+
+
+async def test_rmdir_of_dir_made_only_of_prefixes(make_core, s3_client, bucket) -> None:
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}private/x/y", Body=b"y")
+    core = await make_core()
+    x = await inode(core, "private/x")
+    await fails_with(errno.ENOTEMPTY, core.rmdir, await inode(core, "private"), "x")
+    await core.unlink(x, "y")
+    await core.rmdir(await inode(core, "private"), "x")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}private/x") == []
+
+
+async def test_symlink_round_trip(make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    snippets = await inode(core, "snippets")
+    target = "../images/100/vm-100-disk-0.qcow2 ä"
+    link = await core.symlink(snippets, "link", target, UID, GID)
+    assert link.is_symlink and await core.readlink(link.ino) == target
+    key = f"{PREFIX}snippets/link"
+    assert s3_body(s3_client, bucket, key) == target.encode()
+    assert s3_attributes(s3_client, bucket, key).mode == stat.S_IFLNK | 0o777
+    await fails_with(errno.EEXIST, core.symlink, snippets, "link", "x", 0, 0)
+
+    other = await make_core()
+    node = await other.lookup(await inode(other, "snippets"), "link")
+    assert node.is_symlink and (node.uid, node.gid) == (UID, GID)
+    assert await other.readlink(node.ino) == target
+    assert node.size == len(target.encode())
+    await fails_with(errno.EINVAL, other.readlink, await inode(other, "snippets"))
+    await fails_with(errno.EINVAL, other.open, node.ino, os.O_RDONLY)
+
+    # a symlink renames like a file
+    await other.rename(await inode(other, "snippets"), "link", ROOT_INODE, "link2")
+    assert s3_body(s3_client, bucket, f"{PREFIX}link2") == target.encode()
+    assert s3_keys(s3_client, bucket, key) == []
+
+
+# -- listings --------------------------------------------------------------------------------
+
+
+async def test_listing_shows_objects_and_skips_odd_keys(make_core, s3_client, bucket) -> None:
+    odd = f"{PREFIX}odd/"
+    bodies = {
+        f"{PREFIX}images/100/vm-100-disk-0.qcow2": b"qcow",
+        f"{PREFIX}dump/vzdump-qemu-100-2024_01_01-00_00_00.vma.zst": b"zst",
+        f"{odd}fine": b"fine",
+        f"{odd}a//b": b"double slash",
+        f"{odd}k": b"file and prefix",
+        f"{odd}k/child": b"child",
+        f"{odd}{'n' * 256}": b"long",
+        f"{odd}{'n' * 300}/x": b"long dir",
+        f"{odd}./x": b"dot",
+        f"{odd}../x": b"dotdot",
+    }
+    for key, body in bodies.items():
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body)
+    core = await make_core()
+
+    entries = dict(await core.readdir(await inode(core, "odd")))
+    assert sorted(entries) == ["a", "fine", "k"]
+    assert entries["k"].is_dir and entries["a"].is_dir and entries["fine"].is_file
+    assert entries["fine"].size == 4 and entries["fine"].mode == stat.S_IFREG | 0o644
+    assert await core.readdir(entries["a"].ino) == []
+    assert [name for name, _ in await core.readdir(entries["k"].ino)] == ["child"]
+    assert await read_file(core, await inode(core, "odd/k/child")) == b"child"
+
+    disks = dict(await core.readdir(await inode(core, "images/100")))
+    assert list(disks) == ["vm-100-disk-0.qcow2"]
+    assert await read_file(core, disks["vm-100-disk-0.qcow2"].ino) == b"qcow"
+    dump = [name for name, _ in await core.readdir(await inode(core, "dump"))]
+    assert dump == ["vzdump-qemu-100-2024_01_01-00_00_00.vma.zst"]
+
+
+class SmallPages(FaultInjectingStore):
+    """Listings in pages of at most 3 entries."""
+
+    async def list_page(self, prefix, delimiter="/", token=None, max_keys=1000):
+        return await super().list_page(prefix, delimiter, token, min(max_keys, 3))
+
+
+async def test_listing_with_many_pages(make_core, store, s3_client, bucket) -> None:
+    files = [f"f{i:02d}" for i in range(8)]
+    dirs = [f"d{i}" for i in range(4)]
+    for name in files:
+        s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}many/{name}", Body=name.encode())
+    for name in dirs:
+        s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}many/{name}/x", Body=b"")
+    core = await make_core(SmallPages(store))
+    counts = Counts(store)
+    entries = await core.readdir(await inode(core, "many"))
+    assert [name for name, _ in entries] == sorted(files + dirs)
+    assert counts["ListObjectsV2"] == 4  # 12 entries, 3 per page
+    assert all(node.is_dir == name.startswith("d") for name, node in entries)
+    assert await read_file(core, dict(entries)["f07"].ino) == b"f07"
+
+
+async def test_mkdir_during_listing_survives(make_core, store) -> None:
+    slow = SlowListings(store)
+    core = await make_core(slow)
+    images = await inode(core, "images")
+    slow.delay("PutObject", 0.3)  # the marker lands after the listing was answered
+    slow.answer_delay = 0.6  # the listing is merged after mkdir finished
+
+    async def listing() -> None:
+        core.dirs.invalidate(core.node(images))
+        await core.dirs.ensure_listed(core.node(images))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(core.mkdir, images, "101", 0o755, UID, GID)
+        await trio.sleep(0.1)
+        nursery.start_soon(listing)
+    assert "101" in core.node(images).children
+    assert (await core.lookup(images, "101")).is_dir
+
+
+async def test_unlink_during_listing_stays_deleted(make_core, store) -> None:
+    slow = SlowListings(store)
+    core = await make_core(slow)
+    images = await inode(core, "images")
+    await write_file(core, images, "old.raw", b"old")
+    await drain(core)
+    slow.delay("DeleteObject", 0.3)
+    slow.answer_delay = 0.6  # the listing still saw the object
+
+    async def listing() -> None:
+        core.dirs.invalidate(core.node(images))
+        await core.dirs.ensure_listed(core.node(images))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(core.unlink, images, "old.raw")
+        await trio.sleep(0.1)
+        nursery.start_soon(listing)
+    assert "old.raw" not in core.node(images).children
+    await fails_with(errno.ENOENT, core.lookup, images, "old.raw")
+
+
+async def test_file_uploaded_during_listing_is_not_dropped(make_core, store) -> None:
+    slow = SlowListings(store)
+    core = await make_core(slow)
+    images = await inode(core, "images")
+    slow.delay("PutObject", 0.3)  # the object appears after the listing was answered
+    slow.answer_delay = 0.6  # and the listing is merged after the upload finished
+    _, node = await write_file(core, images, "new.raw", b"new")
+    await wait_for(lambda: node.sync_lock.locked())
+    core.dirs.invalidate(core.node(images))
+    await core.dirs.ensure_listed(core.node(images))
+    assert not node.needs_upload  # the upload finished meanwhile
+    assert core.node(images).children.get("new.raw") is node
+    assert not node.unlinked
+
+
+async def test_readdir_survives_garbage_metadata(make_core, s3_client, bucket) -> None:
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/ok", Body=b"")
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/bad", Body=b"",
+                         Metadata={"mtime": "Infinity", "mode": "garbage"})
+    core = await make_core()
+    entries = dict(await core.readdir(await inode(core, "dump")))
+    assert sorted(entries) == ["bad", "ok"]
+    assert entries["bad"].mode == stat.S_IFREG | 0o644
+
+
+async def test_listing_drops_objects_deleted_elsewhere(make_core, s3_client, bucket) -> None:
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/a", Body=b"a")
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/b", Body=b"b")
+    core = await make_core()
+    dump = await inode(core, "dump")
+    assert [name for name, _ in await core.readdir(dump)] == ["a", "b"]
+    s3_client.delete_object(Bucket=bucket, Key=f"{PREFIX}dump/a")
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/c", Body=b"c")
+    core.dirs.invalidate(core.node(dump))
+    assert [name for name, _ in await core.readdir(dump)] == ["b", "c"]
+
+
+# -- attributes ------------------------------------------------------------------------------
+
+
+async def test_chmod_of_clean_file_is_a_copy(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    images = await inode(core, "images")
+    data = payload(2 * BLOCK, seed=50)
+    _, node = await write_file(core, images, "m.raw", data)
+    await drain(core)
+    key = f"{PREFIX}images/m.raw"
+    counts = Counts(store)
+    await core.setattr(node.ino, mode=0o600)
+    await drain(core)
+    assert counts["CopyObject"] == 1
+    assert (counts["PutObject"], counts["UploadPart"], counts["GetObject"]) == (0, 0, 0)
+    assert s3_attributes(s3_client, bucket, key).mode == stat.S_IFREG | 0o600
+    assert s3_body(s3_client, bucket, key) == data
+
+    other = await make_core()
+    ino = await inode(other, "images/m.raw")
+    assert other.node(ino).mode == stat.S_IFREG | 0o600
+    counts.reset()  # chown and utimens from a mount with nothing cached: copies too
+    await other.setattr(ino, uid=0, gid=0, mtime_ns=1_600_000_000_123_456_789)
+    await drain(other)
+    assert (counts["CopyObject"], counts["PutObject"], counts["GetObject"]) == (1, 0, 0)
+    assert s3_attributes(s3_client, bucket, key) == Attributes(
+        stat.S_IFREG | 0o600, 0, 0, 1_600_000_000_123_456_789)
+    assert s3_body(s3_client, bucket, key) == data
+
+    third = await make_core()
+    node3 = third.node(await inode(third, "images/m.raw"))
+    assert (node3.mode, node3.uid, node3.gid, node3.mtime_ns) == (
+        stat.S_IFREG | 0o600, 0, 0, 1_600_000_000_123_456_789)
+
+
+async def test_chmod_of_directory_rewrites_marker(make_core, store, s3_client, bucket) -> None:
+    core = await make_core()
+    private = await inode(core, "private")
+    await core.setattr(private, mode=0o700, uid=UID)
+    attrs = s3_attributes(s3_client, bucket, f"{PREFIX}private/")
+    assert (attrs.mode, attrs.uid) == (stat.S_IFDIR | 0o700, UID)
+    other = await make_core()
+    assert (await other.lookup(ROOT_INODE, "private")).mode == stat.S_IFDIR | 0o700
+
+
+# -- statfs ----------------------------------------------------------------------------------
+
+
+async def test_statfs_never_zero_and_needs_no_s3(make_core, store) -> None:
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty, capacity=64 * KiB)
+    empty = core.statfs()
+    assert empty.blocks == 16 and empty.blocks_free == 16
+    await write_file(core, await inode(core, "images"), "big.raw", payload(BLOCK * 3))
+    await drain(core)
+    faulty.fail("*", store_error("ListObjectsV2", "InternalError"))
+    counts = Counts(store)
+    info = core.statfs()
+    assert counts.stats.requests == counts._requests  # answered from memory
+    assert info.blocks >= 1 and info.blocks_free >= 1  # full, but never 0 free
+    assert info.blocks_free < empty.blocks_free
+    assert info.files_free > 0 and info.files > info.files_free
+    assert info.name_max == 255 and info.block_size > 0
+    await fails_with(errno.EIO, core.rmdir, ROOT_INODE, "dump")  # the store really is down
+
+
+async def test_statfs_with_default_capacity(make_core) -> None:
+    core = await make_core()
+    info = core.statfs()
+    assert info.blocks > 0 and info.blocks_free > 0 and info.blocks_free <= info.blocks
