@@ -230,25 +230,21 @@ class CachedFile:
     def drop_clean_data(self) -> None:
         """Forget cached clean blocks (the remote object has them)."""
         assert not self.dirty
-        self._close_fd()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._remove_cache_file()
         self.cached.clear()
 
     def discard(self) -> None:
         """Throw the cache file away (the file was deleted or the mount ends)."""
-        self._close_fd()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        self._remove_cache_file()
         self.cached.clear()
         self.dirty.clear()
         self.cache.forget_file(self)
 
-    def _close_fd(self) -> None:
+    def _remove_cache_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass

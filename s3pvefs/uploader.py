@@ -223,30 +223,36 @@ class Uploader:
         return await self._multipart_upload(key, size, part_size, metadata, part_body)
 
     async def _multipart_upload(self, key, size, part_size, metadata, part_body) -> str:
+        async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
+            body = await part_body(offset, length)
+            return await self.store.upload_part(key, upload_id, number, body)
+
+        return await self._run_multipart(key, size, part_size, metadata, send_part)
+
+    async def _run_multipart(self, key, size, part_size, metadata, send_part) -> str:
+        """One multipart upload, parts in parallel under ``part_slots``; aborted on failure."""
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
         upload_id = await self.store.create_multipart(key, metadata)
         etags: dict[int, str] = {}
+
+        async def one_part(number: int, offset: int, length: int) -> None:
+            try:
+                etags[number] = await send_part(upload_id, number, offset, length)
+            finally:
+                self.part_slots.release()
+
         try:
             with first_fs_error():
                 async with trio.open_nursery() as nursery:
                     for number, offset in enumerate(range(0, size, part_size), start=1):
                         await self.part_slots.acquire()
-                        length = min(part_size, size - offset)
-                        nursery.start_soon(self._part, key, upload_id, number, offset, length,
-                                           part_body, etags)
+                        nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
             return await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await self._abort_quietly(key, upload_id)
             raise
-
-    async def _part(self, key, upload_id, number, offset, length, part_body, etags) -> None:
-        try:
-            body = await part_body(offset, length)
-            etags[number] = await self.store.upload_part(key, upload_id, number, body)
-        finally:
-            self.part_slots.release()
 
     async def _abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -278,25 +284,13 @@ class Uploader:
     async def _multipart_copy(self, source, dest_key, metadata) -> str:
         metadata = await self._metadata_of(source, metadata)
         part_size = choose_part_size(source.size, max(self.min_part, 512 * MiB))
-        upload_id = await self.store.create_multipart(dest_key, metadata)
-        etags: dict[int, str] = {}
-        try:
-            with first_fs_error():
-                async with trio.open_nursery() as nursery:
-                    for number, offset in enumerate(range(0, source.size, part_size), start=1):
-                        end = min(source.size, offset + part_size) - 1
-                        nursery.start_soon(self._copy_part, dest_key, upload_id, number, source,
-                                           offset, end, etags)
-            return await self.store.complete_multipart(dest_key, upload_id, sorted(etags.items()))
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await self._abort_quietly(dest_key, upload_id)
-            raise
 
-    async def _copy_part(self, dest_key, upload_id, number, source, start, end, etags) -> None:
-        async with self.part_slots:
-            etags[number] = await self.store.upload_part_copy(
-                dest_key, upload_id, number, source.key, start, end, if_match=source.etag)
+        async def copy_part(upload_id: str, number: int, offset: int, length: int) -> str:
+            return await self.store.upload_part_copy(
+                dest_key, upload_id, number, source.key, offset, offset + length - 1,
+                if_match=source.etag)
+
+        return await self._run_multipart(dest_key, source.size, part_size, metadata, copy_part)
 
     async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata) -> str:
         metadata = await self._metadata_of(source, metadata)
