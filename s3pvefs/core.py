@@ -86,6 +86,52 @@ class FsCore:
         """Upload everything that is not on S3 yet."""
         await self.uploader.drain(self.dirty_nodes())
 
+    # -- admin: `s3pvefs sync` and `s3pvefs status` -----------------------------------------
+
+    async def sync_path(self, path: str | None) -> dict[str, str]:
+        """Upload every dirty file at or below ``path`` (relative to the mount root; None or ""
+        for all) now; returns path -> error for the files that could not be uploaded."""
+        top = self._loaded_node(path or "")
+        failures: dict[str, str] = {}
+
+        async def sync_one(node: Node) -> None:
+            try:
+                await self.uploader.sync_now(node)
+            except Exception as exc:
+                failures[node.path()] = str(exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in walk(top):
+                if node.needs_upload:
+                    nursery.start_soon(sync_one, node)
+        return failures
+
+    def _loaded_node(self, path: str) -> Node:
+        """The node at ``path`` if this mount has seen it (unseen paths hold nothing dirty)."""
+        node = self.root
+        for part in filter(None, path.split("/")):
+            child = node.children.get(part)
+            if child is None:
+                raise FsError(errno.ENOENT, f"{path}: not found in this mount")
+            node = child
+        return node
+
+    def status(self) -> dict:
+        """What `s3pvefs status` shows: dirty data, uploads in flight, failures."""
+        dirty = self.dirty_nodes()
+        return {
+            "dirty_files": len(dirty),
+            "dirty_bytes": self.cache.dirty_bytes,
+            "cache_used_bytes": self.cache.used_bytes,
+            "cache_limit_bytes": self.cache.size_limit,
+            "uploads": self.uploader.progress(),
+            "errors": [
+                {"path": node.path(), "error": node.last_error}
+                for node in dirty if node.last_error
+            ],
+            "requests": dict(self.store.stats.requests),
+        }
+
     # -- lookups and attributes -------------------------------------------------------------
 
     def node(self, ino: int) -> Node:

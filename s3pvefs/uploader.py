@@ -51,6 +51,7 @@ class Uploader:
         self._failures: dict[int, int] = {}
         self._running: set[int] = set()
         self._wakeup = trio.Event()
+        self._in_flight: dict[int, _Progress] = {}
 
     # -- background worker ------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Uploader:
             data.pins += 1
             data.low_water = size
         node.remote_maybe = True
+        self._in_flight[node.ino] = _Progress(node, size, trio.current_time())
         try:
             if self._attributes_only(node, key, snapshot):
                 etag = await self.copy_object(node.base, key, metadata)
@@ -178,6 +180,7 @@ class Uploader:
             else:
                 etag = await self._multipart(node, key, size, metadata)
         finally:
+            self._in_flight.pop(node.ino, None)
             if data is not None:
                 data.pins -= 1
         node.base = RemoteObject(key, etag, size)
@@ -187,6 +190,10 @@ class Uploader:
             data.reset_base(min(size, data.low_water))
             data.mark_clean(snapshot)
         log.info("uploaded %s (%d bytes)", key, size)
+
+    def progress(self) -> list[dict]:
+        now = trio.current_time()
+        return [p.report(now) for p in self._in_flight.values()]
 
     @staticmethod
     def _attributes_only(node: Node, key: str, dirty_snapshot: dict) -> bool:
@@ -216,9 +223,13 @@ class Uploader:
 
     async def _multipart(self, node: Node, key: str, size: int, metadata: dict) -> str:
         part_size = choose_part_size(size, self.min_part)
+        progress = self._in_flight.get(node.ino)
 
         async def part_body(offset: int, length: int) -> bytes:
-            return await self._compose(node, offset, length)
+            body = await self._compose(node, offset, length)
+            if progress is not None:
+                progress.done += length  # counted when read; parts then upload in parallel
+            return body
 
         return await self._multipart_upload(key, size, part_size, metadata, part_body)
 
@@ -318,3 +329,18 @@ def _segments(data, offset: int, length: int):
         else:
             runs.append([local, start, stop])
     return [tuple(run) for run in runs]
+
+
+class _Progress:
+    """One upload in flight, for `s3pvefs status`."""
+
+    def __init__(self, node: Node, total: int, started: float):
+        self.node = node
+        self.total = total
+        self.done = 0
+        self.started = started
+
+    def report(self, now: float) -> dict:
+        elapsed = max(now - self.started, 1e-6)
+        return {"path": self.node.path(), "bytes_total": self.total, "bytes_done": self.done,
+                "seconds": round(elapsed, 3), "bytes_per_second": int(self.done / elapsed)}
