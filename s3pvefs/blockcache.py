@@ -3,17 +3,26 @@
 A block is ``cached`` when its bytes in the cache file are the file's current content, and
 ``dirty`` (block -> write generation) when they are newer than the object on S3. Bytes at or past
 ``base_valid_len`` are not backed by the remote object (the file was truncated or extended), so
-they read as whatever the cache file holds there: written data or zeros.
+they read as whatever the cache file holds there: written data or zeros. Bytes below
+``streamed_len`` were uploaded as parts of a multipart upload that is not complete yet: they
+may be evicted, but cannot be read back from S3 until the upload completes.
+
+Space: the cache holds at most ``size_limit`` bytes of blocks, plus up to one part per file
+being written. Clean blocks are evicted (holes punched in their cache file) least recently used
+first; dirty blocks never are, so a writer waits in ``reserve`` until uploads make them clean.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import itertools
 import logging
 import os
 import shutil
 import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import trio
@@ -21,6 +30,18 @@ import trio
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free the disk space of a range of a file; it then reads as zeros."""
+    if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 class BlockCache:
@@ -36,6 +57,10 @@ class BlockCache:
         self._ids = itertools.count(1)
         self._files: set[CachedFile] = set()
         self._lock_fd: int | None = None
+        self.used_blocks = 0  # cached blocks of every file
+        self.peak_used_bytes = 0
+        self._space_freed = trio.Event()
+        self.on_pressure = None  # called (no arguments) when a writer has to wait for uploads
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -84,25 +109,57 @@ class BlockCache:
 
     @property
     def used_bytes(self) -> int:
-        return sum(f.cached_bytes for f in self._files)
+        return self.used_blocks * self.block_size
 
     @property
     def dirty_bytes(self) -> int:
-        return sum(len(f.dirty) for f in self._files) * self.block_size
+        return sum(f.dirty_bytes for f in self._files)
 
-    def evict_if_needed(self) -> None:
-        """Drop whole cache files of clean, idle files, least recently used first."""
-        used = self.used_bytes
-        if used <= self.size_limit:
-            return
-        candidates = sorted(
-            (f for f in self._files if f.evictable()), key=lambda f: f.last_used
-        )
-        for cached_file in candidates:
-            if used <= self.size_limit:
+    def blocks_added(self, count: int) -> None:
+        self.used_blocks += count
+        self.peak_used_bytes = max(self.peak_used_bytes, self.used_bytes)
+
+    def blocks_removed(self, count: int) -> None:
+        if count:
+            self.used_blocks -= count
+            self.space_freed()
+
+    def space_freed(self) -> None:
+        """Wake writers waiting for room (called when blocks are dropped or become clean)."""
+        self._space_freed.set()
+        self._space_freed = trio.Event()
+
+    async def reserve(self, data: CachedFile, new_blocks: int, allowance: int) -> None:
+        """Wait until ``new_blocks`` more blocks fit.
+
+        ``allowance`` is how many bytes the file may add past the limit (one part for a file
+        being written, so that its next part can always fill up and upload).
+        """
+        need = new_blocks * self.block_size
+        while self.used_bytes + need > self.size_limit:
+            if data.dirty_bytes + need <= allowance:
+                return
+            if await self.evict(self.used_bytes + need - self.size_limit):
+                continue
+            if self.on_pressure is not None:
+                self.on_pressure()
+            waiting_for = self._space_freed
+            with trio.move_on_after(1.0):  # re-check: uploads may have settled blocks meanwhile
+                await waiting_for.wait()
+
+    async def evict(self, wanted: int) -> int:
+        """Drop clean blocks, least recently used files first; returns the bytes freed."""
+        freed = 0
+        for cached_file in sorted(self._files, key=lambda f: f.last_used):
+            if freed >= wanted:
                 break
-            used -= cached_file.cached_bytes
-            cached_file.drop_clean_data()
+            freed += await cached_file.evict_clean(wanted - freed)
+        return freed
+
+    async def trim(self) -> None:
+        """After a read filled blocks: back under the limit where clean blocks allow."""
+        if self.used_bytes > self.size_limit:
+            await self.evict(self.used_bytes - self.size_limit)
 
 
 class CachedFile:
@@ -116,11 +173,14 @@ class CachedFile:
         self.cached: set[int] = set()
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
+        self.streamed_len = 0  # bytes uploaded as parts of an unfinished multipart upload
+        self.in_flight_len = 0  # end of the parts being uploaded right now
         self.low_water = 0  # smallest size since an upload took its snapshot
         self._generation = itertools.count(1)
         # Serialises changes of the cache file (writes, installs of fetched blocks, truncates).
         self.write_lock = trio.Lock()
         self.pins = 0  # open handles and uploads that need the data kept
+        self.busy: Counter[int] = Counter()  # blocks that reads and writes are working on
         self.last_used = time.monotonic()
 
     # -- state -----------------------------------------------------------------------------
@@ -128,6 +188,10 @@ class CachedFile:
     @property
     def cached_bytes(self) -> int:
         return len(self.cached) * self.block_size
+
+    @property
+    def dirty_bytes(self) -> int:
+        return len(self.dirty) * self.block_size
 
     def blocks(self, offset: int, length: int) -> range:
         if length <= 0:
@@ -137,17 +201,26 @@ class CachedFile:
     def needs_fetch(self, block: int) -> bool:
         return block not in self.cached and block * self.block_size < self.base_valid_len
 
+    def unreadable(self, block: int) -> bool:
+        """Evicted after it was uploaded as a part: S3 has it only once the upload completes."""
+        return block not in self.cached and block * self.block_size < self.streamed_len
+
     def missing_blocks(self, offset: int, length: int) -> list[int]:
         return [b for b in self.blocks(offset, length) if self.needs_fetch(b)]
 
     def fully_local(self, size: int) -> bool:
         """True when every byte of the file can be produced without the remote object."""
-        return not any(self.needs_fetch(b) for b in self.blocks(0, min(size, self.base_valid_len)))
+        return not any(self.needs_fetch(b) or self.unreadable(b) for b in self.blocks(0, size))
+
+    def _add_cached(self, block: int) -> None:
+        if block not in self.cached:
+            self.cached.add(block)
+            self.cache.blocks_added(1)
 
     def mark_written(self, offset: int, length: int) -> None:
         generation = next(self._generation)
         for block in self.blocks(offset, length):
-            self.cached.add(block)
+            self._add_cached(block)
             self.dirty[block] = generation
         self.last_used = time.monotonic()
 
@@ -159,9 +232,20 @@ class CachedFile:
         for block, generation in snapshot.items():
             if self.dirty.get(block) == generation:
                 del self.dirty[block]
+        self.cache.space_freed()
 
-    def evictable(self) -> bool:
-        return self.pins == 0 and not self.dirty and bool(self.cached)
+    @contextmanager
+    def in_use(self, offset: int, length: int):
+        """Keep eviction away from these bytes while a read or write works on them."""
+        blocks = self.blocks(offset, length)
+        self.busy.update(blocks)
+        try:
+            yield
+        finally:
+            for block in blocks:
+                self.busy[block] -= 1
+                if not self.busy[block]:
+                    del self.busy[block]
 
     # -- I/O (worker threads) --------------------------------------------------------------
 
@@ -187,6 +271,11 @@ class CachedFile:
     def _truncate(self, size: int) -> None:
         os.ftruncate(self._ensure_fd(), size)
 
+    def _punch(self, ranges: list[tuple[int, int]]) -> None:
+        fd = self._ensure_fd()
+        for offset, length in ranges:
+            punch_hole(fd, offset, length)
+
     async def write(self, offset: int, data: bytes) -> None:
         """Write bytes as new, dirty content (caller holds ``write_lock``)."""
         await self.cache.run_io(self._pwrite, offset, data)
@@ -200,8 +289,8 @@ class CachedFile:
             start = block * self.block_size
             limit = max(0, self.base_valid_len - start)
             await self.cache.run_io(self._pwrite, start, data[:limit])
-            self.cached.add(block)
-        self.cache.evict_if_needed()
+            self._add_cached(block)
+        await self.cache.trim()
 
     async def read(self, offset: int, length: int) -> bytes:
         self.last_used = time.monotonic()
@@ -219,28 +308,43 @@ class CachedFile:
             self.base_valid_len = min(self.base_valid_len, new_size)
             self.low_water = min(self.low_water, new_size)
             first_gone = -(-new_size // self.block_size)
-            for block in [b for b in self.cached if b >= first_gone]:
+            gone = [b for b in self.cached if b >= first_gone]
+            for block in gone:
                 self.cached.discard(block)
                 self.dirty.pop(block, None)
+            self.cache.blocks_removed(len(gone))
 
     def reset_base(self, valid_len: int) -> None:
         """The remote object now holds the first ``valid_len`` bytes of this content."""
         self.base_valid_len = valid_len
 
-    def drop_clean_data(self) -> None:
-        """Forget cached clean blocks (the remote object has them)."""
-        assert not self.dirty
-        self._remove_cache_file()
-        self.cached.clear()
+    def evictable(self, block: int) -> bool:
+        if block in self.dirty:
+            return False
+        start = block * self.block_size
+        return start < self.base_valid_len or start < self.streamed_len
+
+    async def evict_clean(self, wanted: int) -> int:
+        """Punch out clean blocks S3 already has (never those a read or write works on)."""
+        if wanted <= 0:
+            return 0
+        async with self.write_lock:
+            victims = sorted(b for b in self.cached if self.evictable(b) and not self.busy[b])
+            victims = victims[: -(-wanted // self.block_size)]
+            if not victims:
+                return 0
+            try:
+                await self.cache.run_io(self._punch, _ranges(victims, self.block_size))
+            except OSError as exc:
+                log.warning("cannot free cache space in %s: %s", self.path, exc)
+                return 0
+            for block in victims:
+                self.cached.discard(block)
+        self.cache.blocks_removed(len(victims))
+        return len(victims) * self.block_size
 
     def discard(self) -> None:
         """Throw the cache file away (the file was deleted or the mount ends)."""
-        self._remove_cache_file()
-        self.cached.clear()
-        self.dirty.clear()
-        self.cache.forget_file(self)
-
-    def _remove_cache_file(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -248,3 +352,19 @@ class CachedFile:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+        self.cache.blocks_removed(len(self.cached))
+        self.cached.clear()
+        self.dirty.clear()
+        self.cache.forget_file(self)
+
+
+def _ranges(blocks: list[int], block_size: int) -> list[tuple[int, int]]:
+    """Sorted block numbers -> (offset, length) runs."""
+    runs: list[list[int]] = []
+    for block in blocks:
+        if runs and runs[-1][1] == block:
+            runs[-1][1] = block + 1
+        else:
+            runs.append([block, block + 1])
+    return [(start * block_size, (end - start) * block_size) for start, end in runs]
+

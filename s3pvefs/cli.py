@@ -1,13 +1,17 @@
-"""Command line: `s3pvefs mount [options] MOUNTPOINT` and `s3pvefs --version`.
+"""Command line: `s3pvefs mount [options] MOUNTPOINT`, `s3pvefs sync [PATH]`,
+`s3pvefs status MOUNTPOINT` and `s3pvefs --version`.
 
-Exit status 2 for configuration and environment errors found before mounting; otherwise the
-status that `s3pvefs.mount.run_mount` returns.
+mount: exit status 2 for configuration and environment errors found before mounting; otherwise
+the status that `s3pvefs.mount.run_mount` returns. sync and status talk to a running mount over
+its admin socket (`s3pvefs.control`): 0 all is well, 1 an upload failed (or sync timed out), 2 the
+mount cannot be reached.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,7 +95,48 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
                        help="empty directory to mount on")
     mount.set_defaults(handler=cmd_mount)
+
+    sync = sub.add_parser(
+        "sync",
+        help="upload everything not yet on S3 now and wait for it",
+        description=(
+            "Upload every file of a running mount that is not on S3 yet (or only PATH: one file "
+            "or a directory tree) and wait until it is there, even files still open for "
+            "writing. Exit status: 0 everything is on S3; 1 an upload failed (one line per "
+            "file on stderr) or the timeout passed (the uploads go on in the mount); 2 PATH is "
+            "not on an s3pvefs mount or the mount does not answer."
+        ),
+    )
+    sync.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
+                      help="stop waiting after this long (default: wait as long as it takes)")
+    sync.add_argument("path", metavar="PATH", type=Path, nargs="?", default=Path("."),
+                      help="file, directory or mountpoint (default: the current directory)")
+    sync.set_defaults(handler=cmd_sync)
+
+    status = sub.add_parser(
+        "status",
+        help="show data not yet on S3, uploads in flight and upload errors",
+        description=(
+            "Show what a running mount has not uploaded yet, the cache use, the uploads in "
+            "flight with their progress and rate, and the files whose upload failed. Exit "
+            "status: 0; 1 when there are upload errors; 2 the mount does not answer."
+        ),
+    )
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
+                        help="the mountpoint (or any path in the mount)")
+    status.set_defaults(handler=cmd_status)
     return parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -166,6 +211,118 @@ def cmd_mount(args: argparse.Namespace) -> int:
 def _where(config: Any) -> str:
     endpoint = config.endpoint_url or "AWS S3"
     return f"s3://{config.bucket}/{config.prefix} on {endpoint}"
+
+
+# -- admin commands: talk to a running mount ---------------------------------------------------
+
+EXIT_UPLOAD_FAILED = 1
+STATUS_TIMEOUT = 30.0  # seconds to wait for a status answer
+SYNC_ANSWER_MARGIN = 30.0  # the mount answers at --timeout; the client gives it this much more
+
+
+def _locate(path: Path) -> tuple[Path, str]:
+    """(mountpoint, path relative to it) of a path on a running s3pvefs mount, or ControlError.
+
+    A mountpoint that no longer shows in the mount table but whose admin socket still exists
+    (a mount uploading what is left after fusermount3 -u) is reachable too.
+    """
+    from .control import ControlError, control_socket_path, find_mountpoint
+
+    try:
+        return find_mountpoint(path)
+    except ControlError:
+        given = Path(os.path.realpath(path))
+        if control_socket_path(given).exists():
+            return given, ""
+        raise
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from .control import ControlError, request
+
+    try:
+        os.lstat(args.path)
+    except OSError as exc:
+        _error(f"{args.path}: {exc.strerror}")
+        return EXIT_CONFIG
+    try:
+        mountpoint, relative = _locate(args.path)
+        wait = None if args.timeout is None else args.timeout + SYNC_ANSWER_MARGIN
+        answer = request(mountpoint, {"op": "sync", "path": relative, "timeout": args.timeout},
+                         wait)
+    except ControlError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        _error("interrupted (the uploads go on in the mount)")
+        return 130
+    if "error" in answer:
+        _error(str(answer["error"]))
+        return EXIT_CONFIG
+    failures = answer.get("failures") or {}
+    for path, message in sorted(failures.items()):
+        print(f"s3pvefs: sync: {mountpoint / path}: {message}", file=sys.stderr)
+    if answer.get("timed_out"):
+        print(f"s3pvefs: sync: timed out after {args.timeout:g} s, "
+              f"{answer.get('pending', '?')} files still pending", file=sys.stderr)
+        return EXIT_UPLOAD_FAILED
+    if failures or not answer.get("ok"):
+        return EXIT_UPLOAD_FAILED
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .control import ControlError, request
+
+    try:
+        mountpoint, _relative = _locate(args.mountpoint)
+        answer = request(mountpoint, {"op": "status"}, STATUS_TIMEOUT)
+    except ControlError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    status = answer.get("status")
+    if not answer.get("ok") or not isinstance(status, dict):
+        _error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return EXIT_CONFIG
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(_format_status(mountpoint, status), end="")
+    return EXIT_UPLOAD_FAILED if status.get("errors") else 0
+
+
+def _format_status(mountpoint: Path, status: dict) -> str:
+    uploads = status.get("uploads") or []
+    errors = status.get("errors") or []
+    lines = [
+        f"{mountpoint}",
+        f"  not on S3 yet:  {status.get('dirty_files', 0)} file(s), "
+        f"{_size(status.get('dirty_bytes', 0))} dirty in the cache",
+        f"  cache:          {_size(status.get('cache_used_bytes', 0))} used of "
+        f"{_size(status.get('cache_limit_bytes', 0))}",
+        f"  uploading:      {len(uploads)} file(s)",
+    ]
+    for upload in uploads:
+        total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
+        percent = 100.0 * done / total if total else 100.0
+        rate = upload.get("bytes_per_second", 0) / 1024**2
+        lines.append(f"    {upload.get('path')}  {percent:5.1f}% of {_size(total)}  "
+                     f"{rate:.1f} MiB/s")
+    lines.append(f"  upload errors:  {len(errors)}")
+    for error in errors:
+        lines.append(f"    {error.get('path')}: {error.get('error')}")
+    return "\n".join(lines) + "\n"
+
+
+def _size(count: float) -> str:
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from .blockcache import BlockCache, CachedFile
 from .config import Config
 from .errors import FsError, first_fs_error
 from .listing import Directories, walk
-from .names import PROXMOX_DIRS, Attributes, check_key_length, encode_attributes
+from .names import (PROXMOX_DIRS, Attributes, check_key_length, encode_attributes,
+                    is_temporary_name)
 from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
 from .reader import BlockReader
 from .store import ObjectStore
@@ -27,6 +28,7 @@ from .uploader import MAX_OBJECT_SIZE, Uploader
 log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
+TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
 
 
 @dataclass
@@ -60,6 +62,9 @@ class FsCore:
         self._next_handle = 1
         self.root = self.inodes.new(None, "", self.default_attributes(stat.S_IFDIR, now_ns()))
         self.root.meta_loaded = True
+        self.streamer = self.uploader.streamer
+        self.uploader.dirty_nodes = self.dirty_nodes
+        cache.on_pressure = self.uploader.relieve_pressure
 
     def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
         permissions = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
@@ -123,6 +128,7 @@ class FsCore:
             "dirty_files": len(dirty),
             "dirty_bytes": self.cache.dirty_bytes,
             "cache_used_bytes": self.cache.used_bytes,
+            "cache_peak_bytes": self.cache.peak_used_bytes,
             "cache_limit_bytes": self.cache.size_limit,
             "uploads": self.uploader.progress(),
             "errors": [
@@ -216,9 +222,15 @@ class FsCore:
         self._after_change(node)
 
     def _after_change(self, node: Node) -> None:
-        """Upload a closed file's change in the background; open files upload on release."""
+        """Upload a closed file's change in the background; open files upload on release.
+
+        A file with a temporary name is about to be renamed (Proxmox renames right after
+        close, and the kernel may deliver the rename after the release): waiting briefly lets
+        its upload go to the final key once instead of twice.
+        """
         if node.write_handles == 0 and node.needs_upload:
-            self.uploader.schedule(node)
+            delay = TEMPORARY_NAME_GRACE if is_temporary_name(node.name) else 0.0
+            self.uploader.schedule(node, delay)
 
     async def _truncate(self, node: Node, size: int) -> None:
         if node.is_dir:
@@ -228,11 +240,22 @@ class FsCore:
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG)
         data = self._data(node)
+        await self._truncate_stream(node, size)
         async with data.write_lock:
             await data.truncate(node.size, size)
             node.size = size
         node.mtime_ns = now_ns()
         node.data_changed()
+
+    async def _truncate_stream(self, node: Node, size: int) -> None:
+        """Cutting into the streamed part of a file drops its streaming upload."""
+        stream = node.stream
+        if stream is None or size >= stream.next_offset:
+            return
+        if any(node.data.unreadable(b) for b in node.data.blocks(0, size)):
+            raise FsError(errno.EIO, f"{node.path()}: cannot truncate into the part of the file "
+                                     "that was already uploaded and left the cache")
+        await self.streamer.abort(node)
 
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)
@@ -362,9 +385,14 @@ class FsCore:
         if length <= 0:
             return b""
         data = self._data(node)
-        if node.base is not None:
-            await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
-        return await data.read(offset, length)
+        if any(data.unreadable(b) for b in data.blocks(offset, length)):
+            raise FsError(errno.EIO, f"{node.path()}: this range was uploaded while the file "
+                                     "was written and left the cache; it can be read once the "
+                                     "file is closed and its upload completed")
+        with data.in_use(offset, length):
+            if node.base is not None:
+                await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
+            return await data.read(offset, length)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handle(fh)
@@ -374,14 +402,20 @@ class FsCore:
         if offset + len(buf) > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
         data = self._data(node)
-        edges = self._partly_written_blocks(data, offset, len(buf))
-        if edges and node.base is not None:
-            await self.reader.ensure_cached(data, node.base, edges)
-        async with data.write_lock:
-            await data.write(offset, buf)
-            node.size = max(node.size, offset + len(buf))
+        self.streamer.check_rewrite(node, offset, len(buf))
+        new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
+        if new_blocks:  # backpressure: wait for room rather than fail
+            await self.cache.reserve(data, new_blocks, self.streamer.allowance(data))
+        with data.in_use(offset, len(buf)):
+            edges = self._partly_written_blocks(data, offset, len(buf))
+            if edges and node.base is not None:
+                await self.reader.ensure_cached(data, node.base, edges)
+            async with data.write_lock:
+                await data.write(offset, buf)
+                node.size = max(node.size, offset + len(buf))
         node.mtime_ns = node.ctime_ns = now_ns()
         node.touch()
+        self.streamer.after_write(node)
         return len(buf)
 
     @staticmethod
@@ -438,6 +472,7 @@ class FsCore:
     async def _delete_object(self, node: Node) -> None:
         """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
         async with self.uploader.held(node):
+            await self.streamer.abort(node)
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
             node.unlinked = True  # no new upload may start

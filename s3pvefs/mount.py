@@ -12,6 +12,7 @@ import trio
 
 from .blockcache import BlockCache
 from .config import Config
+from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError
 from .fuse_adapter import FuseOperations
@@ -93,6 +94,7 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(core.uploader.run)
+            await nursery.start(serve_control, core, mountpoint)
             nursery.start_soon(_watch_signals, core, stop)
             await pyfuse3.main()
             stop.serving = False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import re
 import stat
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -146,3 +147,42 @@ def _parse_mtime(text: str | None, default: int) -> int:
     except (InvalidOperation, ValueError, OverflowError):
         return default
     return value if -MTIME_LIMIT <= value < MTIME_LIMIT else default
+
+
+# -- where a temporary file is going to be renamed to ------------------------------------------
+# Proxmox writes under temporary names and renames right after close (shared/proxmox-io.md):
+# vzdump archives as `X.vma.dat` / `X.tar.dat` / `X.dat`, notes as `<name>.tmp.<pid>`, URL
+# downloads as `<dest>.tmp_dwnl.<pid>`. Uploading such a file straight to its final key saves
+# uploading or copying it a second time at the rename.
+
+_TEMP_SUFFIX = re.compile(r"^(?P<final>.+)\.(?:tmp|tmp_dwnl)\.\d+$")
+_VZDUMP_DAT = re.compile(r"^(?P<stem>vzdump-(?:qemu|lxc)-.+?)(?P<kind>\.vma|\.tar)?\.dat$")
+
+_COMPRESSION_MAGIC = (
+    (b"\x28\xb5\x2f\xfd", ".zst"),
+    (b"\x1f\x8b", ".gz"),
+    (b"\x89LZO\x00\r\n\x1a\n", ".lzo"),
+)
+MAGIC_BYTES = 512  # how much of the start of a file predict_final_name looks at
+
+
+def is_temporary_name(name: str) -> bool:
+    return bool(_TEMP_SUFFIX.match(name) or _VZDUMP_DAT.match(name))
+
+
+def predict_final_name(name: str, head: bytes) -> str | None:
+    """The name a temporary file will be renamed to, judged from its name and first bytes."""
+    match = _TEMP_SUFFIX.match(name)
+    if match:
+        return match["final"]
+    match = _VZDUMP_DAT.match(name)
+    if not match:
+        return None
+    if match["kind"]:  # X.vma.dat / X.tar.dat: a compressed archive
+        extension = next((ext for magic, ext in _COMPRESSION_MAGIC if head.startswith(magic)), None)
+        return f"{match['stem']}{match['kind']}{extension}" if extension else None
+    if head.startswith(b"VMA\x00"):  # X.dat: an uncompressed archive
+        return f"{match['stem']}.vma"
+    if head[257:262] == b"ustar":
+        return f"{match['stem']}.tar"
+    return None

@@ -71,6 +71,7 @@ class Node:
         self.uploaded_data_gen = 0
         self.uploaded_meta_gen = 0
         self.remote_maybe = False  # an object may exist at this node's key
+        self.stream = None  # streaming.Stream while parts upload during writing
         self.symlink_target: str | None = None
         self.sync_lock = trio.Lock()
         self.sync_scope: trio.CancelScope | None = None
@@ -140,7 +141,8 @@ class Node:
     @property
     def busy(self) -> bool:
         """Local state a listing must not override."""
-        return self.open_count > 0 or self.needs_upload or self.sync_lock.locked()
+        return (self.open_count > 0 or self.needs_upload or self.sync_lock.locked()
+                or self.stream is not None)
 
     def listing_fresh(self, now: float, ttl: float) -> bool:
         return self.listed_at is not None and now - self.listed_at < ttl

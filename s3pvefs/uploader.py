@@ -19,6 +19,7 @@ from .errors import FsError, StoreError, first_fs_error
 from .names import check_key_length, encode_attributes
 from .nodes import Node, RemoteObject
 from .reader import BlockReader
+from .streaming import Streamer
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class Uploader:
         self._running: set[int] = set()
         self._wakeup = trio.Event()
         self._in_flight: dict[int, _Progress] = {}
+        self.streamer = Streamer(self, self.prefix, self.min_part)
+        self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
 
     # -- background worker ------------------------------------------------------------------
 
@@ -69,6 +72,7 @@ class Uploader:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
+            self.streamer.nursery = nursery
             task_status.started()
             while True:
                 node = self._next_ready()
@@ -113,6 +117,15 @@ class Uploader:
             self._running.discard(node.ino)
             self.file_slots.release()
             self._wakeup.set()
+
+    def relieve_pressure(self) -> None:
+        """The cache is full of dirty data: upload files now, even those still open.
+
+        Streaming files are left alone: their parts are already on the way.
+        """
+        for node in self.dirty_nodes():
+            if node.stream is None and node.ino not in self._running:
+                self.schedule(node)
 
     async def drain(self, nodes: list[Node]) -> None:
         """Upload everything given and queued; returns when the worker is idle."""
@@ -164,21 +177,21 @@ class Uploader:
         size, data_gen, meta_gen = node.size, node.data_gen, node.meta_gen
         data = node.data
         snapshot = data.dirty_snapshot() if data is not None else {}
-        metadata = encode_attributes(node.attributes())
+        metadata = self.metadata_of(node)
         if data is not None:
             data.pins += 1
             data.low_water = size
         node.remote_maybe = True
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time())
         try:
-            if self._attributes_only(node, key, snapshot):
+            if node.stream is not None:
+                etag = await self._finish_stream(node, key, size, metadata)
+                if etag is None:  # the stream was dropped: upload in one go
+                    etag = await self._upload_whole(node, key, size, metadata)
+            elif self._attributes_only(node, key, snapshot):
                 etag = await self.copy_object(node.base, key, metadata)
-            elif node.is_symlink:
-                etag = await self.store.put(key, node.symlink_target.encode(), metadata)
-            elif size < self.threshold:
-                etag = await self.store.put(key, await self._compose(node, 0, size), metadata)
             else:
-                etag = await self._multipart(node, key, size, metadata)
+                etag = await self._upload_whole(node, key, size, metadata)
         finally:
             self._in_flight.pop(node.ino, None)
             if data is not None:
@@ -191,9 +204,54 @@ class Uploader:
             data.mark_clean(snapshot)
         log.info("uploaded %s (%d bytes)", key, size)
 
+    async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
+        if node.is_symlink:
+            return await self.store.put(key, node.symlink_target.encode(), metadata)
+        if size < self.threshold:
+            return await self.store.put(key, await self._compose(node, 0, size), metadata)
+        return await self._multipart(node, key, size, metadata)
+
+    async def _finish_stream(self, node: Node, key: str, size: int, metadata: dict) -> str | None:
+        """Complete a file's streaming upload at ``key``; None when it had to be dropped.
+
+        A stream whose key is not where the file ended up (a temporary name that was not
+        renamed as predicted, or renamed elsewhere) is dropped when the cache still holds the
+        whole file; otherwise it is completed where it is and copied to the right key.
+        """
+        stream, data = node.stream, node.data
+        await stream.settled.wait()
+        broken = (stream.failure is not None or size < stream.next_offset
+                  or not stream.created.is_set())
+        if stream.key == key and not broken:
+            try:
+                return await self.streamer.finish(node, size, metadata)
+            except FsError:
+                if data.fully_local(size):  # start afresh next time; leave no upload behind
+                    await self.streamer.abort(node)
+                raise
+        if data.fully_local(size):
+            await self.streamer.abort(node)
+            return None
+        if broken:
+            raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed after parts "
+                                     "left the cache; the data cannot be recovered")
+        log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
+                    "there and copying", node.path(), key, stream.key)
+        streamed_at = stream.key
+        etag = await self.streamer.finish(node, size, metadata)
+        etag = await self.copy_object(RemoteObject(streamed_at, etag, size), key, metadata)
+        await self.store.delete(streamed_at)
+        return etag
+
     def progress(self) -> list[dict]:
         now = trio.current_time()
-        return [p.report(now) for p in self._in_flight.values()]
+        return [p.report(now) for p in self._in_flight.values()] + self.streamer.progress(now)
+
+    def metadata_of(self, node: Node, with_mtime: bool = True) -> dict[str, str]:
+        metadata = encode_attributes(node.attributes())
+        if not with_mtime:
+            metadata.pop("mtime")
+        return metadata
 
     @staticmethod
     def _attributes_only(node: Node, key: str, dirty_snapshot: dict) -> bool:
@@ -212,13 +270,14 @@ class Uploader:
         if data is None:
             return await self.reader.read_range(node.base, offset, length) if length else b""
         pieces = []
-        for local, start, end in _segments(data, offset, length):
-            if local:
-                pieces.append(await data.read(start, end - start))
-            else:
-                remote_end = min(end, data.base_valid_len)
-                chunk = await self.reader.read_range(node.base, start, remote_end - start)
-                pieces.append(chunk + bytes(end - start - len(chunk)))
+        with data.in_use(offset, length):  # cached blocks chosen below must stay until read
+            for local, start, end in _segments(data, offset, length):
+                if local:
+                    pieces.append(await data.read(start, end - start))
+                else:
+                    remote_end = min(end, data.base_valid_len)
+                    chunk = await self.reader.read_range(node.base, start, remote_end - start)
+                    pieces.append(chunk + bytes(end - start - len(chunk)))
         return b"".join(pieces)
 
     async def _multipart(self, node: Node, key: str, size: int, metadata: dict) -> str:
@@ -262,10 +321,10 @@ class Uploader:
             return await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await self._abort_quietly(key, upload_id)
+                await self.abort_quietly(key, upload_id)
             raise
 
-    async def _abort_quietly(self, key: str, upload_id: str) -> None:
+    async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
             await self.store.abort_multipart(key, upload_id)
         except FsError as exc:

@@ -1,0 +1,326 @@
+"""Streaming multipart uploads: parts of a file upload while it is still being written.
+
+A file being written from offset 0 with no remote object behind it (a new backup, an ISO being
+downloaded) gets a multipart upload as soon as its first part is complete in the cache. A pump
+task per stream launches each next part once the writer has filled it; part uploads run in
+parallel under the uploader's part slots. Uploaded blocks become clean, so the cache can drop
+them and a file many times larger than the cache streams through it.
+
+The upload is started at the key the file is going to be renamed to when its name says so
+(``names.predict_final_name``): vzdump's rename of `X.vma.dat` to `X.vma.zst` then costs nothing.
+An incomplete multipart upload is invisible, so nothing appears under that name until the file
+was really renamed to it and closed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import math
+from contextlib import contextmanager
+
+import trio
+
+from .config import GiB, MiB
+from .errors import FsError, first_fs_error
+from .names import MAGIC_BYTES, predict_final_name
+from .nodes import Node
+
+log = logging.getLogger(__name__)
+
+MAX_PART_SIZE = 5 * GiB
+PART_GROWTH = 1000  # a part is at least 1/1000 of what precedes it: 10,000 parts pass 5 TiB
+RETRY_MIN, RETRY_MAX = 1.0, 60.0
+
+
+def stream_part_size(offset: int, min_part: int, block_size: int) -> int:
+    """Size of the part that starts at ``offset``: grows with the file, in whole blocks."""
+    size = max(min_part, math.ceil(offset / PART_GROWTH))
+    size = -(-size // block_size) * block_size
+    return min(size, MAX_PART_SIZE // block_size * block_size)
+
+
+class Stream:
+    """The multipart upload of one file being written."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.key: str | None = None
+        self.upload_id: str | None = None
+        self.created = trio.Event()  # the multipart upload exists
+        self.settled = trio.Event()  # creating it succeeded or gave up
+        self.parts: dict[int, tuple[int, int, str]] = {}  # number -> (offset, length, etag)
+        self.launched: dict[int, tuple[int, int]] = {}  # number -> (offset, length)
+        self.next_offset = 0
+        self.next_number = 1
+        self.wakeup = trio.Event()
+        self._scopes: set[trio.CancelScope] = set()  # of the pump and each part upload
+        self.cancelled = False
+        self.running = 0  # pump + part tasks alive
+        self.finished = trio.Event()  # set when running drops to 0 after closing
+        self.closing = False
+        self.failure: str | None = None
+
+    @contextmanager
+    def cancellable(self):
+        """Run a task of this stream so that ``cancel`` stops it."""
+        scope = trio.CancelScope()
+        if self.cancelled:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            self._scopes.discard(scope)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for scope in self._scopes:
+            scope.cancel()
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(length for _, length, _ in self.parts.values())
+
+
+class Streamer:
+    def __init__(self, uploader, prefix: str, min_part: int):
+        self.uploader = uploader
+        self.store = uploader.store
+        self.prefix = prefix
+        self.min_part = min_part
+        self.nursery: trio.Nursery | None = None  # the uploader's, set when it runs
+        self.streams: set[Stream] = set()
+
+    # -- starting and feeding ---------------------------------------------------------------
+
+    def after_write(self, node: Node) -> None:
+        """Called after every write: start a stream, or let the pump look for a full part."""
+        data = node.data
+        if self.nursery is None or data is None or not node.is_file or node.unlinked:
+            return
+        stream = node.stream
+        if stream is None:
+            if data.base_valid_len or not self._filled(node, 0, self._part_size(0, data)):
+                return
+            stream = node.stream = Stream(node)
+            stream.started = trio.current_time()
+            self.streams.add(stream)
+            stream.running = 1
+            self.nursery.start_soon(self._pump, stream)
+        stream.wakeup.set()
+
+    def allowance(self, data) -> int:
+        """What a file being written may add past the cache limit: its next part."""
+        return self._part_size(data.in_flight_len, data)
+
+    def _part_size(self, offset: int, data) -> int:
+        return stream_part_size(offset, self.min_part, data.block_size)
+
+    @staticmethod
+    def _filled(node: Node, offset: int, length: int) -> bool:
+        """The writer has written all of [offset, offset+length)."""
+        data = node.data
+        return node.size >= offset + length and all(
+            b in data.dirty for b in data.blocks(offset, length))
+
+    async def _pump(self, stream: Stream) -> None:
+        try:
+            with stream.cancellable():
+                await self._create(stream)
+                while not stream.closing:
+                    await self._launch_ready_parts(stream)
+                    await stream.wakeup.wait()
+                    stream.wakeup = trio.Event()
+        except FsError as exc:
+            stream.failure = str(exc)
+            log.error("streaming upload of %s stopped: %s", stream.node.path(), exc)
+        finally:
+            stream.settled.set()
+            self._task_done(stream)
+
+    async def _create(self, stream: Stream) -> None:
+        node = stream.node
+        head = await node.data.read(0, MAGIC_BYTES)
+        stream.key = self._target_key(node, head)
+        # No mtime: until attributes are set explicitly, S3's LastModified (the completion) is it.
+        metadata = self.uploader.metadata_of(node, with_mtime=False)
+        node.uploaded_meta_gen = node.meta_gen
+        stream.upload_id = await self._retrying(
+            lambda: self.store.create_multipart(stream.key, metadata), stream, "start")
+        stream.created.set()
+        stream.settled.set()
+        log.info("streaming %s to %s", node.path(), stream.key)
+
+    def _target_key(self, node: Node, head: bytes) -> str:
+        own_key = node.key(self.prefix)
+        final_name = predict_final_name(node.name, head)
+        if final_name is None or final_name in node.parent.children:
+            return own_key  # nothing predicted, or a file of that name exists: no guessing
+        return node.parent.key(self.prefix) + final_name
+
+    async def _launch_ready_parts(self, stream: Stream) -> None:
+        data = stream.node.data
+        while not stream.closing:
+            offset = stream.next_offset
+            length = self._part_size(offset, data)
+            if not self._filled(stream.node, offset, length):
+                return
+            await self.uploader.part_slots.acquire()
+            self._launch(stream, stream.next_number, offset, length)
+            stream.next_number += 1
+            stream.next_offset = data.in_flight_len = offset + length
+
+    def _launch(self, stream: Stream, number: int, offset: int, length: int) -> None:
+        stream.launched[number] = (offset, length)
+        stream.running += 1
+        self.nursery.start_soon(self._upload_part, stream, number, offset, length)
+
+    async def _upload_part(self, stream: Stream, number: int, offset: int, length: int) -> None:
+        data = stream.node.data
+        try:
+            with stream.cancellable():
+                snapshot = {b: data.dirty[b] for b in data.blocks(offset, length) if b in data.dirty}
+                body = await _read_guarded(data, offset, length)
+                etag = await self._retrying(
+                    lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
+                    stream, f"part {number}")
+                stream.parts[number] = (offset, length, etag)
+                data.mark_clean(snapshot)
+                data.streamed_len = _contiguous_end(stream.parts)
+        except FsError as exc:
+            stream.failure = str(exc)
+            log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
+        finally:
+            self.uploader.part_slots.release()
+            self._task_done(stream)
+
+    async def _retrying(self, request, stream: Stream, what: str):
+        """Retry beyond botocore's own attempts: an outage may last minutes. Gives up only on
+        errors that retrying cannot fix (the upload is gone, access denied, ...)."""
+        delay = RETRY_MIN
+        while True:
+            try:
+                return await request()
+            except FsError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                log.warning("streaming %s of %s failed, retrying in %.0f s: %s",
+                            what, stream.node.path(), delay, exc)
+                stream.node.last_error = str(exc)
+            await trio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+
+    def _task_done(self, stream: Stream) -> None:
+        stream.running -= 1
+        if stream.running == 0:
+            stream.finished.set()
+
+    # -- ending -----------------------------------------------------------------------------
+
+    async def _stop(self, stream: Stream) -> None:
+        """Stop launching parts and wait for those in flight."""
+        stream.closing = True
+        stream.wakeup.set()
+        await stream.finished.wait()
+
+    async def finish(self, node: Node, size: int, metadata: dict) -> str:
+        """Upload what is left (tail and rewritten parts) and complete; returns the ETag."""
+        stream = node.stream
+        await self._stop(stream)
+        if stream.failure or not stream.created.is_set():
+            raise FsError(errno.EIO, f"streaming upload failed: {stream.failure}")
+        data = node.data
+        stale = [n for n, (offset, length) in stream.launched.items()
+                 if n not in stream.parts or any(b in data.dirty for b in data.blocks(offset, length))]
+        for n in stale:
+            offset, length = stream.launched[n]
+            if any(data.unreadable(b) for b in data.blocks(offset, length)):
+                raise FsError(errno.EIO, f"{node.path()}: part {n} was rewritten after parts of "
+                                         "it left the cache; it cannot be uploaded")
+        uploads = [(n, *stream.launched[n]) for n in stale]
+        offset, number = stream.next_offset, stream.next_number
+        while offset < size or number == 1:
+            length = min(self._part_size(offset, data), size - offset)
+            uploads.append((number, offset, length))
+            offset, number = offset + length, number + 1
+        await self._upload_remaining(stream, uploads)
+        parts = sorted((n, etag) for n, (_, _, etag) in stream.parts.items() if n < number)
+        with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
+            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
+            self._forget(node, stream)
+        return etag
+
+    def _forget(self, node: Node, stream: Stream) -> None:
+        if node.stream is stream:
+            node.stream = None
+        self.streams.discard(stream)
+        if node.data is not None:
+            node.data.streamed_len = node.data.in_flight_len = 0
+
+    async def _upload_remaining(self, stream: Stream, uploads) -> None:
+        data = stream.node.data
+
+        async def one(number: int, offset: int, length: int) -> None:
+            try:
+                body = await _read_guarded(data, offset, length)
+                etag = await self.store.upload_part(stream.key, stream.upload_id, number, body)
+                stream.parts[number] = (offset, length, etag)
+            finally:
+                self.uploader.part_slots.release()
+
+        with first_fs_error():
+            async with trio.open_nursery() as nursery:
+                for number, offset, length in uploads:
+                    await self.uploader.part_slots.acquire()
+                    nursery.start_soon(one, number, offset, length)
+
+    async def abort(self, node: Node) -> None:
+        """Drop the stream: no object, no multipart upload left behind."""
+        stream = node.stream
+        if stream is None:
+            return
+        stream.cancel()
+        await self._stop(stream)
+        self._forget(node, stream)
+        if stream.created.is_set():
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await self.uploader.abort_quietly(stream.key, stream.upload_id)
+
+    def progress(self, now: float) -> list[dict]:
+        return [
+            {"path": s.node.path(), "bytes_total": s.node.size, "bytes_done": s.uploaded_bytes,
+             "seconds": round(now - s.started, 3),
+             "bytes_per_second": int(s.uploaded_bytes / max(now - s.started, 1e-6)),
+             "streaming_to": s.key}
+            for s in self.streams
+        ]
+
+    def check_rewrite(self, node: Node, offset: int, length: int) -> None:
+        """A write behind the streamed part of a file needs the whole part still cached."""
+        stream = node.stream
+        if stream is None or offset >= stream.next_offset:
+            return
+        data = node.data
+        for number, (part_offset, part_length) in stream.launched.items():
+            if part_offset < offset + length and offset < part_offset + part_length:
+                if any(data.unreadable(b) for b in data.blocks(part_offset, part_length)):
+                    raise FsError(errno.EIO, f"{node.path()}: cannot rewrite offset {offset}: "
+                                             "that part was already uploaded and left the cache")
+
+
+def _contiguous_end(parts: dict[int, tuple[int, int, str]]) -> int:
+    """End of the uploaded parts that follow each other from part 1 on."""
+    end, number = 0, 1
+    while number in parts:
+        offset, length, _ = parts[number]
+        end = offset + length
+        number += 1
+    return end
+
+
+async def _read_guarded(data, offset: int, length: int) -> bytes:
+    """Read from the cache file while keeping eviction away from it."""
+    with data.in_use(offset, length):
+        return await data.read(offset, length)

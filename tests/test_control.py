@@ -1,0 +1,386 @@
+"""The admin channel: mountinfo parsing, the JSON protocol on a stub core, and the `sync` and
+`status` commands against a real mount."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import trio
+
+from s3pvefs import control
+from s3pvefs.control import ControlError, control_socket_path, find_mountpoint, serve_control
+from s3pvefs.errors import FsError
+
+REPO = Path(__file__).resolve().parent.parent
+MiB = 1024 * 1024
+
+MOUNTINFO = "\n".join([
+    "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw",
+    "60 22 0:50 / /mnt/pve/backup rw,nosuid,nodev,relatime shared:30 - fuse.s3pvefs "
+    "s3pvefs:bucket/pve/ rw,user_id=0,group_id=0,default_permissions",
+    "61 22 0:51 / /mnt/pve/backup2 rw,relatime shared:31 - fuse.s3pvefs s3pvefs:b/ rw",
+    "62 60 0:52 / /mnt/pve/backup/images/nfs rw,relatime shared:32 - nfs4 srv:/x rw",
+    r"63 22 0:53 / /mnt/with\040space\134odd rw,relatime - fuse.s3pvefs s3pvefs:c/ rw",
+    "64 22 0:54 / /srv/stacked rw,relatime - fuse.s3pvefs s3pvefs:d/ rw",
+    "65 64 0:55 / /srv/stacked rw,relatime - tmpfs tmpfs rw",
+    "66 22 0:56 / /srv/under rw,relatime - tmpfs tmpfs rw",
+    "67 66 0:57 / /srv/under rw,relatime - fuse.s3pvefs s3pvefs:e/ rw",
+    "garbage line",
+]) + "\n"
+
+
+# -- which mount a path is on ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, mountpoint, relative", [
+    ("/mnt/pve/backup", "/mnt/pve/backup", ""),
+    ("/mnt/pve/backup/", "/mnt/pve/backup", ""),
+    ("/mnt/pve/backup/dump/vzdump-qemu-100.vma.zst", "/mnt/pve/backup",
+     "dump/vzdump-qemu-100.vma.zst"),
+    ("/mnt/pve/backup/template/iso/../cache", "/mnt/pve/backup", "template/cache"),
+    ("/mnt/pve/backup2/x", "/mnt/pve/backup2", "x"),
+    ("/mnt/with space\\odd/snippets/a b", "/mnt/with space\\odd", "snippets/a b"),
+    ("/srv/under/dump", "/srv/under", "dump"),  # s3pvefs mounted on top of a tmpfs
+])
+def test_find_mountpoint(path, mountpoint, relative):
+    assert find_mountpoint(Path(path), MOUNTINFO) == (Path(mountpoint), relative)
+
+
+@pytest.mark.parametrize("path, fragment", [
+    ("/etc/passwd", "ext4 mounted at /"),
+    ("/mnt/pve/backupX/file", "ext4 mounted at /"),  # a name that only starts like the mount
+    ("/mnt/pve/backup/images/nfs/disk.raw", "nfs4 mounted at /mnt/pve/backup/images/nfs"),
+    ("/srv/stacked/file", "tmpfs mounted at /srv/stacked"),  # a tmpfs hides the s3pvefs mount
+])
+def test_find_mountpoint_refuses_other_filesystems(path, fragment):
+    with pytest.raises(ControlError) as excinfo:
+        find_mountpoint(Path(path), MOUNTINFO)
+    assert "is not on an s3pvefs mount" in str(excinfo.value)
+    assert fragment in str(excinfo.value)
+
+
+def test_find_mountpoint_without_any_mount():
+    with pytest.raises(ControlError, match="not on an s3pvefs mount"):
+        find_mountpoint(Path("/x"), "")
+
+
+def test_control_socket_path():
+    first = control_socket_path(Path("/mnt/pve/backup"))
+    assert first.parent == Path("/run/s3pvefs") and first.suffix == ".sock"
+    assert len(first.stem) == 16 and all(c in "0123456789abcdef" for c in first.stem)
+    assert first == control_socket_path(Path("/mnt/pve/backup"))
+    assert first != control_socket_path(Path("/mnt/pve/backup2"))
+
+
+# -- the protocol, on a stub core -----------------------------------------------------------
+
+
+class _Node:
+    def __init__(self, path: str):
+        self._path = path
+
+    def path(self) -> str:
+        return self._path
+
+
+class StubCore:
+    """What serve_control uses of FsCore: status(), sync_path(), dirty_nodes()."""
+
+    def __init__(self) -> None:
+        self.synced: list[str] = []
+        self.failures: dict[str, str] = {}
+        self.dirty = ["dump/a", "dump/b", "images/c"]
+        self.release = trio.Event()
+        self.block = False
+        self.finished = 0
+        self.raises: Exception | None = None
+
+    def status(self) -> dict:
+        return {"dirty_files": len(self.dirty), "cache_limit_bytes": 64 * MiB, "errors": []}
+
+    def dirty_nodes(self) -> list[_Node]:
+        return [_Node(path) for path in self.dirty]
+
+    async def sync_path(self, path: str) -> dict[str, str]:
+        self.synced.append(path)
+        if self.raises is not None:
+            raise self.raises
+        if self.block:
+            await self.release.wait()
+        self.finished += 1
+        return dict(self.failures)
+
+
+@pytest.fixture
+def socket_path():
+    # AF_UNIX paths are limited to 108 bytes: pytest's tmp_path can be too deep.
+    directory = Path(tempfile.mkdtemp(prefix="s3c", dir="/tmp"))
+    yield directory / "run" / "m.sock"
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+async def served(socket_path):
+    core = StubCore()
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(
+            lambda task_status: serve_control(core, Path("/mnt/x"), socket_path=socket_path,
+                                              task_status=task_status))
+        assert started == socket_path
+        yield core
+        nursery.cancel_scope.cancel()
+    assert not socket_path.exists(), "the socket is removed at exit"
+
+
+async def ask(socket_path: Path, payload: dict, timeout: float | None = 10) -> dict:
+    return await trio.to_thread.run_sync(
+        lambda: control.request(Path("/mnt/x"), payload, timeout, socket_path=socket_path))
+
+
+async def raw(socket_path: Path, data: bytes) -> bytes:
+    def talk() -> bytes:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(socket_path))
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+    return await trio.to_thread.run_sync(talk)
+
+
+async def test_status(served, socket_path):
+    assert await ask(socket_path, {"op": "status"}) == {"ok": True, "status": served.status()}
+
+
+async def test_socket_is_private(served, socket_path):
+    assert stat.S_ISSOCK(socket_path.lstat().st_mode)
+    assert stat.S_IMODE(socket_path.lstat().st_mode) == 0o600
+    assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+    assert os.listdir(socket_path.parent) == [socket_path.name]
+
+
+async def test_sync_success_and_failures(served, socket_path):
+    served.dirty = []
+    answer = await ask(socket_path, {"op": "sync", "path": "dump/x", "timeout": None})
+    assert answer == {"ok": True, "failures": {}, "timed_out": False, "pending": 0}
+    answer = await ask(socket_path, {"op": "sync", "path": "/dump/", "timeout": 5})
+    assert answer["ok"] is True
+    await ask(socket_path, {"op": "sync"})
+    assert served.synced == ["dump/x", "dump", ""]
+
+    served.failures = {"dump/a": "PutObject failed: NoSuchBucket"}
+    served.dirty = ["dump/a"]
+    answer = await ask(socket_path, {"op": "sync", "path": "dump", "timeout": 5})
+    assert answer == {"ok": False, "failures": {"dump/a": "PutObject failed: NoSuchBucket"},
+                      "timed_out": False, "pending": 1}
+
+
+async def test_sync_timeout_stops_waiting_not_uploading(served, socket_path):
+    served.block = True
+    answer = await ask(socket_path, {"op": "sync", "path": "dump", "timeout": 0.2})
+    assert answer == {"ok": False, "failures": {}, "timed_out": True, "pending": 2}
+    answer = await ask(socket_path, {"op": "sync", "path": "", "timeout": 0})
+    assert answer["timed_out"] is True and answer["pending"] == 3
+    assert served.finished == 0
+    served.release.set()
+    with trio.fail_after(5):
+        while served.finished < 2:
+            await trio.sleep(0.01)  # the syncs went on after the clients stopped waiting
+
+
+async def test_sync_of_unknown_path(served, socket_path):
+    served.raises = FsError(2, "dump/nope: not found in this mount")
+    answer = await ask(socket_path, {"op": "sync", "path": "dump/nope", "timeout": 5})
+    assert answer == {"ok": False, "error": "dump/nope: not found in this mount"}
+    served.raises = RuntimeError("boom")
+    answer = await ask(socket_path, {"op": "sync", "path": "", "timeout": 5})
+    assert answer["ok"] is False and "boom" in answer["error"]
+
+
+@pytest.mark.parametrize("payload, fragment", [
+    ({"op": "frobnicate"}, "unknown op 'frobnicate'"),
+    ({}, "unknown op None"),
+    ({"op": "sync", "path": 3}, "path must be a string"),
+    ({"op": "sync", "timeout": -1}, "timeout must be"),
+    ({"op": "sync", "timeout": "soon"}, "timeout must be"),
+    ([1, 2], "expected a JSON object"),
+])
+async def test_bad_requests(served, socket_path, payload, fragment):
+    answer = await ask(socket_path, payload)
+    assert answer["ok"] is False and fragment in answer["error"]
+
+
+async def test_malformed_lines(served, socket_path):
+    answer = json.loads(await raw(socket_path, b"{not json\n"))
+    assert answer["ok"] is False and "not JSON" in answer["error"]
+    answer = json.loads(await raw(socket_path, b"\xff\xfe\n"))
+    assert answer["ok"] is False
+    answer = json.loads(await raw(socket_path, b"x" * (control.MAX_REQUEST + 10) + b"\n"))
+    assert answer["ok"] is False and "longer than" in answer["error"]
+    # No newline, then EOF: the line is complete.
+    answer = json.loads(await raw(socket_path, b'{"op": "status"}'))
+    assert answer["ok"] is True
+
+
+async def test_clients_that_go_away_do_not_hurt(served, socket_path):
+    served.block = True
+
+    def hang_up(data: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(socket_path))
+            if data:
+                sock.sendall(data)
+
+    await trio.to_thread.run_sync(hang_up, b"")
+    await trio.to_thread.run_sync(hang_up, b'{"op": "sync", "path": "dump"')
+    await trio.to_thread.run_sync(hang_up, b'{"op": "sync", "path": "dump"}\n')
+    await trio.sleep(0.1)
+    served.release.set()  # the abandoned sync finishes and its answer has nowhere to go
+    with trio.fail_after(5):
+        while served.finished < 1:
+            await trio.sleep(0.01)
+    await trio.sleep(0.1)
+    assert (await ask(socket_path, {"op": "status"}))["ok"] is True
+
+
+async def test_stale_socket_is_replaced(socket_path):
+    socket_path.parent.mkdir(mode=0o755)
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(socket_path))
+    stale.close()  # what a crashed mount leaves behind
+    with pytest.raises(ControlError, match="nothing listens"):
+        await ask(socket_path, {"op": "status"})
+    core = StubCore()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: serve_control(
+            core, Path("/mnt/x"), socket_path=socket_path, task_status=task_status))
+        assert stat.S_IMODE(socket_path.parent.stat().st_mode) == 0o700
+        assert (await ask(socket_path, {"op": "status"}))["ok"] is True
+        nursery.cancel_scope.cancel()
+    assert not socket_path.exists()
+
+
+async def test_client_errors_name_the_socket(socket_path):
+    with pytest.raises(ControlError) as excinfo:
+        await ask(socket_path, {"op": "status"})
+    assert str(socket_path) in str(excinfo.value) and "does not answer" in str(excinfo.value)
+
+
+async def test_unusable_socket_directory_does_not_stop_the_mount(socket_path):
+    socket_path.parent.write_text("not a directory")  # (permissions would not stop root)
+    async with trio.open_nursery() as nursery:
+        started = await nursery.start(lambda task_status: serve_control(
+            StubCore(), Path("/mnt/x"), socket_path=socket_path, task_status=task_status))
+    assert started is None
+
+
+# -- the commands ---------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+
+
+def test_commands_refuse_paths_off_s3pvefs(tmp_path):
+    for args in (["sync", str(tmp_path)], ["status", str(tmp_path)], ["status", "--json", "/"]):
+        result = run_cli(*args)
+        assert result.returncode == 2, result
+        assert "is not on an s3pvefs mount" in result.stderr and "Traceback" not in result.stderr
+    result = run_cli("sync", str(tmp_path / "absent"))
+    assert result.returncode == 2 and "No such file" in result.stderr
+    result = run_cli("sync", "--timeout", "soon", str(tmp_path))
+    assert result.returncode == 2 and "--timeout" in result.stderr
+
+
+needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+def socket_of(mount) -> Path:
+    return control_socket_path(Path(os.path.realpath(mount.path)))
+
+
+@needs_fuse
+def test_sync_uploads_a_file_still_open(mount_s3pvefs, s3_client, bucket):
+    mount = mount_s3pvefs()
+    sock = socket_of(mount)
+    assert stat.S_IMODE(sock.lstat().st_mode) == 0o600
+    path = mount.path / "dump" / "vzdump-qemu-100.vma.dat"
+    data = os.urandom(6 * MiB + 5)  # multipart at this mount's 5 MiB threshold
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        result = run_cli("sync", "--timeout", "60", str(path))
+        assert result.returncode == 0, (result.stderr, mount.log())
+        stored = s3_client.get_object(Bucket=bucket, Key="pve/dump/vzdump-qemu-100.vma.dat")
+        assert stored["Body"].read() == data
+        f.write(b"more")
+    # The whole mount, from inside it (PATH defaults to the current directory).
+    result = run_cli("sync", cwd=mount.path / "images")
+    assert result.returncode == 0, result.stderr
+    result = run_cli("sync", str(mount.path))
+    assert result.returncode == 0, result.stderr
+    stored = s3_client.get_object(Bucket=bucket, Key="pve/dump/vzdump-qemu-100.vma.dat")
+    assert stored["Body"].read() == data + b"more"
+    assert mount.unmount() == 0
+    assert not sock.exists()
+
+
+@needs_fuse
+def test_status_reports_cache_and_dirty_data(mount_s3pvefs):
+    mount = mount_s3pvefs()
+    with open(mount.path / "snippets" / "open.txt", "wb") as f:
+        f.write(b"x" * 1000)
+        f.flush()
+        result = run_cli("status", str(mount.path), "--json")
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["cache_limit_bytes"] == 64 * MiB
+        assert status["dirty_files"] == 1 and status["errors"] == []
+        result = run_cli("status", str(mount.path / "snippets"))
+        assert result.returncode == 0, result.stderr
+        assert "1 file(s)" in result.stdout and "of 64.0 MiB" in result.stdout
+    assert mount.unmount() == 0
+    result = run_cli("status", str(mount.path))
+    assert result.returncode == 2 and "not on an s3pvefs mount" in result.stderr
+
+
+@needs_fuse
+def test_sync_reports_a_failed_upload(mount_s3pvefs, s3_client, bucket):
+    mount = mount_s3pvefs()
+    path = mount.path / "dump" / "doomed.log"
+    with open(path, "wb") as f:
+        f.write(b"data that cannot be uploaded")
+        f.flush()
+        # Make every upload fail: remove the bucket under the mount.
+        for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            for obj in page.get("Contents", []):
+                s3_client.delete_object(Bucket=bucket, Key=obj["Key"])
+        s3_client.delete_bucket(Bucket=bucket)
+        try:
+            result = run_cli("sync", "--timeout", "20", str(path))
+            assert result.returncode == 1, (result.stderr, mount.log())
+            assert f"{path}: " in result.stderr and "NoSuchBucket" in result.stderr
+            result = run_cli("status", str(mount.path))
+            assert result.returncode == 1, result.stderr
+            assert "upload errors:  1" in result.stdout and "dump/doomed.log" in result.stdout
+        finally:
+            s3_client.create_bucket(Bucket=bucket)
+    assert mount.unmount() == 0  # the final upload succeeds now that the bucket is back
+    stored = s3_client.get_object(Bucket=bucket, Key="pve/dump/doomed.log")
+    assert stored["Body"].read() == b"data that cannot be uploaded"
