@@ -19,7 +19,7 @@ import fcntl
 import itertools
 import logging
 import os
-import shutil
+import uuid
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -54,8 +54,8 @@ class BlockCache:
         self.size_limit = size_limit
         # Disk I/O runs in worker threads; this bounds how many at once.
         self.disk_limiter = trio.CapacityLimiter(8)
-        self._ids = itertools.count(1)
         self._files: set[CachedFile] = set()
+        self._kept: set[str] = set()
         self._lock_fd: int | None = None
         self.used_blocks = 0  # cached blocks of every file
         self.peak_used_bytes = 0
@@ -80,13 +80,13 @@ class BlockCache:
                 "give each mount its own --cache-dir"
             ) from None
         self._lock_fd = fd
-        # Without a crash journal, leftovers of an earlier run cannot be trusted.
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir(mode=0o700)
+        self.data_dir.mkdir(mode=0o700, exist_ok=True)
 
     def close(self) -> None:
+        """Close the cache files; the data of files still in the journal stays for the next
+        mount, the rest is deleted when that mount starts."""
         for cached_file in list(self._files):
-            cached_file.discard()
+            cached_file.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -94,9 +94,31 @@ class BlockCache:
     # -- files -----------------------------------------------------------------------------
 
     def new_file(self) -> CachedFile:
-        cached_file = CachedFile(self, next(self._ids))
+        cached_file = CachedFile(self, uuid.uuid4().hex)
         self._files.add(cached_file)
         return cached_file
+
+    def adopt_file(self, file_id: str, cached: set[int], dirty: set[int]) -> CachedFile:
+        """Take over the cache file of an earlier run (crash recovery)."""
+        cached_file = CachedFile(self, file_id)
+        if not cached_file.path.exists():
+            raise FileNotFoundError(f"cache file {cached_file.path} is missing")
+        cached_file.cached = set(cached) | set(dirty)
+        cached_file.dirty = {block: 0 for block in dirty}
+        self.blocks_added(len(cached_file.cached))
+        self._files.add(cached_file)
+        return cached_file
+
+    def keep_file_id(self, file_id: str) -> None:
+        """Keep an earlier run's cache file that recovery could not take over (for the admin)."""
+        self._kept.add(file_id)
+
+    def remove_unreferenced(self) -> None:
+        """Delete cache files of an earlier run that no file took over."""
+        live = {f.path.name for f in self._files} | self._kept
+        for path in self.data_dir.iterdir():
+            if path.name not in live:
+                path.unlink(missing_ok=True)
 
     def forget_file(self, cached_file: CachedFile) -> None:
         self._files.discard(cached_file)
@@ -165,10 +187,11 @@ class BlockCache:
 class CachedFile:
     """The cache file of one file node and the state of its blocks."""
 
-    def __init__(self, cache: BlockCache, file_id: int):
+    def __init__(self, cache: BlockCache, file_id: str):
         self.cache = cache
+        self.file_id = file_id
         self.block_size = cache.block_size
-        self.path = cache.data_dir / str(file_id)
+        self.path = cache.data_dir / file_id
         self._fd: int | None = None
         self.cached: set[int] = set()
         self.dirty: dict[int, int] = {}
@@ -248,6 +271,10 @@ class CachedFile:
                     del self.busy[block]
 
     # -- I/O (worker threads) --------------------------------------------------------------
+
+    def fd(self) -> int:
+        """The open cache file (for fsync by the journal)."""
+        return self._ensure_fd()
 
     def _ensure_fd(self) -> int:
         if self._fd is None:
@@ -343,11 +370,14 @@ class CachedFile:
         self.cache.blocks_removed(len(victims))
         return len(victims) * self.block_size
 
-    def discard(self) -> None:
-        """Throw the cache file away (the file was deleted or the mount ends)."""
+    def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def discard(self) -> None:
+        """Throw the cache file away (the file was deleted, or S3 has all of it)."""
+        self.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -356,6 +386,7 @@ class CachedFile:
         self.cached.clear()
         self.dirty.clear()
         self.cache.forget_file(self)
+        self.cache.space_freed()
 
 
 def _ranges(blocks: list[int], block_size: int) -> list[tuple[int, int]]:

@@ -45,6 +45,7 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--part-size", "part_size", "SIZE", "minimum multipart part size (default 16MiB)"),
     ("--multipart-threshold", "multipart_threshold", "SIZE", "files from this size use multipart (default 16MiB)"),
     ("--upload-concurrency", "upload_concurrency", "N", "parts uploaded in parallel (default 4)"),
+    ("--durability", "durability", "WHERE", "what fsync waits for: journal (local disk, default) or s3"),
     # Mount
     ("--uid", "uid", "UID", "owner of objects without s3pvefs metadata (default 0)"),
     ("--gid", "gid", "GID", "group of objects without s3pvefs metadata (default 0)"),

@@ -63,6 +63,8 @@ class Config:
     part_size: int = 16 * MiB  # minimum part size; grows with the file
     multipart_threshold: int = 16 * MiB
     upload_concurrency: int = 4
+    # What fsync waits for: "journal" (the local cache and journal, on disk) or "s3".
+    durability: str = "journal"
     # Mount
     allow_other: bool = False
     uid: int = 0
@@ -275,6 +277,7 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "part_size": ("part_size", parse_size),
         "multipart_threshold": ("multipart_threshold", parse_size),
         "concurrency": ("upload_concurrency", parse_int),
+        "durability": ("durability", parse_str),
     },
     "mount": {
         "allow_other": ("allow_other", parse_bool),
@@ -531,6 +534,9 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
         raise ConfigError(
             f"{lab('addressing_style')}: must be auto, path or virtual, not {config.addressing_style!r}"
         )
+    c.durability = c.durability.lower()
+    if c.durability not in ("journal", "s3"):
+        raise ConfigError(f"{lab('durability')}: must be journal or s3, not {c.durability!r}")
     c.retry_mode = c.retry_mode.lower()
     if c.retry_mode not in ("standard", "adaptive"):
         raise ConfigError(f"{lab('retry_mode')}: must be standard or adaptive, not {c.retry_mode!r}")

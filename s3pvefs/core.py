@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import trio
 
 from .blockcache import BlockCache, CachedFile
+from .journal import Journal, block_runs
 from .config import Config
 from .errors import FsError, first_fs_error
 from .listing import Directories, walk
@@ -64,6 +65,10 @@ class FsCore:
         self.root.meta_loaded = True
         self.streamer = self.uploader.streamer
         self.uploader.dirty_nodes = self.dirty_nodes
+        self.journal = Journal(cache.cache_dir)
+        self.journal.open()
+        self.uploader.journal = self.journal
+        self.uploader.checkpoint = self.checkpoint
         cache.on_pressure = self.uploader.relieve_pressure
 
     def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
@@ -80,8 +85,7 @@ class FsCore:
                 await self.dirs.ensure_listed(parent)
                 child = parent.children.get(part)
                 if child is None or not child.is_dir:
-                    child = await self._make_directory(parent, part, self.config.dir_mode,
-                                                       self.config.uid, self.config.gid)
+                    child = await self.make_directory(parent, part)
                 parent = child
 
     def dirty_nodes(self) -> list[Node]:
@@ -90,6 +94,48 @@ class FsCore:
     async def shutdown(self) -> None:
         """Upload everything that is not on S3 yet."""
         await self.uploader.drain(self.dirty_nodes())
+
+    # -- journal ----------------------------------------------------------------------------
+
+    async def checkpoint(self, node: Node, durable: bool = False) -> None:
+        """Record (or drop) what a restarted mount needs to finish this file's upload.
+
+        ``durable``: the cache file and the record reach the disk before this returns.
+        """
+        if not node.is_file:
+            return
+        async with node.journal_lock:
+            data = node.data
+            keep = data is not None and not node.unlinked and (
+                node.needs_upload or node.stream is not None)
+            if not keep:
+                if node.journal_id is not None:
+                    await self.cache.run_io(self.journal.remove, node.journal_id)
+                    node.journal_id = None
+                return
+            record = self._journal_record(node)
+            fd = data.fd() if durable else None
+            await self.cache.run_io(self.journal.write, data.file_id, record, durable, fd)
+            node.journal_id = data.file_id
+
+    def _journal_record(self, node: Node) -> dict:
+        data, base, stream = node.data, node.base, node.stream
+        return {
+            "version": 1,
+            "id": data.file_id,
+            "key": node.key(self.prefix),
+            "state": "open" if node.write_handles else "closed",
+            "size": node.size,
+            "mode": node.mode, "uid": node.uid, "gid": node.gid, "mtime_ns": node.mtime_ns,
+            "base": None if base is None else {"key": base.key, "etag": base.etag,
+                                               "size": base.size},
+            "base_valid_len": data.base_valid_len,
+            "cached": block_runs(data.cached),
+            "dirty": block_runs(data.dirty),
+            "data_dirty": node.data_gen != node.uploaded_data_gen,
+            "meta_dirty": node.meta_gen != node.uploaded_meta_gen,
+            "stream": None if stream is None else self.streamer.record(stream),
+        }
 
     # -- admin: `s3pvefs sync` and `s3pvefs status` -----------------------------------------
 
@@ -219,7 +265,16 @@ class FsCore:
                 await self.store.put(node.key(self.prefix), b"", encode_attributes(node.attributes()))
             return
         node.attributes_changed()
+        await self.checkpoint(node)
         self._after_change(node)
+
+    def schedule_upload(self, node: Node) -> None:
+        self._after_change(node)
+
+    async def make_directory(self, parent: Node, name: str) -> Node:
+        """A directory with the configured defaults (used by recovery)."""
+        return await self._make_directory(parent, name, self.config.dir_mode, self.config.uid,
+                                          self.config.gid)
 
     def _after_change(self, node: Node) -> None:
         """Upload a closed file's change in the background; open files upload on release.
@@ -246,6 +301,7 @@ class FsCore:
             node.size = size
         node.mtime_ns = now_ns()
         node.data_changed()
+        await self.checkpoint(node)
 
     async def _truncate_stream(self, node: Node, size: int) -> None:
         """Cutting into the streamed part of a file drops its streaming upload."""
@@ -364,7 +420,9 @@ class FsCore:
         node.meta_loaded = True
         node.data_changed()  # even an empty new file becomes an object
         self._insert(parent, name, node)
-        return self._open_handle(node, flags), self.remember(node)
+        handle = self._open_handle(node, flags)
+        await self.checkpoint(node)
+        return handle, self.remember(node)
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
         """Returns the handle and whether the kernel may keep its page cache of the file."""
@@ -431,7 +489,10 @@ class FsCore:
         return partial
 
     async def flush(self, fh: int) -> None:
-        self.handle(fh)  # data is already in the cache file; uploads start on release
+        """close(): the data written is in the cache file; make it and the journal durable."""
+        handle = self.handle(fh)
+        if handle.writable:
+            await self.checkpoint(handle.node, durable=True)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
@@ -451,10 +512,16 @@ class FsCore:
                 if node.lookups <= 0:
                     self.inodes.drop(node)
             return
+        if handle.writable and node.write_handles == 0:
+            await self.checkpoint(node)  # now "closed": publish it if the mount restarts
         self._after_change(node)
 
     async def fsync(self, fh: int) -> None:
+        """Durable in the local cache and journal; with durability = "s3", on S3."""
         node = self.handle(fh).node
+        await self.checkpoint(node, durable=True)
+        if self.config.durability != "s3":
+            return
         try:
             await self.uploader.sync_now(node)
         except FsError as exc:
@@ -476,6 +543,7 @@ class FsCore:
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
             node.unlinked = True  # no new upload may start
+            await self.checkpoint(node)  # drops its journal record
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
@@ -540,6 +608,9 @@ class FsCore:
         held = [node] if target is None else [node, target]
         async with self.uploader.held(*held):
             await self._move_file(node, new_parent, new_name, target)
+            await self.checkpoint(node, durable=True)
+            if target is not None:
+                await self.checkpoint(target)
         self._after_change(node)
 
     async def _move_file(self, node: Node, new_parent: Node, new_name: str,
@@ -592,6 +663,8 @@ class FsCore:
         loaded = [n for n in walk(node) if n is not node]
         async with self.uploader.held(*loaded):
             await self._move_tree(node, new_parent, new_name, target, loaded)
+            for descendant in loaded:
+                await self.checkpoint(descendant, durable=True)
         for descendant in loaded:
             self._after_change(descendant)
 

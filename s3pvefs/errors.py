@@ -104,3 +104,13 @@ def first_fs_error():
 def _first_leaf(group: BaseExceptionGroup) -> BaseException:
     first = group.exceptions[0]
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+class RenamePending(FsError):
+    """A file's data was streamed to the name it was expected to be renamed to, and it was not
+    renamed (yet): completing the upload would publish it under a name its writer never chose.
+    It waits, journaled, for that rename (or its deletion)."""
+
+    def __init__(self, path: str, final_key: str):
+        super().__init__(errno.EAGAIN, f"{path}: waiting to be renamed to {final_key}, where "
+                                       "its data was streamed")

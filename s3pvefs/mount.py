@@ -16,6 +16,7 @@ from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError
 from .fuse_adapter import FuseOperations
+from .recovery import recover
 from .store import ObjectStore, open_s3_store
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ async def _mount(config: Config, mountpoint: Path) -> int:
             await check_bucket(store, config)
             core = FsCore(config, store, cache)
             await core.create_proxmox_dirs()
+            await recover(core)
             return await _serve(core, config, mountpoint)
     finally:
         cache.close()
@@ -109,8 +111,9 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
             pyfuse3.close(unmount=True)
     left = core.dirty_nodes()
     if left:
-        log.error("%d file(s) were not uploaded and are lost: %s", len(left),
-                  ", ".join(n.path() for n in left[:20]))
+        log.error("%d file(s) are not on S3 yet: %s. Their data stays in the cache journal "
+                  "(%s) and is uploaded when this cache directory is mounted again.", len(left),
+                  "; ".join(n.last_error or n.path() for n in left[:20]), config.cache_dir)
         return EXIT_FAILED
     return EXIT_OK
 

@@ -72,8 +72,11 @@ class Node:
         self.uploaded_meta_gen = 0
         self.remote_maybe = False  # an object may exist at this node's key
         self.stream = None  # streaming.Stream while parts upload during writing
+        self.waiting_for_rename: str | None = None  # see errors.RenamePending
         self.symlink_target: str | None = None
         self.sync_lock = trio.Lock()
+        self.journal_lock = trio.Lock()
+        self.journal_id: str | None = None  # the cache file id its journal record is under
         self.sync_scope: trio.CancelScope | None = None
         self.last_error: str | None = None
         self.data_version = 0  # bumped when the remote content changed under us

@@ -60,6 +60,9 @@ class Stream:
         self.finished = trio.Event()  # set when running drops to 0 after closing
         self.closing = False
         self.failure: str | None = None
+        self.predicted = False  # key is the predicted final name, not the file's own
+        self.origin_name = node.name
+        self.started = 0.0
 
     @contextmanager
     def cancellable(self):
@@ -105,6 +108,7 @@ class Streamer:
             if data.base_valid_len or not self._filled(node, 0, self._part_size(0, data)):
                 return
             stream = node.stream = Stream(node)
+            stream.origin_name = node.name
             stream.started = trio.current_time()
             self.streams.add(stream)
             stream.running = 1
@@ -144,11 +148,13 @@ class Streamer:
         node = stream.node
         head = await node.data.read(0, MAGIC_BYTES)
         stream.key = self._target_key(node, head)
+        stream.predicted = stream.key != node.key(self.prefix)
         # No mtime: until attributes are set explicitly, S3's LastModified (the completion) is it.
         metadata = self.uploader.metadata_of(node, with_mtime=False)
         node.uploaded_meta_gen = node.meta_gen
         stream.upload_id = await self._retrying(
             lambda: self.store.create_multipart(stream.key, metadata), stream, "start")
+        await self.uploader.upload_started(stream.key, stream.upload_id)
         stream.created.set()
         stream.settled.set()
         log.info("streaming %s to %s", node.path(), stream.key)
@@ -187,6 +193,8 @@ class Streamer:
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
                     stream, f"part {number}")
                 stream.parts[number] = (offset, length, etag)
+                # On disk before its blocks may leave the cache: a restart needs the part list.
+                await self.uploader.checkpoint(stream.node, durable=True)
                 data.mark_clean(snapshot)
                 data.streamed_len = _contiguous_end(stream.parts)
         except FsError as exc:
@@ -250,6 +258,7 @@ class Streamer:
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
             self._forget(node, stream)
+            await self.uploader.upload_ended(stream.upload_id)
         return etag
 
     def _forget(self, node: Node, stream: Stream) -> None:
@@ -296,6 +305,39 @@ class Streamer:
              "streaming_to": s.key}
             for s in self.streams
         ]
+
+    # -- journal ----------------------------------------------------------------------------
+
+    @staticmethod
+    def record(stream: Stream) -> dict | None:
+        if not stream.created.is_set():
+            return None  # nothing on S3 yet: a restart uploads from the cache
+        return {
+            "key": stream.key,
+            "upload_id": stream.upload_id,
+            "predicted": stream.predicted,
+            "origin_name": stream.origin_name,
+            "parts": [[n, o, l, e] for n, (o, l, e) in sorted(stream.parts.items())],
+        }
+
+    def restore(self, node: Node, record: dict) -> Stream:
+        """A stream from the journal: its parts are on S3, the rest uploads at ``finish``."""
+        stream = node.stream = Stream(node)
+        stream.key, stream.upload_id = record["key"], record["upload_id"]
+        stream.predicted, stream.origin_name = record["predicted"], record["origin_name"]
+        for number, offset, length, etag in record["parts"]:
+            stream.parts[number] = (offset, length, etag)
+            stream.launched[number] = (offset, length)
+        stream.next_number = max(stream.parts, default=0) + 1
+        stream.next_offset = max((o + l for o, l, _ in stream.parts.values()), default=0)
+        stream.created.set()
+        stream.settled.set()
+        stream.closing = True
+        stream.finished.set()  # no pump: the writer is gone
+        node.data.streamed_len = _contiguous_end(stream.parts)
+        node.data.in_flight_len = stream.next_offset
+        self.streams.add(stream)
+        return stream
 
     def check_rewrite(self, node: Node, offset: int, length: int) -> None:
         """A write behind the streamed part of a file needs the whole part still cached."""

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from .config import Config, GiB, MiB
-from .errors import FsError, StoreError, first_fs_error
+from .errors import FsError, RenamePending, StoreError, first_fs_error
 from .names import check_key_length, encode_attributes
 from .nodes import Node, RemoteObject
 from .reader import BlockReader
@@ -55,6 +55,8 @@ class Uploader:
         self._in_flight: dict[int, _Progress] = {}
         self.streamer = Streamer(self, self.prefix, self.min_part)
         self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
+        self.journal = None  # set by the core: multipart uploads in flight are listed there
+        self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
 
     # -- background worker ------------------------------------------------------------------
 
@@ -102,6 +104,8 @@ class Uploader:
     async def _background_sync(self, node: Node) -> None:
         try:
             await self.sync(node)
+        except RenamePending as exc:
+            log.info("%s", exc)  # a rename or unlink of the file schedules it again
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
@@ -130,7 +134,7 @@ class Uploader:
     async def drain(self, nodes: list[Node]) -> None:
         """Upload everything given and queued; returns when the worker is idle."""
         for node in nodes:
-            if node.needs_upload:
+            if node.needs_upload and node.waiting_for_rename is None:
                 self.schedule(node)
         while not self.idle:
             await trio.sleep(0.05)
@@ -203,6 +207,7 @@ class Uploader:
             data.reset_base(min(size, data.low_water))
             data.mark_clean(snapshot)
         log.info("uploaded %s (%d bytes)", key, size)
+        await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
@@ -219,6 +224,7 @@ class Uploader:
         whole file; otherwise it is completed where it is and copied to the right key.
         """
         stream, data = node.stream, node.data
+        node.waiting_for_rename = None
         await stream.settled.wait()
         broken = (stream.failure is not None or size < stream.next_offset
                   or not stream.created.is_set())
@@ -235,6 +241,9 @@ class Uploader:
         if broken:
             raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed after parts "
                                      "left the cache; the data cannot be recovered")
+        if stream.predicted and node.name == stream.origin_name:
+            node.waiting_for_rename = stream.key
+            raise RenamePending(node.path(), stream.key)
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
                     "there and copying", node.path(), key, stream.key)
         streamed_at = stream.key
@@ -304,6 +313,7 @@ class Uploader:
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
         upload_id = await self.store.create_multipart(key, metadata)
+        await self.upload_started(key, upload_id)
         etags: dict[int, str] = {}
 
         async def one_part(number: int, offset: int, length: int) -> None:
@@ -318,16 +328,31 @@ class Uploader:
                     for number, offset in enumerate(range(0, size, part_size), start=1):
                         await self.part_slots.acquire()
                         nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
-            return await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
+            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
+            await self.upload_ended(upload_id)
+            return etag
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await self.abort_quietly(key, upload_id)
             raise
 
+    async def upload_started(self, key: str, upload_id: str) -> None:
+        """List a multipart upload so that a restart after a crash can abort it."""
+        if self.journal is not None:
+            await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id)
+
+    async def upload_ended(self, upload_id: str) -> None:
+        if self.journal is not None:
+            await trio.to_thread.run_sync(self.journal.upload_ended, upload_id)
+
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
             await self.store.abort_multipart(key, upload_id)
+            await self.upload_ended(upload_id)
         except FsError as exc:
+            if exc.errno == errno.ENOENT:  # already gone
+                await self.upload_ended(upload_id)
+                return
             log.warning("could not abort multipart upload of %s (%s); "
                         "a lifecycle rule or the next mount cleans it up", key, exc)
 
@@ -403,3 +428,7 @@ class _Progress:
         elapsed = max(now - self.started, 1e-6)
         return {"path": self.node.path(), "bytes_total": self.total, "bytes_done": self.done,
                 "seconds": round(elapsed, 3), "bytes_per_second": int(self.done / elapsed)}
+
+
+async def _no_checkpoint(node: Node, durable: bool = False) -> None:
+    return None

@@ -44,6 +44,7 @@ def core_config(store_config: Config) -> Config:
         store_config, prefix=PREFIX, block_size=BLOCK, part_size=PART,
         multipart_threshold=PART, dir_ttl=3600.0, cache_size=64 * MiB, upload_concurrency=4,
         uid=0, gid=0, file_mode=0o644, dir_mode=0o755,
+        durability="s3",  # these tests look at uploads that fsync waits for
     )
 
 

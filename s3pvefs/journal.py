@@ -1,0 +1,122 @@
+"""Crash journal: what a restarted mount needs to finish uploading acknowledged data.
+
+One JSON record per file whose data is not (all) on S3 yet, in ``<cache>/journal/<id>.json``,
+next to its cache file ``<cache>/data/<id>``. A record says where the file belongs (its key and
+attributes), which blocks of the cache file hold data S3 does not have, which remote object the
+clean blocks come from, and the parts of its streaming multipart upload already on S3.
+
+Records are replaced atomically (write a temporary file, rename it over the old one). At the
+durability points (close, fsync, a streamed part about to leave the cache, rename) the cache
+file and the record are fsynced before the operation returns. A record is removed once the
+file is entirely on S3, or when the file is deleted.
+
+Multipart uploads that were started for whole-file uploads or copies are listed in
+``<cache>/journal/uploads/`` while they run, so that the next mount can abort the ones a crash
+orphaned, and only those: other hosts' uploads under the same prefix are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+VERSION = 1
+
+
+class Journal:
+    def __init__(self, cache_dir: Path):
+        self.dir = cache_dir / "journal"
+        self.uploads_dir = self.dir / "uploads"
+
+    def open(self) -> None:
+        self.uploads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in self.dir.glob("*.tmp"):
+            leftover.unlink()
+
+    # -- file records (called in worker threads) --------------------------------------------
+
+    def write(self, file_id: str, record: dict, durable: bool, data_fd: int | None) -> None:
+        if durable and data_fd is not None:
+            os.fsync(data_fd)  # the data the record points at first
+        self._replace(self.dir / f"{file_id}.json", record, durable)
+
+    def remove(self, file_id: str) -> None:
+        try:
+            (self.dir / f"{file_id}.json").unlink()
+        except FileNotFoundError:
+            pass
+
+    def records(self) -> list[dict]:
+        found = []
+        for path in sorted(self.dir.glob("*.json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                log.error("unreadable journal record %s (%s); its data cannot be recovered",
+                          path, exc)
+                continue
+            if record.get("version") != VERSION:
+                log.error("journal record %s has an unknown version; skipped", path)
+                continue
+            found.append(record)
+        return found
+
+    # -- multipart uploads in flight ---------------------------------------------------------
+
+    def upload_started(self, key: str, upload_id: str) -> None:
+        self._replace(self._upload_path(upload_id), {"key": key, "upload_id": upload_id}, False)
+
+    def upload_ended(self, upload_id: str) -> None:
+        try:
+            self._upload_path(upload_id).unlink()
+        except FileNotFoundError:
+            pass
+
+    def uploads(self) -> list[dict]:
+        found = []
+        for path in self.uploads_dir.glob("*.json"):
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+        return found
+
+    def _upload_path(self, upload_id: str) -> Path:
+        return self.uploads_dir / (hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json")
+
+    # -- atomic replacement -------------------------------------------------------------------
+
+    def _replace(self, path: Path, content: dict, durable: bool) -> None:
+        temporary = path.with_suffix(".tmp")
+        with open(temporary, "w") as out:
+            json.dump(content, out, separators=(",", ":"))
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        os.replace(temporary, path)
+        if durable:
+            directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+
+def block_runs(blocks) -> list[list[int]]:
+    """Block numbers -> sorted [start, end) runs (compact in JSON)."""
+    runs: list[list[int]] = []
+    for block in sorted(blocks):
+        if runs and runs[-1][1] == block:
+            runs[-1][1] = block + 1
+        else:
+            runs.append([block, block + 1])
+    return runs
+
+
+def expand_runs(runs) -> set[int]:
+    return {block for start, end in runs for block in range(start, end)}

@@ -1,0 +1,207 @@
+"""Injected S3 failures through a real mount: a fault proxy sits between the mount and moto.
+
+Writes land in the cache whatever S3 does; the data reaches S3 once the failures stop; a failure
+that does not go away is reported by `s3pvefs sync` and `s3pvefs status`. What is on S3 is
+checked with boto3 directly on moto, never through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from faultproxy import FaultProxy
+
+MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+QUICK = 2.0  # seconds an operation answered from memory or the cache may take, at most
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+@pytest.fixture
+def proxy(moto_server):
+    proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def faulty_mount(proxy, mount_s3pvefs):
+    """Mount through the proxy. At teardown the proxy passes again before the mounts stop (they
+    upload what is left on the way out), and only then is the proxy closed."""
+
+    def mount(*extra: str):
+        return mount_s3pvefs("--endpoint-url", proxy.url, "--max-attempts", "3", *extra)
+
+    try:
+        yield mount
+    finally:
+        proxy.passthrough()
+        proxy.start()
+        mount_s3pvefs.stop_all()
+
+
+def s3pvefs_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+
+
+def object_bytes(s3_client, bucket: str, key: str) -> bytes:
+    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def open_uploads(s3_client, bucket: str) -> list:
+    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def write_paced(f, data: bytes, seconds: float = 0.0) -> None:
+    """Write in 1 MiB pieces, spread over ``seconds``; every write must take all it is given."""
+    pieces = range(0, len(data), MiB)
+    for offset in pieces:
+        assert f.write(data[offset:offset + MiB]) == len(data[offset:offset + MiB])
+        if seconds:
+            time.sleep(seconds / len(pieces))
+
+
+def timed(fn, *args):
+    started = time.monotonic()
+    result = fn(*args)
+    return result, time.monotonic() - started
+
+
+def details(mount, proxy) -> str:
+    return f"proxy: {proxy.describe()}\n--- mount log (tail) ---\n{mount.log()[-8000:]}"
+
+
+def check_synced(mount, proxy, path: Path, timeout: int = 60) -> None:
+    result = s3pvefs_cli("sync", "--timeout", str(timeout), str(path))
+    assert result.returncode == 0, (result.stderr, details(mount, proxy))
+
+
+# -- transient failures while a backup streams ----------------------------------------------
+
+
+def test_streamed_write_rides_out_a_503_burst(faulty_mount, proxy, s3_client, bucket):
+    mount = faulty_mount()
+    path = mount.path / "dump" / "burst.raw"
+    data = os.urandom(40 * MiB)
+    with open(path, "wb", buffering=0) as f:
+        write_paced(f, data[:15 * MiB])
+        # The streaming upload is under way (a part went out) when S3 starts throttling.
+        assert proxy.wait_for(lambda p: p.counts["PUT"] >= 1, 20), details(mount, proxy)
+        proxy.error503()
+        burst_started = time.monotonic()
+        write_paced(f, data[15 * MiB:30 * MiB], seconds=1.5)
+        assert proxy.wait_for(lambda p: p.faults["503"] >= 3, 20), details(mount, proxy)
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - burst_started)))
+        proxy.passthrough()
+        write_paced(f, data[30 * MiB:])
+    check_synced(mount, proxy, path)
+    assert object_bytes(s3_client, bucket, "pve/dump/burst.raw") == data
+    assert open_uploads(s3_client, bucket) == []
+    assert proxy.faults["503"] >= 3
+    assert mount.unmount() == 0
+
+
+def test_streamed_write_survives_connection_resets(faulty_mount, proxy, s3_client, bucket):
+    mount = faulty_mount()
+    path = mount.path / "dump" / "resets.raw"
+    data = os.urandom(40 * MiB)
+    with open(path, "wb", buffering=0) as f:
+        write_paced(f, data[:10 * MiB])
+        # The next 10 uploads of parts and multipart POSTs (create/complete) are cut off.
+        proxy.reset(10, methods=("PUT", "POST"))
+        write_paced(f, data[10 * MiB:], seconds=1.0)
+    check_synced(mount, proxy, path)
+    assert proxy.faults["reset"] == 10, details(mount, proxy)
+    assert object_bytes(s3_client, bucket, "pve/dump/resets.raw") == data
+    assert open_uploads(s3_client, bucket) == []
+    assert mount.unmount() == 0
+
+
+# -- the endpoint goes away -----------------------------------------------------------------
+
+
+def test_stopped_endpoint_writes_go_to_the_cache_and_catch_up(faulty_mount, proxy, s3_client,
+                                                              bucket):
+    # A long listing TTL: this test is about writes; stale listings are the next test's subject.
+    mount = faulty_mount("--dir-ttl", "120")
+    big, small = mount.path / "dump" / "offline.raw", mount.path / "snippets" / "offline.txt"
+    big_data, small_data = os.urandom(10 * MiB + 12345), b"written while S3 was away\n"
+    proxy.stop()
+    started = time.monotonic()
+    with open(big, "wb", buffering=0) as f:
+        write_paced(f, big_data)
+    small.write_bytes(small_data)
+    assert time.monotonic() - started < 2 * QUICK, details(mount, proxy)
+
+    for check in (lambda: os.listdir(big.parent), lambda: os.stat(big), lambda: os.stat(small),
+                  lambda: os.statvfs(mount.path)):
+        result, seconds = timed(check)
+        assert seconds < QUICK, (check, seconds, details(mount, proxy))
+    assert "offline.raw" in os.listdir(big.parent)
+    assert os.stat(big).st_size == len(big_data) and os.stat(small).st_size == len(small_data)
+    (big_read, seconds) = timed(big.read_bytes)
+    assert big_read == big_data and seconds < QUICK  # cached reads keep working
+    assert small.read_bytes() == small_data
+
+    status = s3pvefs_cli("status", "--json", str(mount.path), timeout=30)
+    assert status.returncode in (0, 1), status.stderr
+    assert json.loads(status.stdout)["dirty_files"] == 2
+
+    time.sleep(2)  # let the uploads fail and back off for a while
+    proxy.start()
+    result = s3pvefs_cli("sync", "--timeout", "120", str(mount.path))
+    assert result.returncode == 0, (result.stderr, details(mount, proxy))
+    assert object_bytes(s3_client, bucket, "pve/dump/offline.raw") == big_data
+    assert object_bytes(s3_client, bucket, "pve/snippets/offline.txt") == small_data
+    assert open_uploads(s3_client, bucket) == []
+    assert mount.unmount() == 0
+
+
+# -- failures that do not go away by themselves ---------------------------------------------
+
+
+def test_permanent_failure_is_reported_then_recovers(faulty_mount, proxy, s3_client, bucket):
+    mount = faulty_mount()
+    small, big = mount.path / "snippets" / "denied.txt", mount.path / "dump" / "denied.raw"
+    small_data, big_data = b"no permission to store this\n", os.urandom(12 * MiB + 1)
+    proxy.error(403, "AccessDenied", "Access Denied", methods="PUT")  # every upload, for good
+    small.write_bytes(small_data)
+    with open(big, "wb", buffering=0) as f:
+        write_paced(f, big_data)
+
+    result = s3pvefs_cli("sync", "--timeout", "30", str(small))
+    assert result.returncode == 1, (result.stdout, result.stderr, details(mount, proxy))
+    assert f"{small}: " in result.stderr and "AccessDenied" in result.stderr, result.stderr
+    result = s3pvefs_cli("sync", "--timeout", "30", str(mount.path))
+    assert result.returncode == 1, (result.stdout, result.stderr, details(mount, proxy))
+    assert f"{small}: " in result.stderr and f"{big}: " in result.stderr, result.stderr
+
+    result = s3pvefs_cli("status", str(mount.path), timeout=30)
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert "upload errors:  2" in result.stdout, result.stdout
+    assert "snippets/denied.txt: " in result.stdout and "dump/denied.raw: " in result.stdout
+    assert "AccessDenied" in result.stdout
+    assert proxy.faults["403"] >= 2
+
+    proxy.passthrough()
+    result = s3pvefs_cli("sync", "--timeout", "60", str(mount.path))
+    assert result.returncode == 0, (result.stderr, details(mount, proxy))
+    assert object_bytes(s3_client, bucket, "pve/snippets/denied.txt") == small_data
+    assert object_bytes(s3_client, bucket, "pve/dump/denied.raw") == big_data
+    assert open_uploads(s3_client, bucket) == []
+    result = s3pvefs_cli("status", str(mount.path), timeout=30)
+    assert result.returncode == 0 and "upload errors:  0" in result.stdout, result.stdout
+    assert mount.unmount() == 0
