@@ -597,11 +597,12 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
         raise ConfigError(
             f"{lab('multipart_threshold')}: must be at most 5 GiB (the largest single PUT)"
         )
-    if c.cache_size < 4 * c.part_size:
+    # A writer needs room for the part it fills while the previous one uploads.
+    if c.cache_size < 2 * c.part_size:
         raise ConfigError(
             f"{lab('cache_size')}: {_fmt_size(c.cache_size)} is too small: the cache must hold "
-            f"at least 4 upload parts (4 x part size {_fmt_size(c.part_size)} = "
-            f"{_fmt_size(4 * c.part_size)}); raise the cache size or lower the part size"
+            f"at least 2 upload parts (2 x part size {_fmt_size(c.part_size)} = "
+            f"{_fmt_size(2 * c.part_size)}); raise the cache size or lower the part size"
         )
     if c.upload_concurrency < 1:
         raise ConfigError(

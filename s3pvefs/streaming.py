@@ -60,6 +60,7 @@ class Stream:
         self.finished = trio.Event()  # set when running drops to 0 after closing
         self.closing = False
         self.failure: str | None = None
+        self.meta_gen = 0  # the node's attribute generation its upload's metadata carries
         self.predicted = False  # key is the predicted final name, not the file's own
         self.origin_name = node.name
         self.started = 0.0
@@ -151,7 +152,7 @@ class Streamer:
         stream.predicted = stream.key != node.key(self.prefix)
         # No mtime: until attributes are set explicitly, S3's LastModified (the completion) is it.
         metadata = self.uploader.metadata_of(node, with_mtime=False)
-        node.uploaded_meta_gen = node.meta_gen
+        stream.meta_gen = node.meta_gen  # attributes changed later need a copy afterwards
         stream.upload_id = await self._retrying(
             lambda: self.store.create_multipart(stream.key, metadata), stream, "start")
         await self.uploader.upload_started(stream.key, stream.upload_id)
@@ -317,6 +318,7 @@ class Streamer:
             "upload_id": stream.upload_id,
             "predicted": stream.predicted,
             "origin_name": stream.origin_name,
+            "meta_current": stream.meta_gen == stream.node.meta_gen,
             "parts": [[n, o, l, e] for n, (o, l, e) in sorted(stream.parts.items())],
         }
 
@@ -325,6 +327,8 @@ class Streamer:
         stream = node.stream = Stream(node)
         stream.key, stream.upload_id = record["key"], record["upload_id"]
         stream.predicted, stream.origin_name = record["predicted"], record["origin_name"]
+        # The restored node counts attribute changes afresh (see recovery): 1 if any is pending.
+        stream.meta_gen = node.meta_gen if record["meta_current"] else node.meta_gen - 1
         for number, offset, length, etag in record["parts"]:
             stream.parts[number] = (offset, length, etag)
             stream.launched[number] = (offset, length)

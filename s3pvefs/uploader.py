@@ -189,9 +189,12 @@ class Uploader:
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time())
         try:
             if node.stream is not None:
+                streamed_meta_gen = node.stream.meta_gen
                 etag = await self._finish_stream(node, key, size, metadata)
                 if etag is None:  # the stream was dropped: upload in one go
                     etag = await self._upload_whole(node, key, size, metadata)
+                else:  # its metadata is as old as the stream: newer attributes follow by copy
+                    meta_gen = streamed_meta_gen
             elif self._attributes_only(node, key, snapshot):
                 etag = await self.copy_object(node.base, key, metadata)
             else:

@@ -17,7 +17,8 @@ answered with a fault, as the current mode says:
 the n-th the proxy passes requests again. ``methods`` and ``match`` narrow a fault to requests
 with one of those HTTP methods and/or whose request line contains ``match`` (for example
 ``match="partNumber="`` fails only UploadPart). Requests seen are counted per method
-(``counts``) and faults served per kind (``faults``).
+(``counts``), faults served per kind (``faults``: "503", "403", "reset", ...), and every request
+line is kept with what was done with it (``requests(...)`` filters them).
 
 Client connections stay alive across requests (HTTP/1.1 keep-alive); upstream, every request
 gets its own connection, so a request is never sent into a connection the server already closed.
@@ -107,7 +108,7 @@ class FaultProxy:
         self.port = port
         self.counts: collections.Counter[str] = collections.Counter()  # method -> requests seen
         self.faults: collections.Counter[str] = collections.Counter()  # kind -> faults served
-        self.history: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=2000)
+        self.history: list[tuple[float, str, str, str]] = []  # (time, outcome, method, line)
         self._lock = threading.Lock()
         self._rule: _Rule | None = None
         self._listener: socket.socket | None = None
@@ -202,10 +203,16 @@ class FaultProxy:
     @property
     def mode(self) -> str:
         with self._lock:
-            rule = self._rule
+            return self._mode()
+
+    def _mode(self) -> str:
+        rule = self._rule
         if not self.running:
             return "stopped"
-        return "pass" if rule is None else f"{rule.kind}({rule.status if rule.kind == 'error' else ''})"
+        if rule is None:
+            return "pass"
+        what = f"error {rule.status} {rule.code}" if rule.kind == "error" else "reset"
+        return f"{what}, {'all' if rule.remaining is None else rule.remaining} to go"
 
     # -- observing --------------------------------------------------------------------------
 
@@ -218,12 +225,23 @@ class FaultProxy:
             time.sleep(0.02)
         return True
 
-    def describe(self) -> str:
+    def requests(self, method: str | None = None, match: str | None = None,
+                 outcome: str | None = None) -> list[str]:
+        """Request lines seen, optionally only those with this method, containing ``match``,
+        and answered so ("pass", "503", "reset", ...)."""
+        with self._lock:
+            history = list(self.history)
+        return [line for _, done, verb, line in history
+                if (method is None or verb == method.upper())
+                and (match is None or match in line)
+                and (outcome is None or done == outcome)]
+
+    def describe(self, last: int = 40) -> str:
         """Counts and the latest requests, for assertion messages."""
         with self._lock:
-            lines = [f"counts={dict(self.counts)} faults={dict(self.faults)}"]
-            lines += [f"  {t:.3f} {outcome:>6} {line}" for t, outcome, line in
-                      list(self.history)[-40:]]
+            lines = [f"counts={dict(self.counts)} faults={dict(self.faults)} mode={self._mode()}"]
+            lines += [f"  {t:.3f} {outcome:>6} {line}" for t, outcome, _, line in
+                      self.history[-last:]]
         return "\n".join(lines)
 
     def _decide(self, request: _Request) -> _Rule | None:
@@ -242,7 +260,7 @@ class FaultProxy:
                 str(outcome.status) if outcome.kind == "error" else "reset")
             if outcome is not None:
                 self.faults[kind] += 1
-            self.history.append((time.monotonic(), kind, request.line))
+            self.history.append((time.monotonic(), kind, request.method, request.line))
             return outcome
 
     # -- connections ------------------------------------------------------------------------

@@ -231,7 +231,7 @@ def test_decimal_mode_in_toml_is_explained(tmp_path):
         ({"part_size": "6MiB", "block_size": "4MiB"}, "multiple of the block size"),
         ({"part_size": "6GiB", "cache_size": "100G"}, "at most 5 GiB"),
         ({"multipart_threshold": "6GiB"}, "at most 5 GiB"),
-        ({"cache_size": "32MiB"}, "at least 4 upload parts"),
+        ({"cache_size": "16MiB"}, "at least 2 upload parts"),
         ({"uid": "-1"}, "from 0 to"),
         ({"uid": "abc"}, "expected an integer"),
         ({"dir_ttl": "-1"}, "0 or more"),

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -99,18 +100,19 @@ def test_streamed_write_rides_out_a_503_burst(faulty_mount, proxy, s3_client, bu
     with open(path, "wb", buffering=0) as f:
         write_paced(f, data[:15 * MiB])
         # The streaming upload is under way (a part went out) when S3 starts throttling.
-        assert proxy.wait_for(lambda p: p.counts["PUT"] >= 1, 20), details(mount, proxy)
+        assert proxy.wait_for(lambda p: p.requests("PUT", "partNumber="), 20), \
+            details(mount, proxy)
         proxy.error503()
         burst_started = time.monotonic()
         write_paced(f, data[15 * MiB:30 * MiB], seconds=1.5)
-        assert proxy.wait_for(lambda p: p.faults["503"] >= 3, 20), details(mount, proxy)
+        assert proxy.wait_for(lambda p: len(p.requests("PUT", "partNumber=", "503")) >= 3, 20), \
+            details(mount, proxy)
         time.sleep(max(0.0, 3.0 - (time.monotonic() - burst_started)))
         proxy.passthrough()
         write_paced(f, data[30 * MiB:])
     check_synced(mount, proxy, path)
     assert object_bytes(s3_client, bucket, "pve/dump/burst.raw") == data
     assert open_uploads(s3_client, bucket) == []
-    assert proxy.faults["503"] >= 3
     assert mount.unmount() == 0
 
 
@@ -120,11 +122,14 @@ def test_streamed_write_survives_connection_resets(faulty_mount, proxy, s3_clien
     data = os.urandom(40 * MiB)
     with open(path, "wb", buffering=0) as f:
         write_paced(f, data[:10 * MiB])
-        # The next 10 uploads of parts and multipart POSTs (create/complete) are cut off.
-        proxy.reset(10, methods=("PUT", "POST"))
+        proxy.reset(10, match="partNumber=")  # the next 10 attempts to upload a part
         write_paced(f, data[10 * MiB:], seconds=1.0)
+        # Every reset part is tried again until it goes through, so all 10 are used up.
+        assert proxy.wait_for(lambda p: p.faults["reset"] == 10, 30), details(mount, proxy)
+        # Then completing the upload fails, as often as botocore tries, at close.
+        proxy.reset(3, methods="POST", match="uploadId=")
+    assert proxy.wait_for(lambda p: p.faults["reset"] == 13, 30), details(mount, proxy)
     check_synced(mount, proxy, path)
-    assert proxy.faults["reset"] == 10, details(mount, proxy)
     assert object_bytes(s3_client, bucket, "pve/dump/resets.raw") == data
     assert open_uploads(s3_client, bucket) == []
     assert mount.unmount() == 0
@@ -135,7 +140,7 @@ def test_streamed_write_survives_connection_resets(faulty_mount, proxy, s3_clien
 
 def test_stopped_endpoint_writes_go_to_the_cache_and_catch_up(faulty_mount, proxy, s3_client,
                                                               bucket):
-    # A long listing TTL: this test is about writes; stale listings are the next test's subject.
+    # A long listing TTL: this test is about writes; expired listings are tested below.
     mount = faulty_mount("--dir-ttl", "120")
     big, small = mount.path / "dump" / "offline.raw", mount.path / "snippets" / "offline.txt"
     big_data, small_data = os.urandom(10 * MiB + 12345), b"written while S3 was away\n"
@@ -148,11 +153,11 @@ def test_stopped_endpoint_writes_go_to_the_cache_and_catch_up(faulty_mount, prox
 
     for check in (lambda: os.listdir(big.parent), lambda: os.stat(big), lambda: os.stat(small),
                   lambda: os.statvfs(mount.path)):
-        result, seconds = timed(check)
-        assert seconds < QUICK, (check, seconds, details(mount, proxy))
+        _, seconds = timed(check)
+        assert seconds < QUICK, (seconds, details(mount, proxy))
     assert "offline.raw" in os.listdir(big.parent)
     assert os.stat(big).st_size == len(big_data) and os.stat(small).st_size == len(small_data)
-    (big_read, seconds) = timed(big.read_bytes)
+    big_read, seconds = timed(big.read_bytes)
     assert big_read == big_data and seconds < QUICK  # cached reads keep working
     assert small.read_bytes() == small_data
 
@@ -168,6 +173,87 @@ def test_stopped_endpoint_writes_go_to_the_cache_and_catch_up(faulty_mount, prox
     assert object_bytes(s3_client, bucket, "pve/snippets/offline.txt") == small_data
     assert open_uploads(s3_client, bucket) == []
     assert mount.unmount() == 0
+
+
+def test_full_cache_blocks_writes_until_the_endpoint_is_back(faulty_mount, proxy, s3_client,
+                                                             bucket):
+    mount = faulty_mount("--dir-ttl", "120")  # the fixture's cache holds 64 MiB
+    path = mount.path / "dump" / "larger-than-cache.raw"
+    data = os.urandom(80 * MiB)
+    progress = {"written": 0, "error": None}
+
+    def writer() -> None:
+        try:
+            with open(path, "wb", buffering=0) as f:
+                for offset in range(0, len(data), MiB):
+                    f.write(data[offset:offset + MiB])
+                    progress["written"] = offset + MiB
+        except OSError as exc:
+            progress["error"] = exc
+
+    proxy.stop()
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        # The writer fills the cache, then waits: no error, no progress.
+        assert proxy.wait_for(lambda p: progress["written"] >= 48 * MiB, 20), progress
+        time.sleep(1.5)
+        stalled_at = progress["written"]
+        time.sleep(1.0)
+        assert thread.is_alive() and progress["error"] is None, progress
+        assert progress["written"] == stalled_at <= 70 * MiB, progress
+        for check in (lambda: os.statvfs(mount.path), lambda: os.stat(path),
+                      lambda: os.listdir(path.parent)):
+            _, seconds = timed(check)
+            assert seconds < QUICK, (seconds, details(mount, proxy))
+    finally:
+        proxy.start()
+        thread.join(60)
+    assert not thread.is_alive() and progress["error"] is None, (progress, details(mount, proxy))
+    check_synced(mount, proxy, path)
+    assert object_bytes(s3_client, bucket, "pve/dump/larger-than-cache.raw") == data
+    assert open_uploads(s3_client, bucket) == []
+    assert mount.unmount() == 0
+
+
+@pytest.mark.xfail(strict=True, raises=OSError, reason=(
+    "bug: a lookup or readdir in a directory whose listing is older than dir_ttl always asks S3 "
+    "(listing.Directories.ensure_listed) and fails with EIO when S3 is unreachable, even for "
+    "entries the mount knows; issue 3 item 6 wants them answered without waiting on S3"))
+def test_known_entries_answer_while_stopped_after_the_listing_expired(faulty_mount, proxy):
+    mount = faulty_mount("--dir-ttl", "1")
+    path = mount.path / "dump" / "known.txt"
+    path.write_bytes(b"on S3 and in the cache\n")
+    check_synced(mount, proxy, path)
+    proxy.stop()
+    time.sleep(1.5)  # the listing (dir_ttl) and the kernel's entry cache (attr_ttl) expired
+    for check in (lambda: os.stat(path), lambda: os.listdir(path.parent), path.read_bytes):
+        _, seconds = timed(check)
+        assert seconds < QUICK, (seconds, details(mount, proxy))
+    assert path.read_bytes() == b"on S3 and in the cache\n"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug: `s3pvefs sync` makes one attempt per file (core.FsCore.sync_path -> "
+    "uploader.Uploader.sync_now) and reports a transient failure (endpoint unreachable) at "
+    "once, although --timeout leaves time and the endpoint is back long before it; a streamed "
+    "file in the same outage is waited for instead"))
+def test_sync_waits_out_a_short_outage_within_its_timeout(faulty_mount, proxy, s3_client,
+                                                          bucket):
+    mount = faulty_mount("--max-attempts", "2")
+    path = mount.path / "snippets" / "small.txt"
+    proxy.stop()
+    path.write_bytes(b"small file, written while S3 was away\n")
+    restart = threading.Timer(5.0, proxy.start)  # botocore gives up well before this
+    restart.start()
+    try:
+        result = s3pvefs_cli("sync", "--timeout", "60", str(path))
+    finally:
+        restart.cancel()
+        restart.join()
+        proxy.start()
+    assert result.returncode == 0, (result.stderr, details(mount, proxy))
+    assert object_bytes(s3_client, bucket, "pve/snippets/small.txt") == path.read_bytes()
 
 
 # -- failures that do not go away by themselves ---------------------------------------------
