@@ -253,9 +253,9 @@ def test_validation_errors_are_readable(overrides, expected):
 
 
 def test_cache_size_message_says_why():
-    msg = error_of(None, cache_size="32MiB", part_size="16MiB")
-    assert msg.startswith("--cache-size: 32 MiB is too small")
-    assert "4 x part size 16 MiB = 64 MiB" in msg
+    msg = error_of(None, cache_size="24MiB", part_size="16MiB")
+    assert msg.startswith("--cache-size: 24 MiB is too small")
+    assert "2 x part size 16 MiB = 32 MiB" in msg
 
 
 def test_errors_in_file_name_the_section_and_file(tmp_path):
