@@ -320,6 +320,7 @@ class Streamer:
             "origin_name": stream.origin_name,
             "meta_current": stream.meta_gen == stream.node.meta_gen,
             "parts": [[n, o, l, e] for n, (o, l, e) in sorted(stream.parts.items())],
+            "launched": [[n, o, l] for n, (o, l) in sorted(stream.launched.items())],
         }
 
     def restore(self, node: Node, record: dict) -> Stream:
@@ -331,9 +332,12 @@ class Streamer:
         stream.meta_gen = node.meta_gen if record["meta_current"] else node.meta_gen - 1
         for number, offset, length, etag in record["parts"]:
             stream.parts[number] = (offset, length, etag)
+        # Parts in flight at the crash are launched but not uploaded: finish() uploads them
+        # again from the cache, where their blocks stayed dirty.
+        for number, offset, length in record["launched"]:
             stream.launched[number] = (offset, length)
-        stream.next_number = max(stream.parts, default=0) + 1
-        stream.next_offset = max((o + l for o, l, _ in stream.parts.values()), default=0)
+        stream.next_number = max(stream.launched, default=0) + 1
+        stream.next_offset = max((o + l for o, l in stream.launched.values()), default=0)
         stream.created.set()
         stream.settled.set()
         stream.closing = True

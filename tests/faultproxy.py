@@ -311,8 +311,8 @@ class FaultProxy:
                     return
                 if not self._forward(client, reader, request):
                     return
-        except (_Closed, OSError, ValueError):
-            pass
+        except (_Closed, OSError, ValueError, IndexError):
+            pass  # the peer went away, the proxy was stopped, or garbage came in: hang up
         finally:
             reader.close()
             client.close()
@@ -331,7 +331,8 @@ class FaultProxy:
             f"<Error><Code>{rule.code}</Code><Message>{rule.message}</Message>"
             f"<RequestId>{request_id}</RequestId><HostId>faultproxy</HostId></Error>"
         ).encode()
-        reason = {403: "Forbidden", 500: "Internal Server Error", 503: "Slow Down"}.get(
+        reason = {403: "Forbidden", 500: "Internal Server Error", 502: "Bad Gateway",
+                  503: "Slow Down"}.get(
             rule.status, "Error")
         head = (
             f"HTTP/1.1 {rule.status} {reason}\r\n"
@@ -358,10 +359,9 @@ class FaultProxy:
         try:
             upstream = socket.create_connection(self.upstream, timeout=UPSTREAM_TIMEOUT)
         except OSError as exc:
-            _relay_body(reader, None, request)
-            body = f"faultproxy: upstream {self.upstream} unreachable: {exc}".encode()
-            client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n"
-                           b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+            self._answer_error(client, reader, request, _Rule(
+                "error", None, None, None, 502, "BadGateway",
+                f"faultproxy: upstream {self.upstream} unreachable: {exc}"))
             return False
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._track(upstream, add=True)
