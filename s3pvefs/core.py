@@ -17,7 +17,7 @@ import trio
 from .blockcache import BlockCache, CachedFile
 from .journal import Journal, block_runs
 from .config import Config
-from .errors import FsError, first_fs_error
+from .errors import FsError, StoreError, first_fs_error
 from .listing import Directories, walk
 from .names import (PROXMOX_DIRS, Attributes, check_key_length, encode_attributes,
                     is_temporary_name)
@@ -146,10 +146,21 @@ class FsCore:
         failures: dict[str, str] = {}
 
         async def sync_one(node: Node) -> None:
-            try:
-                await self.uploader.sync_now(node)
-            except Exception as exc:
-                failures[node.path()] = str(exc)
+            delay = 1.0
+            while True:
+                try:
+                    await self.uploader.sync_now(node)
+                    return
+                except StoreError as exc:
+                    if not exc.transient:  # an outage passes: wait for it (the caller's
+                        failures[node.path()] = str(exc)  # timeout bounds the wait)
+                        return
+                    log.info("sync of %s waits for S3: %s", node.path(), exc)
+                except Exception as exc:
+                    failures[node.path()] = str(exc)
+                    return
+                await trio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
         async with trio.open_nursery() as nursery:
             for node in walk(top):

@@ -33,6 +33,14 @@ _S3_CODE_ERRNO: dict[str, int] = {
 }
 
 
+# Failures that go away by themselves (after botocore's own retries were used up).
+_TRANSIENT_CODES = frozenset({
+    "EndpointConnectionError", "ConnectTimeout", "ReadTimeout", "ConnectionClosedError",
+    "IncompleteBody", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+    "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+})
+
+
 def errno_for_s3_code(code: str | None) -> int:
     """Map an S3 error code or HTTP status to an errno; unknown codes are EIO."""
     return _S3_CODE_ERRNO.get(code or "", errno.EIO)
@@ -67,6 +75,12 @@ class StoreError(FsError):
     def __str__(self) -> str:
         where = f" {self.key}" if self.key else ""
         return f"{self.operation}{where} failed: {self.code or 'error'}: {self.detail}"
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again later: the endpoint was unreachable, slow or overloaded."""
+        code = self.code or ""
+        return code in _TRANSIENT_CODES or (code.isdigit() and code.startswith("5"))
 
     @property
     def not_found(self) -> bool:

@@ -39,14 +39,27 @@ class Directories:
         self.defaults = defaults  # (file type bits, mtime_ns) -> default attributes
         self.skipped = SkippedKeys()
         self.limiter = trio.CapacityLimiter(max_parallel)
+        self._refreshing: set[Node] = set()
 
     # -- listings ---------------------------------------------------------------------------
 
     async def ensure_listed(self, directory: Node) -> None:
+        """Make the directory's children known.
+
+        A listing older than ``dir_ttl`` is still answered from at once while a fresh one is
+        fetched in the background (so lookups never wait on S3 once a directory was listed,
+        and keep working while S3 is unreachable); only a directory never listed waits.
+        """
         if not directory.is_dir:
             raise FsError(errno.ENOTDIR)
         if directory.listing_fresh(trio.current_time(), self.dir_ttl):
             return
+        if directory.listed_at is not None:
+            self._refresh_in_background(directory)
+            return
+        await self._relist(directory)
+
+    async def _relist(self, directory: Node) -> None:
         async with directory.listing_lock:
             if directory.listing_fresh(trio.current_time(), self.dir_ttl):
                 return
@@ -56,6 +69,21 @@ class Directories:
             self._merge(directory, objects, prefixes, start_seq)
             directory.listed_at = started
             directory.forget_removals_before(start_seq)
+
+    def _refresh_in_background(self, directory: Node) -> None:
+        if directory.listing_lock.locked() or directory in self._refreshing:
+            return
+        self._refreshing.add(directory)
+        trio.lowlevel.spawn_system_task(self._relist_quietly, directory)
+
+    async def _relist_quietly(self, directory: Node) -> None:
+        try:
+            await self._relist(directory)
+        except Exception as exc:  # S3 away: keep serving the old listing, try again later
+            log.warning("cannot refresh the listing of /%s: %s", directory.path(), exc)
+            directory.listed_at = trio.current_time() - self.dir_ttl + min(self.dir_ttl, 5.0)
+        finally:
+            self._refreshing.discard(directory)
 
     def invalidate(self, directory: Node) -> None:
         directory.listed_at = None

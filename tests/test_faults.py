@@ -230,10 +230,6 @@ def test_full_cache_blocks_writes_until_the_endpoint_is_back(faulty_mount, proxy
     assert mount.unmount() == 0
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason=(
-    "bug: a lookup or readdir in a directory whose listing is older than dir_ttl always asks S3 "
-    "(listing.Directories.ensure_listed) and fails with EIO when S3 is unreachable, even for "
-    "entries the mount knows; issue 3 item 6 wants them answered without waiting on S3"))
 def test_known_entries_answer_while_stopped_after_the_listing_expired(faulty_mount, proxy):
     mount = faulty_mount("--dir-ttl", "1")
     path = mount.path / "dump" / "known.txt"
@@ -247,11 +243,6 @@ def test_known_entries_answer_while_stopped_after_the_listing_expired(faulty_mou
     assert path.read_bytes() == b"on S3 and in the cache\n"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: `s3pvefs sync` makes one attempt per file (core.FsCore.sync_path -> "
-    "uploader.Uploader.sync_now) and reports a transient failure (endpoint unreachable) at "
-    "once, although --timeout leaves time and the endpoint is back long before it; a streamed "
-    "file in the same outage is waited for instead"))
 def test_sync_waits_out_a_short_outage_within_its_timeout(faulty_mount, proxy, s3_client,
                                                           bucket):
     mount = faulty_mount("--max-attempts", "2")
