@@ -54,14 +54,17 @@ class _Rule:
     remaining: int | None
     methods: frozenset[str] | None
     match: str | None
+    header: bytes | None = None  # only requests carrying this header (lower-case name)
     status: int = 503
     code: str = "SlowDown"
     message: str = "Please reduce your request rate."
 
-    def applies(self, method: str, request_line: str) -> bool:
-        if self.methods is not None and method not in self.methods:
+    def applies(self, request) -> bool:
+        if self.methods is not None and request.method not in self.methods:
             return False
-        return self.match is None or self.match in request_line
+        if self.header is not None and request.header(self.header) is None:
+            return False
+        return self.match is None or self.match in request.line
 
 
 @dataclass
@@ -188,8 +191,11 @@ class FaultProxy:
                    methods=methods, match=match)
 
     def error(self, status: int, code: str, message: str = "injected by faultproxy",
-              n: int | None = None, *, methods=None, match: str | None = None) -> None:
-        self._set(_Rule("error", n, _methods(methods), match, status, code, message))
+              n: int | None = None, *, methods=None, match: str | None = None,
+              header: str | None = None) -> None:
+        """``header``: only requests that carry it, e.g. "x-amz-copy-source" (server copies)."""
+        self._set(_Rule("error", n, _methods(methods), match,
+                        header.lower().encode() if header else None, status, code, message))
 
     def reset(self, n: int | None = None, *, methods=None, match: str | None = None) -> None:
         self._set(_Rule("reset", n, _methods(methods), match))
@@ -248,7 +254,7 @@ class FaultProxy:
         with self._lock:
             self.counts[request.method] += 1
             rule = self._rule
-            if rule is None or not rule.applies(request.method, request.line):
+            if rule is None or not rule.applies(request):
                 outcome = None
             else:
                 if rule.remaining is not None:
@@ -360,8 +366,8 @@ class FaultProxy:
             upstream = socket.create_connection(self.upstream, timeout=UPSTREAM_TIMEOUT)
         except OSError as exc:
             self._answer_error(client, reader, request, _Rule(
-                "error", None, None, None, 502, "BadGateway",
-                f"faultproxy: upstream {self.upstream} unreachable: {exc}"))
+                "error", None, None, None, status=502, code="BadGateway",
+                message=f"faultproxy: upstream {self.upstream} unreachable: {exc}"))
             return False
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._track(upstream, add=True)

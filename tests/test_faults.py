@@ -296,3 +296,26 @@ def test_permanent_failure_is_reported_then_recovers(faulty_mount, proxy, s3_cli
     result = s3pvefs_cli("status", str(mount.path), timeout=30)
     assert result.returncode == 0 and "upload errors:  0" in result.stdout, result.stdout
     assert mount.unmount() == 0
+
+
+@pytest.mark.parametrize("size", [100_000, 12 * MiB], ids=["single", "multipart"])
+def test_rename_falls_back_when_the_server_cannot_copy(faulty_mount, proxy, s3_client, bucket,
+                                                       size):
+    """A server without CopyObject / UploadPartCopy (answers 501 NotImplemented): renaming an
+    uploaded file re-uploads it under the new name instead of failing."""
+    mount = faulty_mount()
+    iso = mount.path / "template" / "iso"
+    data = os.urandom(size)
+    (iso / "old.iso").write_bytes(data)
+    check_synced(mount, proxy, iso / "old.iso")
+    proxy.error(501, "NotImplemented", "no server-side copy here", header="x-amz-copy-source")
+    subprocess.run(["sh", "-c", "echo 3 > /proc/sys/vm/drop_caches"], check=False)
+    os.rename(iso / "old.iso", iso / "new.iso")
+    assert proxy.faults, proxy.describe()  # the copy was tried and refused
+    assert (iso / "new.iso").read_bytes() == data
+    keys = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert "pve/template/iso/new.iso" in keys and "pve/template/iso/old.iso" not in keys
+    assert object_bytes(s3_client, bucket, "pve/template/iso/new.iso") == data
+    assert open_uploads(s3_client, bucket) == []
+    proxy.passthrough()
+    assert mount.unmount() == 0
