@@ -193,6 +193,8 @@ class FsCore:
                 for node in dirty if node.last_error
             ],
             "requests": dict(self.store.stats.requests),
+            "bytes_sent": self.store.stats.bytes_sent,
+            "bytes_received": self.store.stats.bytes_received,
         }
 
     # -- lookups and attributes -------------------------------------------------------------

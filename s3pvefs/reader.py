@@ -8,7 +8,7 @@ import logging
 import trio
 
 from .blockcache import CachedFile
-from .errors import FsError, first_fs_error
+from .errors import FsError, StoreError, first_fs_error
 from .nodes import RemoteObject
 from .store import ObjectStore
 
@@ -56,13 +56,28 @@ class BlockReader:
         async with self.limiter:
             try:
                 payload = await self.store.get(base.key, start, length, if_match=base.etag)
-            except FsError as exc:
-                if exc.errno == errno.ESTALE:
-                    log.error("%s changed on S3 while cached here; refusing to mix versions", base.key)
+            except StoreError as exc:
+                _explain(exc, base.key)
                 raise
         await data.install(block, payload)
 
     async def read_range(self, base: RemoteObject, offset: int, length: int) -> bytes:
         """Bytes of the remote object without caching them (used by uploads)."""
         async with self.limiter:
-            return await self.store.get(base.key, offset, length, if_match=base.etag)
+            try:
+                return await self.store.get(base.key, offset, length, if_match=base.etag)
+            except StoreError as exc:
+                _explain(exc, base.key)
+                raise
+
+
+def _explain(exc: StoreError, key: str) -> None:
+    """Say what the admin can do about read failures that have a known cause."""
+    if exc.code == "InvalidObjectState":
+        log.error("%s is in an archive storage class (GLACIER / DEEP_ARCHIVE) and not restored: "
+                  "restore it first (aws s3api restore-object --bucket ... --key %s ...), then "
+                  "read it again", key, key)
+    elif exc.errno == errno.ESTALE:
+        log.error("%s changed on S3 while its blocks were cached here; refusing to mix "
+                  "versions: the new one is read once the directory listing is refreshed "
+                  "(after dir_ttl)", key)
