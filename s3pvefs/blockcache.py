@@ -308,16 +308,27 @@ class CachedFile:
         await self.cache.run_io(self._pwrite, offset, data)
         self.mark_written(offset, len(data))
 
-    async def install(self, block: int, data: bytes) -> None:
-        """Store a block fetched from S3, unless it was written meanwhile."""
+    async def install_run(self, first_block: int, count: int, payload: bytes) -> None:
+        """Store blocks fetched from S3 (``payload`` starts at ``first_block``), except those
+        written or truncated away meanwhile."""
         async with self.write_lock:
-            if block in self.cached:
-                return
-            start = block * self.block_size
-            limit = max(0, self.base_valid_len - start)
-            await self.cache.run_io(self._pwrite, start, data[:limit])
-            self._add_cached(block)
+            writes = []
+            for block in range(first_block, first_block + count):
+                start = block * self.block_size
+                if block in self.cached or start >= self.base_valid_len:
+                    continue
+                piece_start = (block - first_block) * self.block_size
+                piece_end = piece_start + min(self.block_size, self.base_valid_len - start)
+                writes.append((start, payload[piece_start:piece_end]))
+            if writes:
+                await self.cache.run_io(self._pwrite_many, writes)
+                for start, _ in writes:
+                    self._add_cached(start // self.block_size)
         await self.cache.trim()
+
+    def _pwrite_many(self, writes: list[tuple[int, bytes]]) -> None:
+        for offset, data in writes:
+            self._pwrite(offset, data)
 
     async def read(self, offset: int, length: int) -> bytes:
         self.last_used = time.monotonic()

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
                         help="the mountpoint (or any path in the mount)")
     status.set_defaults(handler=cmd_status)
+
+    from .bench import add_parser as add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

@@ -59,6 +59,7 @@ class Config:
     cache_dir: Path = Path("/var/cache/s3pvefs")
     cache_size: int = 10 * GiB
     block_size: int = 1 * MiB
+    readahead_max: int = 64 * MiB  # how far ahead a sequential reader is fetched at most
     # Uploads
     part_size: int = 16 * MiB  # minimum part size; grows with the file
     multipart_threshold: int = 16 * MiB

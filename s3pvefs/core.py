@@ -10,7 +10,7 @@ import errno
 import logging
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -36,6 +36,11 @@ TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rena
 class Handle:
     node: Node
     writable: bool
+    # Readahead: where a sequential reader is expected next, and how far ahead to fetch.
+    next_offset: int = 0
+    sequential_bytes: int = 0
+    window: int = 0
+    readahead: set = field(default_factory=set)  # cancel scopes of its prefetches
 
 
 @dataclass
@@ -87,6 +92,13 @@ class FsCore:
                 if child is None or not child.is_dir:
                     child = await self.make_directory(parent, part)
                 parent = child
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The core's background work: uploads and readahead."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.uploader.run)
+            await nursery.start(self.reader.run)
+            task_status.started()
 
     def dirty_nodes(self) -> list[Node]:
         return [node for node in self.inodes if node.needs_upload]
@@ -451,7 +463,8 @@ class FsCore:
         return self._open_handle(node, flags), keep_cache
 
     async def read(self, fh: int, offset: int, length: int) -> bytes:
-        node = self.handle(fh).node
+        handle = self.handle(fh)
+        node = handle.node
         length = min(length, node.size - offset)
         if length <= 0:
             return b""
@@ -463,7 +476,23 @@ class FsCore:
         with data.in_use(offset, length):
             if node.base is not None:
                 await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
+                self._read_ahead(handle, data, offset, length)
             return await data.read(offset, length)
+
+    def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
+        """Adaptive readahead: none for random reads, and none until a sequential reader has
+        read a whole block (so reading a backup's header fetches just its first block); then
+        a window that doubles with every read up to ``readahead_max``."""
+        if offset == handle.next_offset:
+            handle.sequential_bytes += length
+        else:
+            handle.sequential_bytes, handle.window = 0, 0
+        handle.next_offset = offset + length
+        if handle.sequential_bytes < data.block_size:
+            return
+        handle.window = min(self.config.readahead_max, max(2 * data.block_size, handle.window * 2))
+        self.reader.prefetch(data, handle.node.base, offset + length, handle.window,
+                             handle.readahead)
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handle(fh)
@@ -511,6 +540,8 @@ class FsCore:
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
+        for scope in list(handle.readahead):  # a killed reader's readahead stops with it
+            scope.cancel()
         node = handle.node
         node.open_count -= 1
         if handle.writable:

@@ -95,7 +95,7 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
     stop = _Stop()
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(core.uploader.run)
+            await nursery.start(core.run)
             await nursery.start(serve_control, core, mountpoint)
             nursery.start_soon(_watch_signals, core, stop)
             await pyfuse3.main()

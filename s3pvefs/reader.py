@@ -1,4 +1,9 @@
-"""Fills blocks that are not cached with ranged GETs of the file's remote object."""
+"""Fills blocks that are not cached with ranged GETs of the file's remote object.
+
+Contiguous missing blocks are fetched with one GET (up to ``MAX_RANGE``); a block being fetched
+is shared by every reader that needs it. Readahead (``prefetch``) runs in the background in the
+reader's nursery, under cancel scopes that the file's handle cancels on release.
+"""
 
 from __future__ import annotations
 
@@ -8,67 +13,109 @@ import logging
 import trio
 
 from .blockcache import CachedFile
+from .config import MiB
 from .errors import FsError, StoreError, first_fs_error
 from .nodes import RemoteObject
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
+MAX_RANGE = 8 * MiB  # bytes one GET asks for at most
+
 
 class BlockReader:
     def __init__(self, store: ObjectStore, max_parallel: int):
         self.store = store
         self.limiter = trio.CapacityLimiter(max_parallel)
-        # (cache file, block) -> event set when that fetch ended; concurrent readers share it.
+        # (cache file, block) -> event set when the fetch holding that block ended.
         self._in_flight: dict[tuple[int, int], trio.Event] = {}
+        self.nursery: trio.Nursery | None = None  # for readahead, set by run()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     async def ensure_cached(self, data: CachedFile, base: RemoteObject, blocks: list[int]) -> None:
         """Make every block in ``blocks`` cached, fetching the missing ones in parallel."""
         missing = [b for b in blocks if data.needs_fetch(b)]
         if not missing:
             return
+        runs, waits = self._claim(data, missing)
         with first_fs_error():
             async with trio.open_nursery() as nursery:
-                for block in missing:
-                    nursery.start_soon(self._fetch_shared, data, base, block)
+                for run, event in runs:
+                    nursery.start_soon(self._fetch, data, base, run, event)
+                for event in waits:
+                    nursery.start_soon(event.wait)
         # A shared fetch that failed elsewhere leaves the block missing: report it here too.
         if any(data.needs_fetch(b) for b in missing):
             raise FsError(errno.EIO, f"could not read {base.key} from S3 (see log)")
 
-    async def _fetch_shared(self, data: CachedFile, base: RemoteObject, block: int) -> None:
-        slot = (id(data), block)
-        event = self._in_flight.get(slot)
-        if event is not None:
-            await event.wait()
+    def prefetch(self, data: CachedFile, base: RemoteObject, offset: int, length: int,
+                 scopes: set[trio.CancelScope]) -> None:
+        """Fetch [offset, offset+length) in the background; failures only cost the speed-up."""
+        if self.nursery is None:
             return
-        event = self._in_flight[slot] = trio.Event()
-        try:
-            await self._fetch(data, base, block)
-        finally:
-            del self._in_flight[slot]
-            event.set()
+        wanted = [b for b in data.blocks(offset, length) if data.needs_fetch(b)]
+        runs, _ = self._claim(data, wanted)
+        for run, event in runs:
+            self.nursery.start_soon(self._prefetch, data, base, run, event, scopes)
 
-    async def _fetch(self, data: CachedFile, base: RemoteObject, block: int) -> None:
-        start = block * data.block_size
-        length = min(data.block_size, data.base_valid_len - start)
-        if length <= 0:
-            return
-        async with self.limiter:
-            try:
-                payload = await self.store.get(base.key, start, length, if_match=base.etag)
-            except StoreError as exc:
-                _explain(exc, base.key)
-                raise
-        await data.install(block, payload)
+    async def _prefetch(self, data, base, run, event, scopes) -> None:
+        scope = trio.CancelScope()
+        scopes.add(scope)
+        try:
+            with scope:
+                await self._fetch(data, base, run, event)
+        except FsError as exc:
+            log.debug("readahead of %s failed: %s", base.key, exc)
+        finally:
+            scopes.discard(scope)
+
+    def _claim(self, data: CachedFile, blocks: list[int]):
+        """Split blocks into runs to fetch (now claimed by the caller) and fetches to wait for."""
+        per_run = max(1, MAX_RANGE // data.block_size)
+        runs: list[tuple[list[int], trio.Event]] = []
+        waits: set[trio.Event] = set()
+        for block in sorted(blocks):
+            slot = (id(data), block)
+            if slot in self._in_flight:
+                waits.add(self._in_flight[slot])
+                continue
+            if runs and runs[-1][0][-1] == block - 1 and len(runs[-1][0]) < per_run:
+                runs[-1][0].append(block)
+            else:
+                runs.append(([block], trio.Event()))
+            self._in_flight[slot] = runs[-1][1]
+        return runs, waits
+
+    async def _fetch(self, data: CachedFile, base: RemoteObject, run: list[int],
+                     event: trio.Event) -> None:
+        try:
+            start = run[0] * data.block_size
+            end = min((run[-1] + 1) * data.block_size, data.base_valid_len)
+            if end > start:
+                async with self.limiter:
+                    payload = await self._get(base, start, end - start)
+                await data.install_run(run[0], len(run), payload)
+        finally:
+            for block in run:
+                self._in_flight.pop((id(data), block), None)
+            event.set()
 
     async def read_range(self, base: RemoteObject, offset: int, length: int) -> bytes:
         """Bytes of the remote object without caching them (used by uploads)."""
         async with self.limiter:
-            try:
-                return await self.store.get(base.key, offset, length, if_match=base.etag)
-            except StoreError as exc:
-                _explain(exc, base.key)
-                raise
+            return await self._get(base, offset, length)
+
+    async def _get(self, base: RemoteObject, offset: int, length: int) -> bytes:
+        try:
+            return await self.store.get(base.key, offset, length, if_match=base.etag)
+        except StoreError as exc:
+            _explain(exc, base.key)
+            raise
 
 
 def _explain(exc: StoreError, key: str) -> None:
