@@ -15,6 +15,7 @@ first; dirty blocks never are, so a writer waits in ``reserve`` until uploads ma
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import itertools
 import logging
@@ -151,11 +152,13 @@ class BlockCache:
         self._space_freed.set()
         self._space_freed = trio.Event()
 
-    async def reserve(self, data: CachedFile, new_blocks: int, allowance: int) -> None:
+    async def reserve(self, data: CachedFile, new_blocks: int, allowance: int,
+                      can_wait: bool = True) -> None:
         """Wait until ``new_blocks`` more blocks fit.
 
         ``allowance`` is how many bytes the file may add past the limit (one part for a file
-        being written, so that its next part can always fill up and upload).
+        being written, so that its next part can always fill up and upload). ``can_wait`` is
+        False for a file no upload will ever empty (deleted while open): ENOSPC instead.
         """
         need = new_blocks * self.block_size
         while self.used_bytes + need > self.size_limit:
@@ -163,6 +166,8 @@ class BlockCache:
                 return
             if await self.evict(self.used_bytes + need - self.size_limit):
                 continue
+            if not can_wait:
+                raise OSError(errno.ENOSPC, "cache full of data that is not on S3")
             if self.on_pressure is not None:
                 self.on_pressure()
             waiting_for = self._space_freed
@@ -193,11 +198,15 @@ class CachedFile:
         self.block_size = cache.block_size
         self.path = cache.data_dir / file_id
         self._fd: int | None = None
+        self._io_running = 0
+        self._close_wanted = False
         self.cached: set[int] = set()
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
         self.streamed_len = 0  # bytes uploaded as parts of an unfinished multipart upload
         self.in_flight_len = 0  # end of the parts being uploaded right now
+        # Blocks at the start kept while streaming: formats such as qcow2 rewrite their header.
+        self.pinned_blocks = 0
         self.low_water = 0  # smallest size since an upload took its snapshot
         self._generation = itertools.count(1)
         # Serialises changes of the cache file (writes, installs of fetched blocks, truncates).
@@ -272,9 +281,31 @@ class CachedFile:
 
     # -- I/O (worker threads) --------------------------------------------------------------
 
-    def fd(self) -> int:
-        """The open cache file (for fsync by the journal)."""
-        return self._ensure_fd()
+    async def _io(self, fn, *args):
+        """Disk I/O on the cache file in a worker thread. The file descriptor is closed only
+        when no such call is running, so no thread ever uses a closed (or reused) one."""
+        self._io_running += 1
+        try:
+            return await self.cache.run_io(fn, *args)
+        finally:
+            self._io_running -= 1
+            if self._close_wanted and not self._io_running:
+                self.close()
+
+    async def sync(self) -> None:
+        """fsync the cache file (before a journal record that vouches for its data)."""
+        if self._fd is not None or self.path.exists():
+            await self._io(lambda: os.fsync(self._ensure_fd()))
+
+    def release_fd(self) -> None:
+        """No handle needs the file open any more: close it once idle."""
+        self._close_wanted = True
+        if not self._io_running:
+            self.close()
+
+    def keep_fd(self) -> None:
+        """A handle opened the file: keep its descriptor open."""
+        self._close_wanted = False
 
     def _ensure_fd(self) -> int:
         if self._fd is None:
@@ -305,7 +336,7 @@ class CachedFile:
 
     async def write(self, offset: int, data: bytes) -> None:
         """Write bytes as new, dirty content (caller holds ``write_lock``)."""
-        await self.cache.run_io(self._pwrite, offset, data)
+        await self._io(self._pwrite, offset, data)
         self.mark_written(offset, len(data))
 
     async def install_run(self, first_block: int, count: int, payload: bytes) -> None:
@@ -321,7 +352,7 @@ class CachedFile:
                 piece_end = piece_start + min(self.block_size, self.base_valid_len - start)
                 writes.append((start, payload[piece_start:piece_end]))
             if writes:
-                await self.cache.run_io(self._pwrite_many, writes)
+                await self._io(self._pwrite_many, writes)
                 for start, _ in writes:
                     self._add_cached(start // self.block_size)
         await self.cache.trim()
@@ -332,7 +363,7 @@ class CachedFile:
 
     async def read(self, offset: int, length: int) -> bytes:
         self.last_used = time.monotonic()
-        return await self.cache.run_io(self._pread, offset, length)
+        return await self._io(self._pread, offset, length)
 
     async def truncate(self, old_size: int, new_size: int) -> None:
         """Resize to ``new_size`` (caller holds ``write_lock``).
@@ -341,7 +372,7 @@ class CachedFile:
         that is not cached stays fetchable because the remote object is only trusted up to
         ``base_valid_len``.
         """
-        await self.cache.run_io(self._truncate, new_size)
+        await self._io(self._truncate, new_size)
         if new_size < old_size:
             self.base_valid_len = min(self.base_valid_len, new_size)
             self.low_water = min(self.low_water, new_size)
@@ -357,7 +388,7 @@ class CachedFile:
         self.base_valid_len = valid_len
 
     def evictable(self, block: int) -> bool:
-        if block in self.dirty:
+        if block in self.dirty or block < self.pinned_blocks:
             return False
         start = block * self.block_size
         return start < self.base_valid_len or start < self.streamed_len
@@ -371,28 +402,31 @@ class CachedFile:
             victims = victims[: -(-wanted // self.block_size)]
             if not victims:
                 return 0
+            # Not cached any more from now on: a reader fetches them again, and its install
+            # waits for this lock, so it lands after the punch.
+            self.cached.difference_update(victims)
             try:
-                await self.cache.run_io(self._punch, _ranges(victims, self.block_size))
+                await self._io(self._punch, _ranges(victims, self.block_size))
             except OSError as exc:
                 log.warning("cannot free cache space in %s: %s", self.path, exc)
-                return 0
-            for block in victims:
-                self.cached.discard(block)
         self.cache.blocks_removed(len(victims))
         return len(victims) * self.block_size
 
     def close(self) -> None:
+        """Close the file descriptor (reopened when needed): one per open file, not per file
+        ever read."""
+        self._close_wanted = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def discard(self) -> None:
         """Throw the cache file away (the file was deleted, or S3 has all of it)."""
-        self.close()
         try:
-            os.unlink(self.path)
+            os.unlink(self.path)  # a worker thread still reading it keeps its open file
         except FileNotFoundError:
             pass
+        self.release_fd()
         self.cache.blocks_removed(len(self.cached))
         self.cached.clear()
         self.dirty.clear()

@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import stat
+import time
 from dataclasses import dataclass, field
 
 import trio
@@ -126,8 +127,9 @@ class FsCore:
                     node.journal_id = None
                 return
             record = self._journal_record(node)
-            fd = data.fd() if durable else None
-            await self.cache.run_io(self.journal.write, data.file_id, record, durable, fd)
+            if durable:
+                await data.sync()  # the data the record vouches for first
+            await self.cache.run_io(self.journal.write, data.file_id, record, durable, None)
             node.journal_id = data.file_id
 
     def _journal_record(self, node: Node) -> dict:
@@ -142,8 +144,12 @@ class FsCore:
             "base": None if base is None else {"key": base.key, "etag": base.etag,
                                                "size": base.size},
             "base_valid_len": data.base_valid_len,
-            "cached": block_runs(data.cached),
+            # Clean blocks may be evicted at any time after this record: only blocks S3 does
+            # not have count as cached; the rest is fetched again from the base.
+            "cached": block_runs(b for b in data.cached
+                                 if b in data.dirty or b * data.block_size >= data.base_valid_len),
             "dirty": block_runs(data.dirty),
+            "seq": time.time_ns(),
             "data_dirty": node.data_gen != node.uploaded_data_gen,
             "meta_dirty": node.meta_gen != node.uploaded_meta_gen,
             "stream": None if stream is None else self.streamer.record(stream),
@@ -424,7 +430,9 @@ class FsCore:
         node.open_count += 1
         if writable:
             node.write_handles += 1
-        self._data(node).pins += 1
+        data = self._data(node)
+        data.pins += 1
+        data.keep_fd()
         handle = self._next_handle
         self._next_handle += 1
         self.handles[handle] = Handle(node, writable)
@@ -475,9 +483,19 @@ class FsCore:
                                      "file is closed and its upload completed")
         with data.in_use(offset, length):
             if node.base is not None:
-                await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
+                await self._fetch_for_read(node, data, offset, length)
                 self._read_ahead(handle, data, offset, length)
             return await data.read(offset, length)
+
+    async def _fetch_for_read(self, node: Node, data: CachedFile, offset: int, length: int):
+        base = node.base
+        try:
+            await self.reader.ensure_cached(data, base, data.missing_blocks(offset, length))
+        except FsError as exc:
+            if exc.errno != errno.ESTALE or node.base is base or node.base is None:
+                raise
+            # This mount uploaded a new version meanwhile: read from that one.
+            await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
 
     def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
         """Adaptive readahead: none for random reads, and none until a sequential reader has
@@ -502,10 +520,11 @@ class FsCore:
         if offset + len(buf) > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
         data = self._data(node)
-        self.streamer.check_rewrite(node, offset, len(buf))
+        self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail
-            await self.cache.reserve(data, new_blocks, self.streamer.allowance(data))
+            await self.cache.reserve(data, new_blocks, self.streamer.allowance(data),
+                                     can_wait=not node.unlinked)
         with data.in_use(offset, len(buf)):
             edges = self._partly_written_blocks(data, offset, len(buf))
             if edges and node.base is not None:
@@ -532,9 +551,9 @@ class FsCore:
 
     async def flush(self, fh: int) -> None:
         """close(): the data written is in the cache file; make it and the journal durable."""
-        handle = self.handle(fh)
-        if handle.writable:
-            await self.checkpoint(handle.node, durable=True)
+        node = self.handle(fh).node
+        if node.needs_upload or node.stream is not None:  # also O_RDONLY|O_CREAT files
+            await self.checkpoint(node, durable=True)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
@@ -558,6 +577,8 @@ class FsCore:
             return
         if handle.writable and node.write_handles == 0:
             await self.checkpoint(node)  # now "closed": publish it if the mount restarts
+        if node.open_count == 0 and node.data is not None:
+            node.data.release_fd()
         self._after_change(node)
 
     async def fsync(self, fh: int) -> None:

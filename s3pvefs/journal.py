@@ -51,20 +51,22 @@ class Journal:
         except FileNotFoundError:
             pass
 
-    def records(self) -> list[dict]:
-        found = []
+    def records(self) -> tuple[list[dict], list[str]]:
+        """The readable records, and the file ids of unreadable ones (whose cache files must
+        be kept for the admin)."""
+        found, unreadable = [], []
         for path in sorted(self.dir.glob("*.json")):
             try:
                 record = json.loads(path.read_text())
+                if record.get("version") != VERSION:
+                    raise ValueError(f"unknown version {record.get('version')!r}")
             except (OSError, ValueError) as exc:
-                log.error("unreadable journal record %s (%s); its data cannot be recovered",
-                          path, exc)
-                continue
-            if record.get("version") != VERSION:
-                log.error("journal record %s has an unknown version; skipped", path)
+                log.error("journal record %s cannot be read (%s); it and its cache file are "
+                          "left in place", path, exc)
+                unreadable.append(path.stem)
                 continue
             found.append(record)
-        return found
+        return found, unreadable
 
     # -- multipart uploads in flight ---------------------------------------------------------
 
@@ -95,9 +97,10 @@ class Journal:
         temporary = path.with_suffix(".tmp")
         with open(temporary, "w") as out:
             json.dump(content, out, separators=(",", ":"))
-            if durable:
-                out.flush()
-                os.fsync(out.fileno())
+            out.flush()
+            # Always: a rename over a durable record must never leave an empty file after a
+            # power loss. ``durable`` adds the directory, so that the new name itself sticks.
+            os.fsync(out.fileno())
         os.replace(temporary, path)
         if durable:
             directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)

@@ -22,32 +22,56 @@ log = logging.getLogger(__name__)
 
 async def recover(core) -> int:
     """Recover every journaled file; returns how many were recovered."""
-    records = core.journal.records()
-    needed_uploads: set[str] = set()
+    records, unreadable = core.journal.records()
+    for file_id in unreadable:
+        core.cache.keep_file_id(file_id)
+    # Every upload a record refers to stays, even if that record cannot be recovered now.
+    needed_uploads = {r["stream"]["upload_id"] for r in records if r.get("stream")}
     recovered = 0
-    for record in records:
+    for record in _newest_per_key(core, records):
         try:
             node = await _recover_file(core, record)
+        except FileNotFoundError as exc:  # nothing left to recover
+            log.error("journal record for %s: %s; dropped", record.get("key"), exc)
+            await core.cache.run_io(core.journal.remove, record["id"])
+            continue
         except (FsError, OSError, KeyError, ValueError) as exc:
             log.error("cannot recover %s from the journal: %s; its record and data stay in %s",
                       record.get("key"), exc, core.cache.cache_dir)
             core.cache.keep_file_id(record.get("id", ""))
             continue
         recovered += 1
-        if node.stream is not None:
-            needed_uploads.add(node.stream.upload_id)
         log.warning("recovered %s (%d bytes) from the journal; uploading it", node.path(), node.size)
     await _abort_orphaned_uploads(core, needed_uploads)
     core.cache.remove_unreferenced()
     return recovered
 
 
+def _newest_per_key(core, records: list[dict]) -> list[dict]:
+    """Two records for one key (a crash in the middle of a rename over a file being written):
+    the newer one wins, the older one is dropped."""
+    newest: dict[str, dict] = {}
+    for record in sorted(records, key=lambda r: r.get("seq", 0)):
+        older = newest.get(record.get("key"))
+        if older is not None:
+            log.warning("dropping an older journal record for %s", older["key"])
+            core.journal.remove(older["id"])
+        newest[record.get("key")] = record
+    return list(newest.values())
+
+
 async def _recover_file(core, record: dict) -> Node:
     key = record["key"]
     if not key.startswith(core.prefix):
-        raise ValueError(f"it belongs to prefix-less key {key!r}, not under {core.prefix!r}")
+        raise ValueError(f"its key {key!r} is not under the prefix {core.prefix!r}")
     *dir_names, name = key[len(core.prefix):].split("/")
-    parent = await _directory(core, dir_names)
+    data = core.cache.adopt_file(record["id"], expand_runs(record["cached"]),
+                                 expand_runs(record["dirty"]))
+    try:
+        parent = await _directory(core, dir_names)
+    except BaseException:
+        core.cache.forget_file(data)
+        raise
     existing = parent.children.get(name)
     if existing is not None:
         core.dirs.detach(parent, name, existing)  # the journal is newer than what S3 holds
@@ -57,9 +81,8 @@ async def _recover_file(core, record: dict) -> Node:
     node.size = record["size"]
     base = record["base"]
     node.base = RemoteObject(base["key"], base["etag"], base["size"]) if base else None
-    dirty = expand_runs(record["dirty"])
-    node.data = core.cache.adopt_file(record["id"], expand_runs(record["cached"]), dirty)
-    node.data.reset_base(record["base_valid_len"])
+    node.data = data
+    data.reset_base(record["base_valid_len"])
     node.data_gen = 1 if record["data_dirty"] or record["state"] == "open" else 0
     node.meta_gen = 1 if record["meta_dirty"] else 0
     if record["stream"]:
@@ -75,7 +98,7 @@ async def _recover_file(core, record: dict) -> Node:
 
 async def _keep_what_was_written(core, node: Node) -> None:
     """A writer was still at work: writes after its last checkpoint are in the cache file."""
-    length = (await core.cache.run_io(os.fstat, node.data.fd())).st_size
+    length = (await core.cache.run_io(os.stat, node.data.path)).st_size
     if length > node.size:
         node.data.mark_written(node.size, length - node.size)
         node.size = length

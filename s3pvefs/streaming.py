@@ -64,6 +64,7 @@ class Stream:
         self.predicted = False  # key is the predicted final name, not the file's own
         self.origin_name = node.name
         self.started = 0.0
+        self.restored = False  # taken over from the journal after a crash
 
     @contextmanager
     def cancellable(self):
@@ -95,6 +96,7 @@ class Streamer:
         self.prefix = prefix
         self.min_part = min_part
         self.nursery: trio.Nursery | None = None  # the uploader's, set when it runs
+        self.pressure_until = 0.0  # a writer waited for cache space until about then
         self.streams: set[Stream] = set()
 
     # -- starting and feeding ---------------------------------------------------------------
@@ -109,12 +111,19 @@ class Streamer:
             if data.base_valid_len or not self._filled(node, 0, self._part_size(0, data)):
                 return
             stream = node.stream = Stream(node)
+            data.pinned_blocks = len(data.blocks(0, self._part_size(0, data)))
             stream.origin_name = node.name
             stream.started = trio.current_time()
             self.streams.add(stream)
             stream.running = 1
             self.nursery.start_soon(self._pump, stream)
         stream.wakeup.set()
+
+    def under_pressure(self) -> None:
+        """Writers wait for cache space: let pumps upload parts with holes (as zeros)."""
+        self.pressure_until = trio.current_time() + 2.0
+        for stream in self.streams:
+            stream.wakeup.set()
 
     def allowance(self, data) -> int:
         """What a file being written may add past the cache limit: its next part."""
@@ -123,12 +132,17 @@ class Streamer:
     def _part_size(self, offset: int, data) -> int:
         return stream_part_size(offset, self.min_part, data.block_size)
 
-    @staticmethod
-    def _filled(node: Node, offset: int, length: int) -> bool:
-        """The writer has written all of [offset, offset+length)."""
+    def _filled(self, node: Node, offset: int, length: int) -> bool:
+        """The writer has written all of [offset, offset+length) — or, when the cache is full,
+        the writer has gone past it: holes are zeros then (a sparse writer would wait
+        forever otherwise; should it fill a hole later, the part is uploaded again)."""
         data = node.data
-        return node.size >= offset + length and all(
-            b in data.dirty for b in data.blocks(offset, length))
+        if node.size < offset + length:
+            return False
+        if all(b in data.dirty for b in data.blocks(offset, length)):
+            return True
+        return trio.current_time() < self.pressure_until and all(
+            b in data.dirty or b not in data.cached for b in data.blocks(offset, length))
 
     async def _pump(self, stream: Stream) -> None:
         try:
@@ -138,7 +152,7 @@ class Streamer:
                     await self._launch_ready_parts(stream)
                     await stream.wakeup.wait()
                     stream.wakeup = trio.Event()
-        except FsError as exc:
+        except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("streaming upload of %s stopped: %s", stream.node.path(), exc)
         finally:
@@ -198,7 +212,7 @@ class Streamer:
                 await self.uploader.checkpoint(stream.node, durable=True)
                 data.mark_clean(snapshot)
                 data.streamed_len = _contiguous_end(stream.parts)
-        except FsError as exc:
+        except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
         finally:
@@ -267,7 +281,7 @@ class Streamer:
             node.stream = None
         self.streams.discard(stream)
         if node.data is not None:
-            node.data.streamed_len = node.data.in_flight_len = 0
+            node.data.streamed_len = node.data.in_flight_len = node.data.pinned_blocks = 0
 
     async def _upload_remaining(self, stream: Stream, uploads) -> None:
         data = stream.node.data
@@ -326,6 +340,7 @@ class Streamer:
     def restore(self, node: Node, record: dict) -> Stream:
         """A stream from the journal: its parts are on S3, the rest uploads at ``finish``."""
         stream = node.stream = Stream(node)
+        stream.restored = True
         stream.key, stream.upload_id = record["key"], record["upload_id"]
         stream.predicted, stream.origin_name = record["predicted"], record["origin_name"]
         # The restored node counts attribute changes afresh (see recovery): 1 if any is pending.
@@ -347,18 +362,25 @@ class Streamer:
         self.streams.add(stream)
         return stream
 
-    def check_rewrite(self, node: Node, offset: int, length: int) -> None:
-        """A write behind the streamed part of a file needs the whole part still cached."""
+    def before_write(self, node: Node, offset: int, length: int) -> None:
+        """A write behind the start of the next part rewrites launched parts: they are
+        uploaded again at the end, so all their blocks must stay (dirty) in the cache."""
         stream = node.stream
-        if stream is None or offset >= stream.next_offset:
+        if stream is None:
             return
         data = node.data
-        for number, (part_offset, part_length) in stream.launched.items():
+        if stream.failure is not None and not data.fully_local(node.size):
+            raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed "
+                                     f"({stream.failure}) after parts left the cache")
+        if offset >= stream.next_offset:
+            return
+        for part_offset, part_length in stream.launched.values():
             if part_offset < offset + length and offset < part_offset + part_length:
-                if any(data.unreadable(b) for b in data.blocks(part_offset, part_length)):
+                blocks = data.blocks(part_offset, part_length)
+                if any(data.unreadable(b) for b in blocks):
                     raise FsError(errno.EIO, f"{node.path()}: cannot rewrite offset {offset}: "
-                                             "that part was already uploaded and left the cache")
-
+                                             "that part was uploaded and left the cache")
+                data.mark_written(part_offset, part_length)
 
 def _contiguous_end(parts: dict[int, tuple[int, int, str]]) -> int:
     """End of the uploaded parts that follow each other from part 1 on."""

@@ -127,8 +127,11 @@ class Uploader:
 
         Streaming files are left alone: their parts are already on the way.
         """
+        self.streamer.under_pressure()
         for node in self.dirty_nodes():
-            if node.stream is None and node.ino not in self._running:
+            stream = node.stream
+            stalled = stream is not None and (stream.failure is not None or stream.closing)
+            if (stream is None or stalled) and node.ino not in self._running:
                 self.schedule(node)
 
     async def drain(self, nodes: list[Node]) -> None:
