@@ -795,6 +795,8 @@ class Bench:
                             chunk = ZSTD_MAGIC + chunk[len(ZSTD_MAGIC):]
                         out.write(chunk)
                         written += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())  # its write-back must not compete with what is measured
             self.source = path
         return self.source
 
@@ -1102,6 +1104,8 @@ class Bench:
         with source.open("wb") as out:
             for offset in range(0, size, 8 * MiB):
                 out.write(os.urandom(min(8 * MiB, size - offset)))
+            out.flush()
+            os.fsync(out.fileno())
 
         local = self.local_dir / "w6.raw"
         local_write = run_dd("local disk: dd write", source, local, size)

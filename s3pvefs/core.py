@@ -66,6 +66,7 @@ class FsCore:
         self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
                                 self.default_attributes, config.max_connections)
         self.handles: dict[int, Handle] = {}
+        self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))  # `s3pvefs sync`
         self._next_handle = 1
         self.root = self.inodes.new(None, "", self.default_attributes(stat.S_IFDIR, now_ns()))
         self.root.meta_loaded = True
@@ -75,6 +76,7 @@ class FsCore:
         self.journal.open()
         self.uploader.journal = self.journal
         self.uploader.checkpoint = self.checkpoint
+        self.uploader.key_owner = self.node_at_key
         cache.on_pressure = self.uploader.relieve_pressure
 
     def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
@@ -150,6 +152,7 @@ class FsCore:
                                  if b in data.dirty or b * data.block_size >= data.base_valid_len),
             "dirty": block_runs(data.dirty),
             "seq": time.time_ns(),
+            "stale_key": node.stale_key,
             "data_dirty": node.data_gen != node.uploaded_data_gen,
             "meta_dirty": node.meta_gen != node.uploaded_meta_gen,
             "stream": None if stream is None else self.streamer.record(stream),
@@ -183,8 +186,26 @@ class FsCore:
         async with trio.open_nursery() as nursery:
             for node in walk(top):
                 if node.needs_upload:
-                    nursery.start_soon(sync_one, node)
+                    await self._sync_slots.acquire()
+                    nursery.start_soon(self._release_after, self._sync_slots, sync_one, node)
         return failures
+
+    @staticmethod
+    async def _release_after(slots: trio.Semaphore, fn, *args) -> None:
+        try:
+            await fn(*args)
+        finally:
+            slots.release()
+
+    def node_at_key(self, key: str) -> Node | None:
+        """The node this mount has at an object key (files only), if any."""
+        if not key.startswith(self.prefix) or key.endswith("/"):
+            return None
+        try:
+            node = self._loaded_node(key[len(self.prefix):])
+        except FsError:
+            return None
+        return None if node.unlinked else node
 
     def _loaded_node(self, path: str) -> Node:
         """The node at ``path`` if this mount has seen it (unseen paths hold nothing dirty)."""
@@ -607,6 +628,7 @@ class FsCore:
             await self.streamer.abort(node)
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
+            await self.uploader.delete_stale_key(node)
             node.unlinked = True  # no new upload may start
             await self.checkpoint(node)  # drops its journal record
 
@@ -672,28 +694,29 @@ class FsCore:
                            target: Node | None) -> None:
         held = [node] if target is None else [node, target]
         async with self.uploader.held(*held):
+            if target is not None:
+                await self.streamer.abort(target)  # replaced: its upload must not land
             await self._move_file(node, new_parent, new_name, target)
-            await self.checkpoint(node, durable=True)
             if target is not None:
                 await self.checkpoint(target)
+            await self.uploader.delete_stale_key(node)
         self._after_change(node)
 
     async def _move_file(self, node: Node, new_parent: Node, new_name: str,
                          target: Node | None) -> None:
+        """Copy what S3 holds of the file to the new key (if needed), move the node, and
+        journal the new key; the old object is deleted after that (``stale_key``), so that
+        a failure or a crash never loses the only copy."""
         old_key = node.key(self.prefix)
-        new_key = new_parent.key(self.prefix) + new_name
-        copied = await self._carry_base(node, new_key)
-        if node.remote_maybe or node.base is not None:
-            try:
-                await self.store.delete(old_key)
-            except BaseException:
-                if copied:
-                    await self._forget_copy(node, old_key, new_key)
-                raise
+        had_object = node.remote_maybe or node.base is not None
+        copied = await self._carry_base(node, new_parent.key(self.prefix) + new_name)
         target_on_s3 = target is not None and (target.remote_maybe or target.base is not None)
         self._move(node, new_parent, new_name, target)
         node.remote_maybe = copied or target_on_s3
         node.ctime_ns = now_ns()
+        if had_object:
+            node.stale_key = old_key
+        await self.checkpoint(node, durable=True)
 
     async def _carry_base(self, node: Node, new_key: str) -> bool:
         """Make the file's remote data available at ``new_key``; True if copied there.
@@ -713,15 +736,6 @@ class FsCore:
         node.base = RemoteObject(new_key, etag, node.base.size)
         node.uploaded_meta_gen = node.meta_gen
         return True
-
-    async def _forget_copy(self, node: Node, old_key: str, new_key: str) -> None:
-        """Undo a copy made for a rename that then failed, so the old state stays whole."""
-        node.base = RemoteObject(old_key, node.base.etag, node.base.size)
-        with trio.CancelScope(shield=True):
-            try:
-                await self.store.delete(new_key)
-            except FsError as exc:
-                log.warning("could not remove %s after a failed rename: %s", new_key, exc)
 
     async def _rename_directory(self, node: Node, new_parent: Node, new_name: str,
                                 target: Node | None) -> None:

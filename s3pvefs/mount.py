@@ -97,7 +97,7 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
         async with trio.open_nursery() as nursery:
             await nursery.start(core.run)
             await nursery.start(serve_control, core, mountpoint)
-            nursery.start_soon(_watch_signals, core, stop)
+            nursery.start_soon(_watch_signals, core, stop, nursery)
             await pyfuse3.main()
             stop.serving = False
             # No more requests: the kernel unmounted us or a signal ended the loop.
@@ -125,8 +125,9 @@ class _Stop:
         self.forced = trio.Event()
 
 
-async def _watch_signals(core: FsCore, stop: _Stop) -> None:
-    """First signal: upload, then unmount. A second one: give up on pending uploads."""
+async def _watch_signals(core: FsCore, stop: _Stop, nursery: trio.Nursery) -> None:
+    """First signal: upload, then unmount. A second one: stop without waiting for uploads
+    (what is not on S3 stays journaled). Signals keep being received while uploads run."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             if stop.requested or not stop.serving:
@@ -137,9 +138,13 @@ async def _watch_signals(core: FsCore, stop: _Stop) -> None:
                 continue
             stop.requested = True
             log.info("%s: uploading pending data, then unmounting", signal.Signals(signum).name)
-            await core.shutdown()
-            if stop.serving:
-                pyfuse3.terminate()
+            nursery.start_soon(_upload_then_unmount, core, stop)
+
+
+async def _upload_then_unmount(core: FsCore, stop: _Stop) -> None:
+    await _final_uploads(core, stop)
+    if stop.serving:
+        pyfuse3.terminate()
 
 
 async def _final_uploads(core: FsCore, stop: _Stop) -> None:

@@ -71,10 +71,12 @@ class Node:
         self.uploaded_data_gen = 0
         self.uploaded_meta_gen = 0
         self.remote_maybe = False  # an object may exist at this node's key
+        self.stale_key: str | None = None  # an object of ours at a key we left, to delete
         self.stream = None  # streaming.Stream while parts upload during writing
         self.waiting_for_rename: str | None = None  # see errors.RenamePending
         self.symlink_target: str | None = None
         self.sync_lock = trio.Lock()
+        self.holds = 0  # renames/unlinks waiting to change this node (uploads step aside)
         self.journal_lock = trio.Lock()
         self.journal_id: str | None = None  # the cache file id its journal record is under
         self.sync_scope: trio.CancelScope | None = None

@@ -272,11 +272,11 @@ class Streamer:
         parts = sorted((n, etag) for n, (_, _, etag) in stream.parts.items() if n < number)
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
-            self._forget(node, stream)
+            self.forget(node, stream)
             await self.uploader.upload_ended(stream.upload_id)
         return etag
 
-    def _forget(self, node: Node, stream: Stream) -> None:
+    def forget(self, node: Node, stream: Stream) -> None:
         if node.stream is stream:
             node.stream = None
         self.streams.discard(stream)
@@ -307,7 +307,7 @@ class Streamer:
             return
         stream.cancel()
         await self._stop(stream)
-        self._forget(node, stream)
+        self.forget(node, stream)
         if stream.created.is_set():
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await self.uploader.abort_quietly(stream.key, stream.upload_id)

@@ -28,6 +28,7 @@ MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024 * GiB  # S3's limit on one object
 MAX_COPY_SIZE = 5 * GiB  # CopyObject's limit; beyond it UploadPartCopy
 RETRY_MIN, RETRY_MAX = 1.0, 300.0
+DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for it
 
 
 def choose_part_size(size: int, min_part: int) -> int:
@@ -57,6 +58,7 @@ class Uploader:
         self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
         self.journal = None  # set by the core: multipart uploads in flight are listed there
         self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
+        self.key_owner = lambda key: None  # set by the core: the node at a key, if any
 
     # -- background worker ------------------------------------------------------------------
 
@@ -135,11 +137,20 @@ class Uploader:
                 self.schedule(node)
 
     async def drain(self, nodes: list[Node]) -> None:
-        """Upload everything given and queued; returns when the worker is idle."""
+        """Upload everything given and queued. Returns when the worker is idle, or when every
+        file left has failed DRAIN_ATTEMPTS times since the drain began (they stay journaled
+        for the next mount: a shutdown must not wait forever for an S3 that is gone)."""
         for node in nodes:
             if node.needs_upload and node.waiting_for_rename is None:
                 self.schedule(node)
+        failures_at_start = dict(self._failures)
         while not self.idle:
+            if not self._running and all(
+                    self._failures.get(ino, 0) >= failures_at_start.get(ino, 0) + DRAIN_ATTEMPTS
+                    for ino in self._queue):
+                log.error("giving up on %d file(s) that cannot be uploaded now",
+                          len(self._queue))
+                return
             await trio.sleep(0.05)
 
     # -- one node ---------------------------------------------------------------------------
@@ -147,6 +158,9 @@ class Uploader:
     async def sync_now(self, node: Node) -> None:
         """Return once the node's current state is on S3 (raises FsError if it cannot be)."""
         while node.needs_upload:
+            if node.holds:
+                await trio.sleep(0.05)  # a rename or unlink is changing where it goes
+                continue
             await self.sync(node)
 
     @asynccontextmanager
@@ -156,16 +170,27 @@ class Uploader:
         Used while a rename or unlink changes where a node's object lives; uploads that were
         cancelled start again (at the new key) once the change is done.
         """
-        async with AsyncExitStack() as stack:
-            for node in sorted(set(nodes), key=lambda n: n.ino):
-                if node.sync_scope is not None:
-                    node.sync_scope.cancel()
-                await stack.enter_async_context(node.sync_lock)
-            yield
+        nodes = sorted(set(nodes), key=lambda n: n.ino)
+        for node in nodes:
+            node.holds += 1  # uploads queued on the lock before us step aside (see sync)
+        try:
+            async with AsyncExitStack() as stack:
+                for node in nodes:
+                    if node.sync_scope is not None:
+                        node.sync_scope.cancel()
+                    await stack.enter_async_context(node.sync_lock)
+                yield
+        finally:
+            for node in nodes:
+                node.holds -= 1
 
     async def sync(self, node: Node) -> None:
         async with node.sync_lock:
+            if node.holds:
+                return  # a rename or unlink waits for this lock; it schedules us again
             if not node.needs_upload:
+                if node.stale_key is not None and not node.unlinked:
+                    await self._delete_stale_key(node)
                 return
             with trio.CancelScope() as scope:
                 node.sync_scope = scope
@@ -213,6 +238,7 @@ class Uploader:
             data.reset_base(min(size, data.low_water))
             data.mark_clean(snapshot)
         log.info("uploaded %s (%d bytes)", key, size)
+        await self.delete_stale_key(node)
         await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
@@ -238,6 +264,10 @@ class Uploader:
             try:
                 return await self.streamer.finish(node, size, metadata)
             except FsError:
+                if stream.restored:
+                    etag = await self._completed_before_crash(node, stream, size)
+                    if etag is not None:
+                        return etag
                 if data.fully_local(size):  # start afresh next time; leave no upload behind
                     await self.streamer.abort(node)
                 raise
@@ -250,13 +280,53 @@ class Uploader:
         if stream.predicted and node.name == stream.origin_name:
             node.waiting_for_rename = stream.key
             raise RenamePending(node.path(), stream.key)
-        log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
-                    "there and copying", node.path(), key, stream.key)
         streamed_at = stream.key
+        if self.key_owner(streamed_at) not in (None, node):
+            raise FsError(errno.EBUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
+                                       "where another file is now; it stays in the cache")
+        log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
+                    "there and copying", node.path(), key, streamed_at)
         etag = await self.streamer.finish(node, size, metadata)
-        etag = await self.copy_object(RemoteObject(streamed_at, etag, size), key, metadata)
-        await self.store.delete(streamed_at)
-        return etag
+        # The complete object is this file's base from now on: should the copy fail, the next
+        # attempt reads evicted blocks from it (never zeros from the cache file's holes).
+        node.base = RemoteObject(streamed_at, etag, size)
+        data.reset_base(size)
+        node.stale_key = streamed_at
+        await self.checkpoint(node, durable=True)
+        return await self.copy_object(node.base, key, metadata)
+
+    async def _completed_before_crash(self, node: Node, stream, size: int) -> str | None:
+        """A journaled upload that fails to finish may have been completed just before the
+        crash: then its object is there, multipart and of the file's size."""
+        try:
+            info = await self.store.head(stream.key)
+        except FsError:
+            return None
+        if info.size != size or "-" not in info.etag:
+            return None
+        log.info("%s was completed before the crash; nothing left to upload", stream.key)
+        self.streamer.forget(node, stream)
+        await self.upload_ended(stream.upload_id)
+        return info.etag
+
+    async def delete_stale_key(self, node: Node) -> None:
+        """Remove the object a file left at a key it no longer has, unless another file is
+        there now. A failure is logged and retried in the background."""
+        try:
+            await self._delete_stale_key(node)
+        except FsError:
+            self.schedule(node, RETRY_MIN)
+
+    async def _delete_stale_key(self, node: Node) -> None:
+        stale, node.stale_key = node.stale_key, None
+        if stale is None or stale == node.key(self.prefix) or self.key_owner(stale) is not None:
+            return
+        try:
+            await self.store.delete(stale)
+        except FsError as exc:
+            node.stale_key = stale
+            log.warning("could not delete %s (left by %s): %s", stale, node.path(), exc)
+            raise
 
     def progress(self) -> list[dict]:
         now = trio.current_time()
