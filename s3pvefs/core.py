@@ -619,12 +619,13 @@ class FsCore:
         node = await self._child(parent, name)
         if node.is_dir:
             raise FsError(errno.EISDIR)
-        await self._delete_object(node)
+        await self._delete_object(node, parent, name)
         self._remove(parent, name, node)
 
-    async def _delete_object(self, node: Node) -> None:
+    async def _delete_object(self, node: Node, parent: Node, name: str) -> None:
         """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
         async with self.uploader.held(node):
+            _still_at(node, parent, name)
             await self.streamer.abort(node)
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
@@ -693,7 +694,11 @@ class FsCore:
     async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
                            target: Node | None) -> None:
         held = [node] if target is None else [node, target]
+        old_parent, old_name = node.parent, node.name
         async with self.uploader.held(*held):
+            _still_at(node, old_parent, old_name)
+            if new_parent.children.get(new_name) is not target:
+                raise FsError(errno.EAGAIN, "the target changed during the rename")
             if target is not None:
                 await self.streamer.abort(target)  # replaced: its upload must not land
             await self._move_file(node, new_parent, new_name, target)
@@ -813,6 +818,13 @@ class FsCore:
         used_blocks = min(total - 1, -(-used // STATFS_BLOCK))
         files = len(self.inodes)
         return StatFs(STATFS_BLOCK, total, total - used_blocks, files + 1_000_000, 1_000_000)
+
+
+def _still_at(node: Node, parent: Node, name: str) -> None:
+    """After waiting for a node's lock: it must still be where the operation found it (the
+    kernel serialises operations on one directory; this guards every other caller)."""
+    if node.unlinked or node.parent is not parent or node.name != name:
+        raise FsError(errno.ENOENT, f"{name} moved or vanished meanwhile")
 
 
 def _ancestors(node: Node):
