@@ -128,6 +128,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the mountpoint (or any path in the mount)")
     status.set_defaults(handler=cmd_status)
 
+    refresh = sub.add_parser(
+        "refresh",
+        help="forget cached listings and attributes (another host changed the bucket)",
+        description=(
+            "Make a running mount forget what it cached about directories and files at or "
+            "below PATH, so that objects another host wrote or deleted show at once instead of "
+            "after dir_ttl. Data not yet on S3 is kept. Exit status: 0; 2 the mount does not "
+            "answer."
+        ),
+    )
+    refresh.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
+                         help="the mountpoint, or a directory in the mount")
+    refresh.add_argument("path", metavar="PATH", nargs="?", default="",
+                         help="directory below the mountpoint (default: all of it)")
+    refresh.set_defaults(handler=cmd_refresh)
+
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -273,6 +289,23 @@ def cmd_sync(args: argparse.Namespace) -> int:
         return EXIT_UPLOAD_FAILED
     if failures or not answer.get("ok"):
         return EXIT_UPLOAD_FAILED
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from .control import ControlError, request
+
+    try:
+        mountpoint, relative = _locate(args.mountpoint)
+        path = "/".join(filter(None, [relative, args.path.strip("/")]))
+        answer = request(mountpoint, {"op": "refresh", "path": path}, STATUS_TIMEOUT)
+    except ControlError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    if not answer.get("ok"):
+        _error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return EXIT_CONFIG
+    print(f"{mountpoint}: forgot {answer['refreshed']} cached entries")
     return 0
 
 

@@ -8,6 +8,8 @@ line, and the connection ends.
         -> {"ok": true, "status": {...FsCore.status()...}}
     {"op": "sync", "path": "dump/x.vma.zst" or "", "timeout": seconds or null}
         -> {"ok": bool, "failures": {path: error}, "timed_out": bool, "pending": n}
+    {"op": "refresh", "path": "dump" or ""}
+        -> {"ok": true, "refreshed": n}
     anything else
         -> {"ok": false, "error": "..."}
 
@@ -176,7 +178,16 @@ class _Server:
                                         or not timeout >= 0):
                 return {"ok": False, "error": "bad request: timeout must be seconds >= 0 or null"}
             return await self._sync(path.strip("/"), timeout)
-        return {"ok": False, "error": f"unknown op {op!r} (expected 'status' or 'sync')"}
+        if op == "refresh":
+            path = request.get("path") or ""
+            if not isinstance(path, str):
+                return {"ok": False, "error": "bad request: path must be a string"}
+            try:
+                return {"ok": True, "refreshed": self.core.refresh(path.strip("/"))}
+            except FsError as exc:
+                return {"ok": False, "error": str(exc)}
+        return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync' or "
+                                     "'refresh')"}
 
     async def _sync(self, path: str, timeout: float | None) -> dict:
         job = _SyncJob()

@@ -197,6 +197,18 @@ class FsCore:
         finally:
             slots.release()
 
+    def refresh(self, path: str | None) -> int:
+        """Forget cached listings and attributes at or below ``path`` (another host changed
+        the bucket): the next access asks S3 again. Returns how many entries were dropped."""
+        count = 0
+        for node in walk(self._loaded_node(path or "")):
+            if node.is_dir:
+                self.dirs.invalidate(node)
+            elif not node.busy:
+                node.meta_loaded = False
+            count += 1
+        return count
+
     def node_at_key(self, key: str) -> Node | None:
         """The node this mount has at an object key (files only), if any."""
         if not key.startswith(self.prefix) or key.endswith("/"):

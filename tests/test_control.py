@@ -384,3 +384,17 @@ def test_sync_reports_a_failed_upload(mount_s3pvefs, s3_client, bucket):
     assert mount.unmount() == 0  # the final upload succeeds now that the bucket is back
     stored = s3_client.get_object(Bucket=bucket, Key="pve/dump/doomed.log")
     assert stored["Body"].read() == b"data that cannot be uploaded"
+
+
+def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, bucket):
+    mount = mount_s3pvefs("--dir-ttl", "3600")
+    dump = mount.path / "dump"
+    assert os.listdir(dump) == []
+    s3_client.put_object(Bucket=bucket, Key="pve/dump/from-node-b.log", Body=b"hello")
+    assert os.listdir(dump) == []  # the listing is trusted for an hour
+    result = subprocess.run([sys.executable, "-m", "s3pvefs", "refresh", str(mount.path), "dump"],
+                            capture_output=True, text=True, env=mount.env)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(dump) == ["from-node-b.log"]
+    assert (dump / "from-node-b.log").read_bytes() == b"hello"
+    assert mount.unmount() == 0
