@@ -183,10 +183,12 @@ class BlockCache:
             freed += await cached_file.evict_clean(wanted - freed)
         return freed
 
-    async def trim(self) -> None:
-        """After a read filled blocks: back under the limit where clean blocks allow."""
-        if self.used_bytes > self.size_limit:
-            await self.evict(self.used_bytes - self.size_limit)
+    async def trim(self, incoming: int = 0) -> None:
+        """Make room for ``incoming`` bytes fetched for reading (best effort: reads never
+        wait for uploads), dropping clean blocks."""
+        excess = self.used_bytes + incoming - self.size_limit
+        if excess > 0:
+            await self.evict(excess)
 
 
 class CachedFile:
@@ -342,6 +344,7 @@ class CachedFile:
     async def install_run(self, first_block: int, count: int, payload: bytes) -> None:
         """Store blocks fetched from S3 (``payload`` starts at ``first_block``), except those
         written or truncated away meanwhile."""
+        await self.cache.trim(count * self.block_size)
         async with self.write_lock:
             writes = []
             for block in range(first_block, first_block + count):
@@ -355,7 +358,6 @@ class CachedFile:
                 await self._io(self._pwrite_many, writes)
                 for start, _ in writes:
                     self._add_cached(start // self.block_size)
-        await self.cache.trim()
 
     def _pwrite_many(self, writes: list[tuple[int, bytes]]) -> None:
         for offset, data in writes:
