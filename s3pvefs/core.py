@@ -41,6 +41,7 @@ class Handle:
     next_offset: int = 0
     sequential_bytes: int = 0
     window: int = 0
+    requested_end: int = 0  # readahead asked for everything before this offset
     readahead: set = field(default_factory=set)  # cancel scopes of its prefetches
 
 
@@ -61,7 +62,7 @@ class FsCore:
         self.store = store
         self.cache = cache
         self.inodes = InodeTable()
-        self.reader = BlockReader(store, config.max_connections)
+        self.reader = BlockReader(store, config.max_connections, config.part_size)
         self.uploader = Uploader(store, self.reader, config)
         self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
                                 self.default_attributes, config.max_connections)
@@ -487,7 +488,6 @@ class FsCore:
         node.data_changed()  # even an empty new file becomes an object
         self._insert(parent, name, node)
         handle = self._open_handle(node, flags)
-        await self.checkpoint(node)
         return handle, self.remember(node)
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
@@ -537,13 +537,18 @@ class FsCore:
         if offset == handle.next_offset:
             handle.sequential_bytes += length
         else:
-            handle.sequential_bytes, handle.window = 0, 0
+            handle.sequential_bytes = handle.window = handle.requested_end = 0
         handle.next_offset = offset + length
         if handle.sequential_bytes < data.block_size:
             return
         handle.window = min(self.config.readahead_max, max(2 * data.block_size, handle.window * 2))
-        self.reader.prefetch(data, handle.node.base, offset + length, handle.window,
-                             handle.readahead)
+        # Ask for more only when what was asked for runs low, and then for a large stretch:
+        # a window that slid one block per read would make one small GET per block.
+        position, target = offset + length, offset + length + handle.window
+        start = max(handle.requested_end, position)
+        if target - start >= min(self.reader.max_range, handle.window // 2):
+            self.reader.prefetch(data, handle.node.base, start, target - start, handle.readahead)
+            handle.requested_end = target
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handle(fh)
@@ -608,8 +613,8 @@ class FsCore:
                 if node.lookups <= 0:
                     self.inodes.drop(node)
             return
-        if handle.writable and node.write_handles == 0:
-            await self.checkpoint(node)  # now "closed": publish it if the mount restarts
+        if handle.writable and node.write_handles == 0 and node.journal_id is None:
+            await self.checkpoint(node)  # flush journaled it already, unless it failed
         if node.open_count == 0 and node.data is not None:
             node.data.release_fd()
         self._after_change(node)
@@ -733,7 +738,9 @@ class FsCore:
         node.ctime_ns = now_ns()
         if had_object:
             node.stale_key = old_key
-        await self.checkpoint(node, durable=True)
+        # Durable before the old object is deleted (the journal must know the new key then);
+        # without one, an old record still keeps the data safe.
+        await self.checkpoint(node, durable=had_object)
 
     async def _carry_base(self, node: Node, new_key: str) -> bool:
         """Make the file's remote data available at ``new_key``; True if copied there.

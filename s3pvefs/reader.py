@@ -1,6 +1,6 @@
 """Fills blocks that are not cached with ranged GETs of the file's remote object.
 
-Contiguous missing blocks are fetched with one GET (up to ``MAX_RANGE``); a block being fetched
+Contiguous missing blocks are fetched with one GET (up to ``max_range``, the part size); a block being fetched
 is shared by every reader that needs it. Readahead (``prefetch``) runs in the background in the
 reader's nursery, under cancel scopes that the file's handle cancels on release.
 """
@@ -20,12 +20,10 @@ from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-MAX_RANGE = 8 * MiB  # bytes one GET asks for at most
-
-
 class BlockReader:
-    def __init__(self, store: ObjectStore, max_parallel: int):
+    def __init__(self, store: ObjectStore, max_parallel: int, max_range: int = 16 * MiB):
         self.store = store
+        self.max_range = max_range  # bytes one GET asks for at most
         self.limiter = trio.CapacityLimiter(max_parallel)
         # (cache file, block) -> event set when the fetch holding that block ended.
         self._in_flight: dict[tuple[int, int], trio.Event] = {}
@@ -76,7 +74,7 @@ class BlockReader:
 
     def _claim(self, data: CachedFile, blocks: list[int]):
         """Split blocks into runs to fetch (now claimed by the caller) and fetches to wait for."""
-        per_run = max(1, MAX_RANGE // data.block_size)
+        per_run = max(1, self.max_range // data.block_size)
         runs: list[tuple[list[int], trio.Event]] = []
         waits: set[trio.Event] = set()
         for block in sorted(blocks):
