@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from . import __version__
+from .config import human_size
 from .errors import ConfigError, S3PveFsError
 
 if TYPE_CHECKING:
@@ -802,7 +803,7 @@ class Bench:
         gib = size / GiB
 
         # Baseline: a direct multipart upload of the same bytes.
-        say(f"  baseline: direct multipart upload ({_fmt(self.part_size)} parts, "
+        say(f"  baseline: direct multipart upload ({human_size(self.part_size)} parts, "
             f"{self.concurrency} in parallel)")
         base_key = self.key("baseline/w1.vma.zst")
         before = self.baseline_counters()
@@ -852,7 +853,7 @@ class Bench:
         result.add("CPU seconds per GiB", "s/GiB", cpu / gib, base_cpu / gib, "lower",
                    note="mount process vs the benchmark's own client")
         result.add("peak cache usage", "MiB", state.get("cache_peak_bytes", 0) / MiB, None,
-                   note=f"limit {_fmt(self.config.cache_size)}")
+                   note=f"limit {human_size(self.config.cache_size)}")
         result.details.update({
             "size_bytes": size, "dd_seconds": dd_seconds,
             "dd_MiB_per_s": size / MiB / dd_seconds,
@@ -881,7 +882,7 @@ class Bench:
                 + (f"; the read stops after {self.time_limit:.0f} s (--read-time-limit)"
                    if self.time_limit else ""))
 
-        say(f"  baseline: direct parallel ranged download ({_fmt(self.part_size)} ranges, "
+        say(f"  baseline: direct parallel ranged download ({human_size(self.part_size)} ranges, "
             f"{self.concurrency} in parallel)")
         before = self.baseline_counters()
         started = time.perf_counter()
@@ -1149,9 +1150,9 @@ class Bench:
     def run(self, workloads: list[str]) -> dict[str, WorkloadResult]:
         results: dict[str, WorkloadResult] = {}
         baselines = {
-            "W1": f"direct multipart upload, {_fmt(self.part_size)} parts, "
+            "W1": f"direct multipart upload, {human_size(self.part_size)} parts, "
                   f"{self.concurrency} in parallel",
-            "W2": f"direct ranged GETs of {_fmt(self.part_size)}, {self.concurrency} in parallel",
+            "W2": f"direct ranged GETs of {human_size(self.part_size)}, {self.concurrency} in parallel",
             "W3": "one direct ranged GET of the shortest prefix the command needs",
             "W4": "direct ListObjectsV2 + GET of each notes file; statvfs of the cache disk",
             "W5": "the same operations on the cache directory's disk",
@@ -1315,13 +1316,6 @@ def _make_vma_zst(path: Path, payload: int) -> None:
     _zstd_into(path, write)
 
 
-def _fmt(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:g} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 # -- machine, table, json -----------------------------------------------------------------------
@@ -1412,10 +1406,10 @@ def format_header(report: dict[str, Any]) -> str:
     return (
         f"s3pvefs {report['s3pvefs_version']}"
         f"{' (' + report['commit'] + ')' if report.get('commit') else ''} bench, "
-        f"size {_fmt(settings['size_bytes'])}, part size {_fmt(settings['part_size'])}, "
+        f"size {human_size(settings['size_bytes'])}, part size {human_size(settings['part_size'])}, "
         f"upload concurrency {settings['upload_concurrency']}, "
         f"max connections {settings['max_connections']}, "
-        f"cache {_fmt(settings['cache_size'])}\n"
+        f"cache {human_size(settings['cache_size'])}\n"
         f"machine: {m.get('nproc')} CPUs ({m.get('cpu', '?')}), {memory:.1f} GiB, "
         f"Linux {m.get('kernel')}, Python {m.get('python')}, load average before the run "
         f"{' '.join(str(x) for x in m.get('loadavg_before_run', []))}\n"
@@ -1546,7 +1540,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.profile is not None:
             profile_dir = args.profile.resolve()
             profile_dir.mkdir(parents=True, exist_ok=True)
-        say(f"s3pvefs bench: {', '.join(workloads)}, size {_fmt(size)}, "
+        say(f"s3pvefs bench: {', '.join(workloads)}, size {human_size(size)}, "
             f"server {server['endpoint']}, work dir {workdir}")
         bench = Bench(config, size, workdir, env, server, profile_dir)
         bench.config_file = args.config.resolve() if args.config else None

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__
+from .config import human_size
 from .errors import ConfigError
 
 log = logging.getLogger("s3pvefs.cli")
@@ -337,16 +338,16 @@ def _format_status(mountpoint: Path, status: dict) -> str:
     lines = [
         f"{mountpoint}",
         f"  not on S3 yet:  {status.get('dirty_files', 0)} file(s), "
-        f"{_size(status.get('dirty_bytes', 0))} dirty in the cache",
-        f"  cache:          {_size(status.get('cache_used_bytes', 0))} used of "
-        f"{_size(status.get('cache_limit_bytes', 0))}",
+        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache",
+        f"  cache:          {human_size(status.get('cache_used_bytes', 0))} used of "
+        f"{human_size(status.get('cache_limit_bytes', 0))}",
         f"  uploading:      {len(uploads)} file(s)",
     ]
     for upload in uploads:
         total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
         percent = 100.0 * done / total if total else 100.0
         rate = upload.get("bytes_per_second", 0) / 1024**2
-        lines.append(f"    {upload.get('path')}  {percent:5.1f}% of {_size(total)}  "
+        lines.append(f"    {upload.get('path')}  {percent:5.1f}% of {human_size(total)}  "
                      f"{rate:.1f} MiB/s")
     lines.append(f"  upload errors:  {len(errors)}")
     for error in errors:
@@ -354,13 +355,6 @@ def _format_status(mountpoint: Path, status: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _size(count: float) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

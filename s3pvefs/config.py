@@ -496,6 +496,16 @@ def _normalise_prefix(prefix: str, label: str) -> str:
     return stripped
 
 
+def human_size(count: float) -> str:
+    """A byte count for people: "512 B", "16.0 MiB", "1.5 GiB"."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
 def _fmt_size(n: int) -> str:
     for unit, factor in (("PiB", PiB), ("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
         if n >= factor and n % factor == 0:
