@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .attrindex import DIRECTORY_ETAG, AttributeIndex, host_id
 from .blockcache import BlockCache, CachedFile
 from .journal import Journal, block_runs
 from .config import Config
@@ -73,6 +74,9 @@ class FsCore:
         self.root.meta_loaded = True
         self.streamer = self.uploader.streamer
         self.uploader.dirty_nodes = self.dirty_nodes
+        self.attr_index = AttributeIndex(store, self.prefix, host_id(cache.cache_dir),
+                                         self.default_attributes)
+        self.dirs.attr_index = self.uploader.attr_index = self.attr_index
         self.journal = Journal(cache.cache_dir)
         self.journal.open()
         self.uploader.journal = self.journal
@@ -317,6 +321,7 @@ class FsCore:
             node.gid = gid
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
+            node.mtime_explicit = True
         node.ctime_ns = now_ns()
         if any(v is not None for v in (mode, uid, gid, mtime_ns)):
             await self._publish_attributes(node)
@@ -327,7 +332,8 @@ class FsCore:
     async def _publish_attributes(self, node: Node) -> None:
         if node.is_dir:
             if node.parent is not None:  # the root has no marker
-                await self.store.put(node.key(self.prefix), b"", encode_attributes(node.attributes()))
+                await self.store.put(node.key(self.prefix), b"", self.uploader.metadata_of(node))
+                await self.attr_index.publish(node, DIRECTORY_ETAG)
             return
         node.attributes_changed()
         await self.checkpoint(node)
@@ -408,12 +414,14 @@ class FsCore:
         key = node.key(self.prefix)
         try:
             check_key_length(key)
-            await self.store.put(key, b"", encode_attributes(attrs))
+            await self.store.put(key, b"", self.uploader.metadata_of(node))
         except BaseException:
             self.inodes.drop(node)
             raise
         node.meta_loaded = True
         node.listed_at = trio.current_time()  # new and empty: nothing to list
+        self.attr_index.read_none(key)
+        await self.attr_index.publish(node, DIRECTORY_ETAG)
         self._insert(parent, name, node)
         return node
 
@@ -424,6 +432,7 @@ class FsCore:
             raise FsError(errno.ENOTDIR)
         await self._check_empty(node)
         await self.store.delete(node.key(self.prefix))
+        await self.attr_index.forget(parent.key(self.prefix), name + "/")
         self._remove(parent, name, node)
 
     async def _check_empty(self, directory: Node) -> None:
@@ -637,6 +646,7 @@ class FsCore:
         if node.is_dir:
             raise FsError(errno.EISDIR)
         await self._delete_object(node, parent, name)
+        await self.attr_index.forget(parent.key(self.prefix), name)
         self._remove(parent, name, node)
 
     async def _delete_object(self, node: Node, parent: Node, name: str) -> None:
@@ -658,7 +668,7 @@ class FsCore:
         body = target.encode("utf-8", "surrogateescape")
         try:
             check_key_length(key)
-            etag = await self.store.put(key, body, encode_attributes(node.attributes()))
+            etag = await self.store.put(key, body, self.uploader.metadata_of(node))
         except BaseException:
             self.inodes.drop(node)
             raise
@@ -666,6 +676,7 @@ class FsCore:
         node.size = len(body)
         node.base = RemoteObject(key, etag, len(body))
         node.remote_maybe = node.meta_loaded = True
+        await self.attr_index.publish_uploaded(node, key, etag)
         self._insert(parent, name, node)
         return self.remember(node)
 
@@ -730,6 +741,7 @@ class FsCore:
         journal the new key; the old object is deleted after that (``stale_key``), so that
         a failure or a crash never loses the only copy."""
         old_key = node.key(self.prefix)
+        old_dir_key, old_name = node.parent.key(self.prefix), node.name
         had_object = node.remote_maybe or node.base is not None
         copied = await self._carry_base(node, new_parent.key(self.prefix) + new_name)
         target_on_s3 = target is not None and (target.remote_maybe or target.base is not None)
@@ -741,6 +753,9 @@ class FsCore:
         # Durable before the old object is deleted (the journal must know the new key then);
         # without one, an old record still keeps the data safe.
         await self.checkpoint(node, durable=had_object)
+        await self.attr_index.forget(old_dir_key, old_name)
+        if copied:
+            await self.attr_index.publish_uploaded(node, node.base.key, node.base.etag)
 
     async def _carry_base(self, node: Node, new_key: str) -> bool:
         """Make the file's remote data available at ``new_key``; True if copied there.
@@ -755,7 +770,7 @@ class FsCore:
             node.base = None
             data.reset_base(0)
             return False
-        metadata = encode_attributes(node.attributes())
+        metadata = self.uploader.metadata_of(node)
         etag = await self.uploader.copy_object(node.base, new_key, metadata)
         node.base = RemoteObject(new_key, etag, node.base.size)
         node.uploaded_meta_gen = node.meta_gen
@@ -779,11 +794,15 @@ class FsCore:
         keep = {new_prefix} if target is not None else set()  # the target's own marker
         new_etags = await self._copy_tree(objects, old_prefix, new_prefix, keep)
         if old_prefix not in {obj.key for obj in objects}:
-            await self.store.put(new_prefix, b"", encode_attributes(node.attributes()))
+            await self.store.put(new_prefix, b"", self.uploader.metadata_of(node))
         await self.store.delete_many([obj.key for obj in objects])
+        old_parent_key, old_name = node.parent.key(self.prefix), node.name
         self._move(node, new_parent, new_name, target)
         for descendant in loaded:
             self._rebase(descendant, old_prefix, new_prefix, new_etags)
+        self.attr_index.moved(old_prefix)  # the index objects moved with the other keys
+        await self.attr_index.forget(old_parent_key, old_name + "/")
+        await self.attr_index.publish(node, DIRECTORY_ETAG)
 
     async def _copy_tree(self, objects, old_prefix: str, new_prefix: str,
                          keep: set[str]) -> dict[str, str]:

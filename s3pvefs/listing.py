@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import trio
 
 from .errors import FsError
-from .names import Attributes, SkippedKeys, decode_attributes, listing_name
+from .names import INDEX_PREFIX, META_MTIME, Attributes, SkippedKeys, decode_attributes, listing_name
 from .nodes import InodeTable, Node, RemoteObject, next_change
 from .store import ObjectInfo, ObjectStore
 
@@ -40,6 +40,7 @@ class Directories:
         self.skipped = SkippedKeys()
         self.limiter = trio.CapacityLimiter(max_parallel)
         self._refreshing: set[Node] = set()
+        self.attr_index = None  # attrindex.AttributeIndex, set by the core
 
     # -- listings ---------------------------------------------------------------------------
 
@@ -65,10 +66,26 @@ class Directories:
                 return
             started = trio.current_time()
             start_seq = next_change()
-            objects, prefixes = await self._list_directory(directory.key(self.prefix))
+            dir_key = directory.key(self.prefix)
+            objects, prefixes = await self._list_directory(dir_key)
             self._merge(directory, objects, prefixes, start_seq)
+            await self._apply_index(directory, dir_key, objects)
             directory.listed_at = started
             directory.forget_removals_before(start_seq)
+
+    async def _apply_index(self, directory: Node, dir_key: str, objects) -> None:
+        """Attributes of the listed entries from the directory's attribute indexes: defaults
+        where no entry is, HEAD only where an entry is pending or for another version."""
+        index_keys = [o.key for o in objects
+                      if o.key.startswith(dir_key + INDEX_PREFIX) and "/" not in o.key[len(dir_key):]]
+        entries = await self.attr_index.read(dir_key, index_keys) if index_keys else {}
+        if not index_keys:
+            self.attr_index.read_none(dir_key)
+        for name, child in directory.children.items():
+            if child.meta_loaded or child.busy or child.unlinked:
+                continue
+            if self.attr_index.apply(child, entries.get(name + ("/" if child.is_dir else ""))):
+                child.meta_loaded = True
 
     def _refresh_in_background(self, directory: Node) -> None:
         if directory.listing_lock.locked() or directory in self._refreshing:
@@ -143,6 +160,8 @@ class Directories:
             if name is None or obj.key.endswith("/"):
                 self.skipped.warn(obj.key, "its name cannot be shown in a directory tree")
                 continue
+            if name.startswith(INDEX_PREFIX):
+                continue  # an attribute index, not a file (see attrindex.py)
             seen[name] = obj
         for common_prefix in prefixes:
             name = listing_name(dir_key, common_prefix)
@@ -233,6 +252,7 @@ class Directories:
             attrs = self.defaults(kind, attrs.mtime_ns)  # metadata that contradicts the key
         node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
         node.mtime_ns = node.ctime_ns = attrs.mtime_ns
+        node.mtime_explicit = META_MTIME in (info.metadata or {})
 
     async def load_many(self, nodes: list[Node]) -> None:
         async with trio.open_nursery() as nursery:

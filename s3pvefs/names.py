@@ -32,6 +32,9 @@ PROXMOX_DIRS = (
     "template/cache",
 )
 
+# Per-directory attribute index objects (attrindex.py): hidden from listings, reserved names.
+INDEX_PREFIX = ".s3pvefs-attrs."
+
 # x-amz-meta-* names; the same ones s3fs uses, so both tools agree on attributes.
 META_MODE = "mode"
 META_UID = "uid"
@@ -55,6 +58,8 @@ def name_from_kernel(raw: bytes) -> str:
         raise FsError(errno.EINVAL, "name is not valid UTF-8") from None
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise FsError(errno.EINVAL, f"invalid name {name!r}")
+    if name.startswith(INDEX_PREFIX):
+        raise FsError(errno.EPERM, f"{name!r}: names starting with {INDEX_PREFIX} are reserved")
     return name
 
 

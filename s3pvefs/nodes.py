@@ -52,8 +52,9 @@ class Node:
         self.lookups = 0  # the kernel's references (lookup, create, readdirplus minus forget)
         self.changed_seq = next_change()
         self.unlinked = False
-        # Attributes known from the object's metadata (HEAD or our own write), not defaults.
+        # Attributes known (metadata, attribute index or our own write), not listing defaults.
         self.meta_loaded = False
+        self.mtime_explicit = False  # set by utime: kept in metadata; else LastModified is it
         # -- directories --
         self.children: dict[str, Node] = {}
         self.listed_at: float | None = None  # trio.current_time() of the listing's start

@@ -164,8 +164,7 @@ class Streamer:
         head = await node.data.read(0, MAGIC_BYTES)
         stream.key = self._target_key(node, head)
         stream.predicted = stream.key != node.key(self.prefix)
-        # No mtime: until attributes are set explicitly, S3's LastModified (the completion) is it.
-        metadata = self.uploader.metadata_of(node, with_mtime=False)
+        metadata = self.uploader.metadata_of(node)
         stream.meta_gen = node.meta_gen  # attributes changed later need a copy afterwards
         stream.upload_id = await self._retrying(
             lambda: self.store.create_multipart(stream.key, metadata), stream, "start")

@@ -19,6 +19,7 @@ from .errors import FsError, RenamePending, StoreError, first_fs_error
 from .names import check_key_length, encode_attributes
 from .nodes import Node, RemoteObject
 from .reader import BlockReader
+from .attrindex import PENDING
 from .streaming import Streamer
 from .store import ObjectStore
 
@@ -59,6 +60,7 @@ class Uploader:
         self.journal = None  # set by the core: multipart uploads in flight are listed there
         self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
         self.key_owner = lambda key: None  # set by the core: the node at a key, if any
+        self.attr_index = None  # set by the core: attrindex.AttributeIndex
 
     # -- background worker ------------------------------------------------------------------
 
@@ -214,6 +216,8 @@ class Uploader:
             data.pins += 1
             data.low_water = size
         node.remote_maybe = True
+        if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
+            await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time())
         try:
             if node.stream is not None:
@@ -238,6 +242,8 @@ class Uploader:
             data.reset_base(min(size, data.low_water))
             data.mark_clean(snapshot)
         log.info("uploaded %s (%d bytes)", key, size)
+        if self.attr_index is not None:
+            await self.attr_index.publish_uploaded(node, key, etag)
         await self.delete_stale_key(node)
         await self.checkpoint(node)  # clean now: the journal record goes
 
@@ -332,9 +338,12 @@ class Uploader:
         now = trio.current_time()
         return [p.report(now) for p in self._in_flight.values()] + self.streamer.progress(now)
 
-    def metadata_of(self, node: Node, with_mtime: bool = True) -> dict[str, str]:
+    @staticmethod
+    def metadata_of(node: Node) -> dict[str, str]:
+        """x-amz-meta-*: mode, uid, gid, and the mtime once it was set (utime); otherwise S3's
+        LastModified stands for it."""
         metadata = encode_attributes(node.attributes())
-        if not with_mtime:
+        if not node.mtime_explicit:
             metadata.pop("mtime")
         return metadata
 

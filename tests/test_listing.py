@@ -1,0 +1,83 @@
+"""Cheap listings through a real mount: Proxmox's listing sequence costs one ListObjectsV2 per
+1,000 keys plus one GET per notes file, no HEAD; warm, nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+
+
+def requests(mount) -> dict:
+    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
+                             str(mount.path)], capture_output=True, text=True, env=mount.env)
+    return json.loads(result.stdout)["requests"]
+
+
+def delta(after: dict, before: dict) -> dict:
+    return {op: n - before.get(op, 0) for op, n in after.items() if n - before.get(op, 0)}
+
+
+def proxmox_listing(dump) -> int:
+    """readdir, stat each entry, probe .notes and .protected, read the first notes line."""
+    notes_read = 0
+    for name in sorted(os.listdir(dump)):
+        os.stat(dump / name)
+        if name.endswith((".vma.zst", ".tar.zst")):
+            if (dump / f"{name}.notes").is_file():
+                with open(dump / f"{name}.notes") as notes:
+                    notes.readline()
+                notes_read += 1
+            (dump / f"{name}.protected").exists()
+    return notes_read
+
+
+def test_listing_300_backups_costs_no_head(mount_s3pvefs, s3_client, bucket):
+    for vmid in range(300):
+        name = f"pve/dump/vzdump-qemu-{100 + vmid}-2026_11_21-01_00_00.vma.zst"
+        s3_client.put_object(Bucket=bucket, Key=name, Body=b"x" * 100)
+        if vmid % 3 == 0:
+            s3_client.put_object(Bucket=bucket, Key=f"{name}.notes", Body=b"nightly\n")
+    mount = mount_s3pvefs("--dir-ttl", "600")
+    dump = mount.path / "dump"
+    before = requests(mount)
+    assert proxmox_listing(dump) == 100
+    cold = delta(requests(mount), before)
+    assert cold == {"ListObjectsV2": 1, "GetObject": 100}, cold
+
+    before = requests(mount)
+    assert proxmox_listing(dump) == 100
+    assert delta(requests(mount), before) == {}  # warm: answered from the caches
+    assert mount.unmount() == 0
+
+
+def test_attributes_come_back_without_head(mount_s3pvefs, s3_client, bucket):
+    mount = mount_s3pvefs()
+    snippets = mount.path / "snippets"
+    (snippets / "hook.pl").write_text("#!/usr/bin/perl\n")
+    os.chmod(snippets / "hook.pl", 0o755)
+    (snippets / "plain.txt").write_text("plain\n")
+    (mount.path / "images" / "100").mkdir(mode=0o700)
+    assert mount.unmount() == 0
+
+    other = mount_s3pvefs()  # another cache directory: another host's view
+    before = requests(other)
+    assert stat.S_IMODE((other.path / "snippets" / "hook.pl").stat().st_mode) == 0o755
+    assert stat.S_IMODE((other.path / "snippets" / "plain.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((other.path / "images" / "100").stat().st_mode) == 0o700
+    used = delta(requests(other), before)
+    assert "HeadObject" not in used, used
+    # the index says so as long as it describes the object: a change by another tool
+    s3_client.copy_object(Bucket=bucket, Key="pve/snippets/hook.pl", MetadataDirective="REPLACE",
+                          CopySource={"Bucket": bucket, "Key": "pve/snippets/hook.pl"},
+                          Metadata={"mode": str(stat.S_IFREG | 0o750)})
+    assert other.unmount() == 0
+    third = mount_s3pvefs()
+    assert stat.S_IMODE((third.path / "snippets" / "hook.pl").stat().st_mode) == 0o750
+    assert third.unmount() == 0
