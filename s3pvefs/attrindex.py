@@ -92,19 +92,24 @@ class AttributeIndex:
         """Give a listed node its attributes from the index; False when a HEAD must decide."""
         etag = DIRECTORY_ETAG if node.is_dir else (node.base.etag if node.base else None)
         listed_second = node.mtime_ns // 1_000_000_000  # LastModified, from the listing
-        for entry in entries or []:
-            # A copy onto itself (another tool changing metadata) keeps the ETag of a
-            # single-part object but not its LastModified.
-            if entry.get("etag") == etag and entry.get("modified_s") in (None, listed_second):
-                try:
-                    attrs = _attributes(entry, node)
-                except (KeyError, TypeError, ValueError):
-                    return False
-                node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
-                node.mtime_ns = node.ctime_ns = attrs.mtime_ns
-                node.mtime_explicit = entry.get("mtime_ns") is not None
-                return True
-        return not entries  # no entry: the defaults are right; a stale one: ask the object
+        # A copy onto itself (a metadata change) keeps the ETag of a single-part object but
+        # not its LastModified; entries of two hosts that still both match (within one
+        # second) and disagree leave the answer to the object's own metadata.
+        matching = [entry for entry in entries or []
+                    if entry.get("etag") == etag
+                    and entry.get("modified_s") in (None, listed_second)]
+        if len({json.dumps(e, sort_keys=True) for e in matching}) > 1:
+            return False
+        if not matching:
+            return not entries  # no entry: the defaults are right; a stale one: ask the object
+        try:
+            attrs = _attributes(matching[0], node)
+        except (KeyError, TypeError, ValueError):
+            return False
+        node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
+        node.mtime_ns = node.ctime_ns = attrs.mtime_ns
+        node.mtime_explicit = matching[0].get("mtime_ns") is not None
+        return True
 
     # -- writing ------------------------------------------------------------------------------
 

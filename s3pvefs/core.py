@@ -430,18 +430,22 @@ class FsCore:
         node = await self._child(parent, name)
         if not node.is_dir:
             raise FsError(errno.ENOTDIR)
-        await self._check_empty(node)
-        await self.store.delete(node.key(self.prefix))
+        leftovers = await self._check_empty(node)
+        await self.store.delete_many(leftovers)  # the marker and any attribute indexes
         await self.attr_index.forget(parent.key(self.prefix), name + "/")
         self._remove(parent, name, node)
 
-    async def _check_empty(self, directory: Node) -> None:
+    async def _check_empty(self, directory: Node) -> list[str]:
+        """ENOTEMPTY unless the directory is empty here and on S3 (a listing may be up to
+        dir_ttl old); returns its marker and attribute-index keys."""
         await self.dirs.ensure_listed(directory)
         if any(not child.unlinked for child in directory.children.values()):
             raise FsError(errno.ENOTEMPTY)
-        if await self.dirs.has_remote_children(directory):  # a listing may be up to dir_ttl old
+        leftovers = await self.dirs.remote_leftovers(directory)
+        if leftovers is None:
             self.dirs.invalidate(directory)
             raise FsError(errno.ENOTEMPTY)
+        return leftovers
 
     async def _check_free(self, parent: Node, name: str, is_dir: bool = False) -> None:
         await self.dirs.ensure_listed(parent)

@@ -128,11 +128,16 @@ class Directories:
             if not token:
                 return objects
 
-    async def has_remote_children(self, directory: Node) -> bool:
-        """Ask S3 directly whether anything but the marker lies below a directory."""
+    async def remote_leftovers(self, directory: Node) -> list[str] | None:
+        """Ask S3 directly what lies below a directory: None if anything but its marker and
+        attribute indexes, else those keys (what rmdir deletes)."""
         dir_key = directory.key(self.prefix)
-        page = await self.store.list_page(dir_key, None, None, max_keys=2)
-        return any(obj.key != dir_key for obj in page.objects)
+        page = await self.store.list_page(dir_key, None, None, max_keys=20)
+        keys = [obj.key for obj in page.objects]
+        own = [k for k in keys if k == dir_key or k.startswith(dir_key + INDEX_PREFIX)]
+        if len(own) != len(keys) or page.next_token:
+            return None
+        return own or [dir_key]
 
     def _merge(self, directory: Node, objects, prefixes, start_seq: int) -> None:
         dir_key = directory.key(self.prefix)
