@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import json
 import itertools
 import logging
 import os
@@ -57,6 +58,8 @@ class BlockCache:
         self.disk_limiter = trio.CapacityLimiter(8)
         self._files: set[CachedFile] = set()
         self._kept: set[str] = set()
+        # Clean cache files an earlier mount left for reuse: object key -> record.
+        self._stored: dict[str, dict] = {}
         self._lock_fd: int | None = None
         self.used_blocks = 0  # cached blocks of every file
         self.peak_used_bytes = 0
@@ -82,6 +85,7 @@ class BlockCache:
             ) from None
         self._lock_fd = fd
         self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        self._load_stored()
 
     def close(self) -> None:
         """Close the cache files; the data of files still in the journal stays for the next
@@ -114,9 +118,60 @@ class BlockCache:
         """Keep an earlier run's cache file that recovery could not take over (for the admin)."""
         self._kept.add(file_id)
 
+    # -- clean data kept across remounts ---------------------------------------------------------
+    # At unmount, cache files of files that are entirely on S3 are listed in <cache>/clean/
+    # with the object's key, ETag and size; the next mount reuses one only for that very
+    # object version (so data changed by another host meanwhile is never served).
+
+    @property
+    def _clean_dir(self) -> Path:
+        return self.cache_dir / "clean"
+
+    def _load_stored(self) -> None:
+        self._clean_dir.mkdir(mode=0o700, exist_ok=True)
+        for path in self._clean_dir.glob("*.json"):
+            try:
+                record = json.loads(path.read_text())
+                blocks = {b for start, end in record["cached"] for b in range(start, end)}
+                if not (self.data_dir / record["id"]).exists():
+                    raise FileNotFoundError(record["id"])
+            except (OSError, ValueError, KeyError, TypeError):
+                path.unlink(missing_ok=True)
+                continue
+            path.unlink()  # used now or deleted with its data: never twice
+            record["blocks"] = blocks
+            self._stored[record["key"]] = record
+            self.blocks_added(len(blocks))
+
+    def store_clean(self, cached_file: CachedFile, key: str, etag: str, size: int) -> None:
+        """Keep a clean file's cached blocks for the next mount (called at unmount)."""
+        runs = _ranges(sorted(cached_file.cached), 1)
+        record = {"id": cached_file.file_id, "key": key, "etag": etag, "size": size,
+                  "cached": [[start, start + length] for start, length in runs]}
+        path = self._clean_dir / f"{cached_file.file_id}.json"
+        path.write_text(json.dumps(record))
+
+    def reuse_stored(self, key: str, etag: str, size: int) -> CachedFile | None:
+        """The cache file an earlier mount kept for exactly this object version, if any."""
+        record = self._stored.pop(key, None)
+        if record is None:
+            return None
+        if (record["etag"], record["size"]) != (etag, size):
+            self._drop_stored(record)
+            return None
+        cached_file = CachedFile(self, record["id"])
+        cached_file.cached = record["blocks"]  # already counted in used_blocks
+        self._files.add(cached_file)
+        return cached_file
+
+    def _drop_stored(self, record: dict) -> None:
+        (self.data_dir / record["id"]).unlink(missing_ok=True)
+        self.blocks_removed(len(record["blocks"]))
+
     def remove_unreferenced(self) -> None:
         """Delete cache files of an earlier run that no file took over."""
         live = {f.path.name for f in self._files} | self._kept
+        live |= {record["id"] for record in self._stored.values()}
         for path in self.data_dir.iterdir():
             if path.name not in live:
                 path.unlink(missing_ok=True)
@@ -177,6 +232,10 @@ class BlockCache:
     async def evict(self, wanted: int) -> int:
         """Drop clean blocks, least recently used files first; returns the bytes freed."""
         freed = 0
+        while freed < wanted and self._stored:  # kept from an earlier mount, unused so far
+            record = self._stored.pop(next(iter(self._stored)))
+            self._drop_stored(record)
+            freed += len(record["blocks"]) * self.block_size
         for cached_file in sorted(self._files, key=lambda f: f.last_used):
             if freed >= wanted:
                 break

@@ -468,9 +468,23 @@ class FsCore:
 
     def _data(self, node: Node) -> CachedFile:
         if node.data is None:
-            node.data = self.cache.new_file()
-            node.data.reset_base(node.base.size if node.base is not None else 0)
+            base = node.base
+            reused = base and self.cache.reuse_stored(base.key, base.etag, base.size)
+            node.data = reused or self.cache.new_file()
+            node.data.reset_base(base.size if base is not None else 0)
         return node.data
+
+    def keep_clean_data(self) -> None:
+        """At unmount: list the cached data of files entirely on S3 for the next mount."""
+        for node in self.inodes:
+            data, base = node.data, node.base
+            if (node.is_file and data is not None and base is not None and data.cached
+                    and not node.needs_upload and node.stream is None and not node.unlinked
+                    and base.key == node.key(self.prefix)):
+                try:
+                    self.cache.store_clean(data, base.key, base.etag, base.size)
+                except OSError as exc:
+                    log.warning("cannot keep the cached data of %s: %s", node.path(), exc)
 
     def _open_handle(self, node: Node, flags: int) -> int:
         writable = (flags & os.O_ACCMODE) != os.O_RDONLY

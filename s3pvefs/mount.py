@@ -45,7 +45,10 @@ async def _mount(config: Config, mountpoint: Path) -> int:
             core = FsCore(config, store, cache)
             await core.create_proxmox_dirs()
             await recover(core)
-            return await _serve(core, config, mountpoint)
+            try:
+                return await _serve(core, config, mountpoint)
+            finally:
+                core.keep_clean_data()
     finally:
         cache.close()
 

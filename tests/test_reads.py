@@ -95,3 +95,31 @@ def test_archived_object_gives_a_clear_error(mount_s3pvefs, s3_client, bucket):
     assert excinfo.value.errno == errno.EIO
     assert mount.unmount() == 0
     assert "restore it first" in mount.log()
+
+
+def gets(mount) -> int:
+    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
+                             str(mount.path)], capture_output=True, text=True, env=mount.env)
+    return json.loads(result.stdout)["requests"].get("GetObject", 0)
+
+
+def test_cached_data_survives_a_remount_unless_the_object_changed(mount_s3pvefs, s3_client,
+                                                                  bucket, tmp_path):
+    cache = tmp_path / "cache"
+    data = os.urandom(6 * MiB)
+    s3_client.put_object(Bucket=bucket, Key="pve/template/iso/a.iso", Body=data)
+    s3_client.put_object(Bucket=bucket, Key="pve/template/iso/b.iso", Body=data)
+    mount = mount_s3pvefs(cache_dir=cache)
+    for name in ("a.iso", "b.iso"):
+        assert (mount.path / "template" / "iso" / name).read_bytes() == data
+    assert mount.unmount() == 0
+
+    changed = os.urandom(6 * MiB)  # another host replaces b.iso meanwhile
+    s3_client.put_object(Bucket=bucket, Key="pve/template/iso/b.iso", Body=changed)
+    mount = mount_s3pvefs(cache_dir=cache)
+    before = gets(mount)
+    assert (mount.path / "template" / "iso" / "a.iso").read_bytes() == data
+    assert gets(mount) == before  # from the cache kept at unmount: no GET
+    assert (mount.path / "template" / "iso" / "b.iso").read_bytes() == changed
+    assert gets(mount) > before  # a new version: fetched, never the stale blocks
+    assert mount.unmount() == 0
