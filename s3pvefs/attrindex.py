@@ -24,6 +24,7 @@ import socket
 import stat
 
 import trio
+from cachetools import LRUCache
 
 from .errors import FsError
 from .names import INDEX_PREFIX, Attributes
@@ -52,7 +53,9 @@ class AttributeIndex:
         self.prefix = prefix
         self.host = host
         self.defaults = defaults  # (file type bits, mtime_ns) -> default Attributes
-        self._own: dict[str, dict[str, dict]] = {}  # dir key -> this host's entries
+        # dir key -> this mount's entries, for the directories it touched lately (bounded; one
+        # that falls out is read again from its index object before the next change)
+        self._own: LRUCache[str, dict[str, dict]] = LRUCache(maxsize=4096)
         self._locks: dict[str, trio.Lock] = {}
 
     def own_key(self, dir_key: str) -> str:

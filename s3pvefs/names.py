@@ -13,6 +13,8 @@ import stat
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
+from cachetools import LRUCache
+
 from .errors import FsError
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,13 @@ class SkippedKeys:
     """Warn once per key that the tree cannot show, instead of failing the listing."""
 
     def __init__(self) -> None:
-        self._warned: set[str] = set()
+        # Bounded: a bucket full of odd keys must not grow memory without end.
+        self._warned: LRUCache[str, bool] = LRUCache(maxsize=100_000)
 
     def warn(self, key: str, why: str) -> None:
         if key in self._warned:
             return
-        self._warned.add(key)
+        self._warned[key] = True
         log.warning("skipping S3 key %r: %s", key, why)
 
 
