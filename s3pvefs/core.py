@@ -571,7 +571,9 @@ class FsCore:
         handle.window = min(self.config.readahead_max, max(2 * data.block_size, handle.window * 2))
         # Ask for more only when what was asked for runs low, and then for a large stretch:
         # a window that slid one block per read would make one small GET per block.
-        position, target = offset + length, offset + length + handle.window
+        position = offset + length
+        stretch = self.reader.max_range  # whole aligned stretches: one GET each
+        target = -(-(position + handle.window) // stretch) * stretch
         start = max(handle.requested_end, position)
         if target - start >= min(self.reader.max_range, handle.window // 2):
             self.reader.prefetch(data, handle.node.base, start, target - start, handle.readahead)
