@@ -265,14 +265,12 @@ class CachedFile:
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
         self.streamed_len = 0  # bytes uploaded as parts of an unfinished multipart upload
-        self.in_flight_len = 0  # end of the parts being uploaded right now
         # Blocks at the start kept while streaming: formats such as qcow2 rewrite their header.
         self.pinned_blocks = 0
         self.low_water = 0  # smallest size since an upload took its snapshot
         self._generation = itertools.count(1)
         # Serialises changes of the cache file (writes, installs of fetched blocks, truncates).
         self.write_lock = trio.Lock()
-        self.pins = 0  # open handles and uploads that need the data kept
         self.busy: Counter[int] = Counter()  # blocks that reads and writes are working on
         self.last_used = time.monotonic()
 

@@ -21,8 +21,7 @@ from .journal import Journal, block_runs
 from .config import Config
 from .errors import FsError, StoreError, first_fs_error
 from .listing import Directories, walk
-from .names import (PROXMOX_DIRS, Attributes, check_key_length, encode_attributes,
-                    is_temporary_name)
+from .names import PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
 from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
 from .reader import BlockReader
 from .store import ObjectStore
@@ -136,7 +135,7 @@ class FsCore:
             record = self._journal_record(node)
             if durable:
                 await data.sync()  # the data the record vouches for first
-            await self.cache.run_io(self.journal.write, data.file_id, record, durable, None)
+            await self.cache.run_io(self.journal.write, data.file_id, record, durable)
             node.journal_id = data.file_id
 
     def _journal_record(self, node: Node) -> dict:
@@ -492,7 +491,6 @@ class FsCore:
         if writable:
             node.write_handles += 1
         data = self._data(node)
-        data.pins += 1
         data.keep_fd()
         handle = self._next_handle
         self._next_handle += 1
@@ -590,7 +588,7 @@ class FsCore:
         self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail
-            await self.cache.reserve(data, new_blocks, self.streamer.allowance(data),
+            await self.cache.reserve(data, new_blocks, self.streamer.allowance(node),
                                      can_wait=not node.unlinked)
         with data.in_use(offset, len(buf)):
             edges = self._partly_written_blocks(data, offset, len(buf))
@@ -632,8 +630,6 @@ class FsCore:
         node.open_count -= 1
         if handle.writable:
             node.write_handles -= 1
-        if node.data is not None:
-            node.data.pins -= 1
         if node.unlinked:
             if node.open_count == 0:
                 if node.data is not None:

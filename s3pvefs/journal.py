@@ -40,9 +40,8 @@ class Journal:
 
     # -- file records (called in worker threads) --------------------------------------------
 
-    def write(self, file_id: str, record: dict, durable: bool, data_fd: int | None) -> None:
-        if durable and data_fd is not None:
-            os.fsync(data_fd)  # the data the record points at first
+    def write(self, file_id: str, record: dict, durable: bool) -> None:
+        """Replace a file's record (its cache file was fsynced first when ``durable``)."""
         self._replace(self.dir / f"{file_id}.json", record, durable)
 
     def remove(self, file_id: str) -> None:

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import trio
 
-from .config import GiB, MiB
+from .config import GiB
 from .errors import FsError, first_fs_error
 from .names import MAGIC_BYTES, predict_final_name
 from .nodes import Node
@@ -125,9 +125,10 @@ class Streamer:
         for stream in self.streams:
             stream.wakeup.set()
 
-    def allowance(self, data) -> int:
+    def allowance(self, node: Node) -> int:
         """What a file being written may add past the cache limit: its next part."""
-        return self._part_size(data.in_flight_len, data)
+        next_offset = node.stream.next_offset if node.stream is not None else 0
+        return self._part_size(next_offset, node.data)
 
     def _part_size(self, offset: int, data) -> int:
         return stream_part_size(offset, self.min_part, data.block_size)
@@ -190,7 +191,7 @@ class Streamer:
             await self.uploader.part_slots.acquire()
             self._launch(stream, stream.next_number, offset, length)
             stream.next_number += 1
-            stream.next_offset = data.in_flight_len = offset + length
+            stream.next_offset = offset + length
 
     def _launch(self, stream: Stream, number: int, offset: int, length: int) -> None:
         stream.launched[number] = (offset, length)
@@ -280,7 +281,7 @@ class Streamer:
             node.stream = None
         self.streams.discard(stream)
         if node.data is not None:
-            node.data.streamed_len = node.data.in_flight_len = node.data.pinned_blocks = 0
+            node.data.streamed_len = node.data.pinned_blocks = 0
 
     async def _upload_remaining(self, stream: Stream, uploads) -> None:
         data = stream.node.data
@@ -357,7 +358,6 @@ class Streamer:
         stream.closing = True
         stream.finished.set()  # no pump: the writer is gone
         node.data.streamed_len = _contiguous_end(stream.parts)
-        node.data.in_flight_len = stream.next_offset
         self.streams.add(stream)
         return stream
 

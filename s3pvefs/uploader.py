@@ -213,7 +213,6 @@ class Uploader:
         snapshot = data.dirty_snapshot() if data is not None else {}
         metadata = self.metadata_of(node)
         if data is not None:
-            data.pins += 1
             data.low_water = size
         node.remote_maybe = True
         if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
@@ -233,8 +232,6 @@ class Uploader:
                 etag = await self._upload_whole(node, key, size, metadata)
         finally:
             self._in_flight.pop(node.ino, None)
-            if data is not None:
-                data.pins -= 1
         node.base = RemoteObject(key, etag, size)
         node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
         node.touch()  # a listing that started before this upload must not drop the file
