@@ -8,7 +8,9 @@ they read as whatever the cache file holds there: written data or zeros. Bytes b
 may be evicted, but cannot be read back from S3 until the upload completes.
 
 Space: the cache holds at most ``size_limit`` bytes of blocks, plus up to one part per file
-being written. Clean blocks are evicted (holes punched in their cache file) least recently used
+being written. A block is charged for the bytes it can hold on disk (a file's last, partial
+block only up to the file's end, in 4 KiB pages), so a thousand small notes files do not
+count as a thousand full blocks. Clean blocks are evicted (holes punched in their cache file) least recently used
 first; dirty blocks never are, so a writer waits in ``reserve`` until uploads make them clean.
 """
 
@@ -61,7 +63,7 @@ class BlockCache:
         # Clean cache files an earlier mount left for reuse: object key -> record.
         self._stored: dict[str, dict] = {}
         self._lock_fd: int | None = None
-        self.used_blocks = 0  # cached blocks of every file
+        self.used_bytes = 0  # charged bytes of the cached blocks of every file
         self.peak_used_bytes = 0
         self._space_freed = trio.Event()
         self.on_pressure = None  # called (no arguments) when a writer has to wait for uploads
@@ -108,9 +110,9 @@ class BlockCache:
         cached_file = CachedFile(self, file_id)
         if not cached_file.path.exists():
             raise FileNotFoundError(f"cache file {cached_file.path} is missing")
-        cached_file.cached = set(cached) | set(dirty)
+        for block in set(cached) | set(dirty):
+            cached_file.charge(block, self.block_size)
         cached_file.dirty = {block: 0 for block in dirty}
-        self.blocks_added(len(cached_file.cached))
         self._files.add(cached_file)
         return cached_file
 
@@ -139,13 +141,14 @@ class BlockCache:
                 path.unlink(missing_ok=True)
                 continue
             path.unlink()  # used now or deleted with its data: never twice
-            record["blocks"] = blocks
+            record["charges"] = {b: block_charge(self.block_size, record["size"] - b * self.block_size)
+                                 for b in blocks}
             self._stored[record["key"]] = record
-            self.blocks_added(len(blocks))
+            self.bytes_added(sum(record["charges"].values()))
 
     def store_clean(self, cached_file: CachedFile, key: str, etag: str, size: int) -> None:
         """Keep a clean file's cached blocks for the next mount (called at unmount)."""
-        runs = _ranges(sorted(cached_file.cached), 1)
+        runs = _ranges(sorted(cached_file.charges), 1)
         record = {"id": cached_file.file_id, "key": key, "etag": etag, "size": size,
                   "cached": [[start, start + length] for start, length in runs]}
         path = self._clean_dir / f"{cached_file.file_id}.json"
@@ -160,13 +163,13 @@ class BlockCache:
             self._drop_stored(record)
             return None
         cached_file = CachedFile(self, record["id"])
-        cached_file.cached = record["blocks"]  # already counted in used_blocks
+        cached_file.charges = record["charges"]  # already counted in used_bytes
         self._files.add(cached_file)
         return cached_file
 
     def _drop_stored(self, record: dict) -> None:
         (self.data_dir / record["id"]).unlink(missing_ok=True)
-        self.blocks_removed(len(record["blocks"]))
+        self.bytes_removed(sum(record["charges"].values()))
 
     def remove_unreferenced(self) -> None:
         """Delete cache files of an earlier run that no file took over."""
@@ -186,20 +189,16 @@ class BlockCache:
     # -- space -----------------------------------------------------------------------------
 
     @property
-    def used_bytes(self) -> int:
-        return self.used_blocks * self.block_size
-
-    @property
     def dirty_bytes(self) -> int:
         return sum(f.dirty_bytes for f in self._files)
 
-    def blocks_added(self, count: int) -> None:
-        self.used_blocks += count
+    def bytes_added(self, count: int) -> None:
+        self.used_bytes += count
         self.peak_used_bytes = max(self.peak_used_bytes, self.used_bytes)
 
-    def blocks_removed(self, count: int) -> None:
+    def bytes_removed(self, count: int) -> None:
         if count:
-            self.used_blocks -= count
+            self.used_bytes -= count
             self.space_freed()
 
     def space_freed(self) -> None:
@@ -235,7 +234,7 @@ class BlockCache:
         while freed < wanted and self._stored:  # kept from an earlier mount, unused so far
             record = self._stored.pop(next(iter(self._stored)))
             self._drop_stored(record)
-            freed += len(record["blocks"]) * self.block_size
+            freed += sum(record["charges"].values())
         for cached_file in sorted(self._files, key=lambda f: f.last_used):
             if freed >= wanted:
                 break
@@ -261,7 +260,7 @@ class CachedFile:
         self._fd: int | None = None
         self._io_running = 0
         self._close_wanted = False
-        self.cached: set[int] = set()
+        self.charges: dict[int, int] = {}  # cached block -> bytes charged to the cache for it
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
         self.streamed_len = 0  # bytes uploaded as parts of an unfinished multipart upload
@@ -277,8 +276,13 @@ class CachedFile:
     # -- state -----------------------------------------------------------------------------
 
     @property
+    def cached(self):
+        """The cached blocks (a read-only view)."""
+        return self.charges.keys()
+
+    @property
     def cached_bytes(self) -> int:
-        return len(self.cached) * self.block_size
+        return sum(self.charges.values())
 
     @property
     def dirty_bytes(self) -> int:
@@ -303,15 +307,25 @@ class CachedFile:
         """True when every byte of the file can be produced without the remote object."""
         return not any(self.needs_fetch(b) or self.unreadable(b) for b in self.blocks(0, size))
 
-    def _add_cached(self, block: int) -> None:
-        if block not in self.cached:
-            self.cached.add(block)
-            self.cache.blocks_added(1)
+    def charge(self, block: int, filled: int) -> None:
+        """Cache ``block``, holding data in its first ``filled`` bytes (charged in pages)."""
+        new = block_charge(self.block_size, filled)
+        old = self.charges.get(block, 0)
+        if new > old:
+            self.charges[block] = new
+            self.cache.bytes_added(new - old)
+
+    def uncharge(self, blocks) -> int:
+        """Forget cached blocks; returns the bytes that frees."""
+        freed = sum(self.charges.pop(block, 0) for block in blocks)
+        self.cache.bytes_removed(freed)
+        return freed
 
     def mark_written(self, offset: int, length: int) -> None:
         generation = next(self._generation)
+        end = offset + length
         for block in self.blocks(offset, length):
-            self._add_cached(block)
+            self.charge(block, end - block * self.block_size)
             self.dirty[block] = generation
         self.last_used = time.monotonic()
 
@@ -413,8 +427,8 @@ class CachedFile:
                 writes.append((start, payload[piece_start:piece_end]))
             if writes:
                 await self._io(self._pwrite_many, writes)
-                for start, _ in writes:
-                    self._add_cached(start // self.block_size)
+                for start, piece in writes:
+                    self.charge(start // self.block_size, len(piece))
 
     def _pwrite_many(self, writes: list[tuple[int, bytes]]) -> None:
         for offset, data in writes:
@@ -438,9 +452,8 @@ class CachedFile:
             first_gone = -(-new_size // self.block_size)
             gone = [b for b in self.cached if b >= first_gone]
             for block in gone:
-                self.cached.discard(block)
                 self.dirty.pop(block, None)
-            self.cache.blocks_removed(len(gone))
+            self.uncharge(gone)
 
     def reset_base(self, valid_len: int) -> None:
         """The remote object now holds the first ``valid_len`` bytes of this content."""
@@ -463,13 +476,14 @@ class CachedFile:
                 return 0
             # Not cached any more from now on: a reader fetches them again, and its install
             # waits for this lock, so it lands after the punch.
-            self.cached.difference_update(victims)
+            charged = {block: self.charges.pop(block) for block in victims}
             try:
                 await self._io(self._punch, _ranges(victims, self.block_size))
             except OSError as exc:
                 log.warning("cannot free cache space in %s: %s", self.path, exc)
-        self.cache.blocks_removed(len(victims))
-        return len(victims) * self.block_size
+        freed = sum(charged.values())
+        self.cache.bytes_removed(freed)
+        return freed
 
     def close(self) -> None:
         """Close the file descriptor (reopened when needed): one per open file, not per file
@@ -486,11 +500,18 @@ class CachedFile:
         except FileNotFoundError:
             pass
         self.release_fd()
-        self.cache.blocks_removed(len(self.cached))
-        self.cached.clear()
+        self.uncharge(list(self.charges))
         self.dirty.clear()
         self.cache.forget_file(self)
         self.cache.space_freed()
+
+
+PAGE = 4096
+
+
+def block_charge(block_size: int, filled: int) -> int:
+    """What a block holding data in its first ``filled`` bytes costs on disk: whole pages."""
+    return min(block_size, max(PAGE, -(-filled // PAGE) * PAGE))
 
 
 def _ranges(blocks: list[int], block_size: int) -> list[tuple[int, int]]:

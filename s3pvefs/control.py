@@ -183,7 +183,7 @@ class _Server:
             if not isinstance(path, str):
                 return {"ok": False, "error": "bad request: path must be a string"}
             try:
-                return {"ok": True, "refreshed": self.core.refresh(path.strip("/"))}
+                return {"ok": True, "refreshed": await self.core.refresh(path.strip("/"))}
             except FsError as exc:
                 return {"ok": False, "error": str(exc)}
         return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync' or "

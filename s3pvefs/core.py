@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
 TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
+# Small files fetched when their directory is listed: backup notes, logs, guest configs.
+PREFETCH_SUFFIXES = (".notes", ".log", ".conf", ".fw", ".cfg")
 
 
 @dataclass
@@ -82,6 +85,10 @@ class FsCore:
         self.uploader.checkpoint = self.checkpoint
         self.uploader.key_owner = self.node_at_key
         cache.on_pressure = self.uploader.relieve_pressure
+        self.dirs.on_listed = self._prefetch_small_files
+        self._listing_prefetches: set[trio.CancelScope] = set()
+        # Told which directories `refresh` dropped, so the kernel's caches can follow.
+        self.on_refresh: Callable[[set[int]], Awaitable[None]] | None = None
 
     def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
         permissions = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
@@ -201,16 +208,20 @@ class FsCore:
         finally:
             slots.release()
 
-    def refresh(self, path: str | None) -> int:
+    async def refresh(self, path: str | None) -> int:
         """Forget cached listings and attributes at or below ``path`` (another host changed
         the bucket): the next access asks S3 again. Returns how many entries were dropped."""
         count = 0
+        directories: set[int] = set()
         for node in walk(self._loaded_node(path or "")):
             if node.is_dir:
                 self.dirs.invalidate(node)
+                directories.add(node.ino)
             elif not node.busy:
                 node.meta_loaded = False
             count += 1
+        if self.on_refresh is not None:
+            await self.on_refresh(directories)
         return count
 
     def node_at_key(self, key: str) -> Node | None:
@@ -472,6 +483,24 @@ class FsCore:
             node.data = reused or self.cache.new_file()
             node.data.reset_base(base.size if base is not None else 0)
         return node.data
+
+    def _prefetch_small_files(self, directory: Node) -> None:
+        """Fetch the small files Proxmox reads right after listing a directory (every
+        backup's notes, logs, guest configs) in parallel, instead of one GET per file later
+        on the reader's critical path. Only while the cache has room to spare."""
+        limit = self.config.prefetch_small
+        budget = self.cache.size_limit // 2 - self.cache.used_bytes
+        for node in list(directory.children.values()):
+            base = node.base
+            if (not limit or budget <= 0 or not node.is_file or base is None
+                    or not 0 < base.size <= limit or not node.name.endswith(PREFETCH_SUFFIXES)
+                    or node.busy or (node.data is not None and node.data.cached)):
+                continue
+            data = self._data(node)
+            self.reader.prefetch(data, base, 0, base.size, self._listing_prefetches)
+            if node.open_count == 0:
+                data.release_fd()  # closed once the fetch wrote its block
+            budget -= base.size
 
     def keep_clean_data(self) -> None:
         """At unmount: list the cached data of files entirely on S3 for the next mount."""

@@ -14,6 +14,7 @@ import os
 
 import pyfuse3
 import trio
+from cachetools import TTLCache
 
 from .core import FsCore
 from .errors import FsError
@@ -56,6 +57,11 @@ class FuseOperations(pyfuse3.Operations):
         super().__init__()
         self.core = core
         self.attr_timeout = core.config.attr_ttl
+        self.negative_timeout = core.config.negative_ttl
+        # Names answered "does not exist" that the kernel may still remember: so that
+        # `s3pvefs refresh` can make it forget them too.
+        self._negative = TTLCache(maxsize=65536, ttl=max(self.negative_timeout, 0.001))
+        core.on_refresh = self._forget_negative_entries
         self._dir_snapshots: dict[int, list[tuple[str, Node]]] = {}
         self._next_dir_handle = 1
 
@@ -82,9 +88,33 @@ class FuseOperations(pyfuse3.Operations):
 
     @_answer
     async def lookup(self, parent_inode, name, ctx=None):
-        node = await self.core.lookup(parent_inode, os.fsdecode(name) if name in (b".", b"..")
-                                      else name_from_kernel(name))
+        try:
+            node = await self.core.lookup(
+                parent_inode, os.fsdecode(name) if name in (b".", b"..") else name_from_kernel(name))
+        except FsError as exc:
+            if exc.errno != errno.ENOENT or self.negative_timeout <= 0:
+                raise
+            return self._negative_entry(parent_inode, name)
         return self._entry(node)
+
+    def _negative_entry(self, parent_inode: int, name: bytes) -> pyfuse3.EntryAttributes:
+        """"No such name", which the kernel may remember for ``negative_ttl``: Proxmox probes
+        a .notes and a .protected name per backup, mostly absent, every time it lists."""
+        entry = pyfuse3.EntryAttributes()
+        entry.st_ino = 0
+        entry.entry_timeout = self.negative_timeout
+        self._negative[(parent_inode, name)] = True
+        return entry
+
+    async def _forget_negative_entries(self, directories: set[int]) -> None:
+        """Make the kernel forget remembered missing names in these directories, before
+        `s3pvefs refresh` returns (from a worker thread: the kernel may have to wait for
+        requests this loop answers meanwhile)."""
+        entries = [key for key in list(self._negative.keys()) if key[0] in directories]
+        for key in entries:
+            self._negative.pop(key, None)
+        if entries:
+            await trio.to_thread.run_sync(_invalidate_entries, entries)
 
     @_answer
     async def getattr(self, inode, ctx=None):
@@ -237,3 +267,12 @@ class FuseOperations(pyfuse3.Operations):
     @_answer
     async def removexattr(self, inode, name, ctx):
         raise FsError(pyfuse3.ENOATTR)
+
+
+def _invalidate_entries(entries: list[tuple[int, bytes]]) -> None:
+    for parent_inode, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent_inode, name)
+        except OSError as exc:  # ENOENT: the kernel had already dropped it
+            if exc.errno != errno.ENOENT:
+                log.warning("cannot invalidate the kernel's entry %r: %s", name, exc)

@@ -41,6 +41,7 @@ class Directories:
         self.limiter = trio.CapacityLimiter(max_parallel)
         self._refreshing: set[Node] = set()
         self.attr_index = None  # attrindex.AttributeIndex, set by the core
+        self.on_listed: Callable[[Node], None] | None = None  # called after every (re)listing
 
     # -- listings ---------------------------------------------------------------------------
 
@@ -72,6 +73,8 @@ class Directories:
             await self._apply_index(directory, dir_key, objects)
             directory.listed_at = started
             directory.forget_removals_before(start_seq)
+        if self.on_listed is not None:
+            self.on_listed(directory)
 
     async def _apply_index(self, directory: Node, dir_key: str, objects) -> None:
         """Attributes of the listed entries from the directory's attribute indexes: defaults

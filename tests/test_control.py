@@ -387,14 +387,16 @@ def test_sync_reports_a_failed_upload(mount_s3pvefs, s3_client, bucket):
 
 
 def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, bucket):
-    mount = mount_s3pvefs("--dir-ttl", "3600")
+    mount = mount_s3pvefs("--dir-ttl", "3600", "--negative-ttl", "3600")
     dump = mount.path / "dump"
     assert os.listdir(dump) == []
+    assert not (dump / "from-node-b.log").exists()  # the kernel may remember that for an hour
     s3_client.put_object(Bucket=bucket, Key="pve/dump/from-node-b.log", Body=b"hello")
     assert os.listdir(dump) == []  # the listing is trusted for an hour
+    assert not (dump / "from-node-b.log").exists()
     result = subprocess.run([sys.executable, "-m", "s3pvefs", "refresh", str(mount.path), "dump"],
                             capture_output=True, text=True, env=mount.env)
     assert result.returncode == 0, result.stderr
+    assert (dump / "from-node-b.log").read_bytes() == b"hello"  # the kernel forgot too
     assert os.listdir(dump) == ["from-node-b.log"]
-    assert (dump / "from-node-b.log").read_bytes() == b"hello"
     assert mount.unmount() == 0

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,6 +55,28 @@ def test_listing_300_backups_costs_no_head(mount_s3pvefs, s3_client, bucket):
     before = requests(mount)
     assert proxmox_listing(dump) == 100
     assert delta(requests(mount), before) == {}  # warm: answered from the caches
+    assert mount.unmount() == 0
+
+
+def test_notes_are_fetched_when_their_directory_is_listed(mount_s3pvefs, s3_client, bucket):
+    for vmid in range(40):
+        name = f"pve/dump/vzdump-lxc-{100 + vmid}-2026_11_21-01_00_00.tar.zst"
+        s3_client.put_object(Bucket=bucket, Key=name, Body=b"x" * 100)
+        s3_client.put_object(Bucket=bucket, Key=f"{name}.notes", Body=f"ct {vmid}\n".encode())
+    s3_client.put_object(Bucket=bucket, Key="pve/dump/big.log", Body=b"l" * (200 * 1024))
+    mount = mount_s3pvefs("--dir-ttl", "600")
+    dump = mount.path / "dump"
+    os.listdir(dump)
+    deadline = time.monotonic() + 30
+    while requests(mount).get("GetObject", 0) < 40 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # nothing else follows: not the archives, not a log over the size limit
+    assert requests(mount).get("GetObject", 0) == 40
+    before = requests(mount)
+    for vmid in range(40):
+        name = f"vzdump-lxc-{100 + vmid}-2026_11_21-01_00_00.tar.zst.notes"
+        assert (dump / name).read_text() == f"ct {vmid}\n"
+    assert delta(requests(mount), before) == {}  # every notes file came from the cache
     assert mount.unmount() == 0
 
 
