@@ -1,0 +1,63 @@
+"""Cache space accounting without the kernel: blocks are charged by the pages they can hold."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from s3pvefs.blockcache import PAGE, BlockCache, block_charge
+
+KiB = 1024
+BLOCK = 64 * KiB
+
+
+@pytest.fixture
+def cache(tmp_path: Path):
+    cache = BlockCache(tmp_path / "cache", BLOCK, 4 * BLOCK)
+    cache.open()
+    yield cache
+    cache.close()
+
+
+def test_block_charge_counts_whole_pages_up_to_a_block():
+    assert block_charge(BLOCK, 0) == PAGE  # an empty cached block still costs a page
+    assert block_charge(BLOCK, 1) == PAGE
+    assert block_charge(BLOCK, PAGE + 1) == 2 * PAGE
+    assert block_charge(BLOCK, 10 * BLOCK) == BLOCK
+
+
+async def test_small_files_cost_pages_not_blocks(cache: BlockCache):
+    files = [cache.new_file() for _ in range(40)]
+    for cached_file in files:
+        await cached_file.write(0, b"nightly backup\n")
+    assert cache.used_bytes == 40 * PAGE  # 40 full blocks would be 10x the limit
+    for cached_file in files:
+        cached_file.discard()
+    assert cache.used_bytes == 0
+
+
+async def test_a_growing_last_block_is_charged_for_what_it_holds(cache: BlockCache):
+    cached_file = cache.new_file()
+    await cached_file.write(0, b"a" * 100)
+    await cached_file.write(100, b"b" * (2 * PAGE))
+    assert cache.used_bytes == 3 * PAGE
+    await cached_file.write(BLOCK - 10, b"c" * 20)  # fills block 0, starts block 1
+    assert cache.used_bytes == BLOCK + PAGE
+    await cached_file.truncate(BLOCK + 20, 10)  # block 1 gone; block 0 keeps its charge
+    assert cache.used_bytes == BLOCK
+    cached_file.discard()
+    assert cache.used_bytes == 0
+
+
+async def test_fetched_partial_block_and_eviction_free_what_they_charged(cache: BlockCache):
+    cached_file = cache.new_file()
+    size = BLOCK + 5000
+    cached_file.reset_base(size)
+    await cached_file.install_run(0, 2, b"x" * size)
+    assert cache.used_bytes == BLOCK + 2 * PAGE
+    assert await cache.evict(1) == BLOCK  # the oldest clean block is enough
+    assert cache.used_bytes == 2 * PAGE
+    assert await cache.evict(1) == 2 * PAGE
+    assert cache.used_bytes == 0
+    assert not cached_file.cached
