@@ -1,10 +1,11 @@
 """Command line: `s3pvefs mount [options] MOUNTPOINT`, `s3pvefs sync [PATH]`,
-`s3pvefs status MOUNTPOINT` and `s3pvefs --version`.
+`s3pvefs status MOUNTPOINT`, `s3pvefs check|info|lifecycle [options]` and `s3pvefs --version`.
 
 mount: exit status 2 for configuration and environment errors found before mounting; otherwise
 the status that `s3pvefs.mount.run_mount` returns. sync and status talk to a running mount over
 its admin socket (`s3pvefs.control`): 0 all is well, 1 an upload failed (or sync timed out), 2 the
-mount cannot be reached.
+mount cannot be reached. check, info and lifecycle talk to the bucket directly with the mount's
+settings (`s3pvefs.admin`): 0 all is well, 1 a check or an S3 request failed, 2 configuration.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--max-attempts", "max_attempts", "N", "attempts per request, retries included (default 5)"),
     ("--retry-mode", "retry_mode", "MODE", "standard or adaptive (default standard)"),
     ("--max-connections", "max_connections", "N", "HTTP connections / requests in flight (default 16)"),
+    # New objects
+    ("--storage-class", "storage_class", "CLASS", "storage class of new objects, e.g. STANDARD_IA (default: the server's)"),
+    ("--storage-class-by-dir", "storage_class_by_dir", "DIR=CLASS,...", "storage class per content directory, e.g. dump=STANDARD_IA,template=STANDARD"),
+    ("--sse", "sse", "MODE", "server-side encryption: none, AES256, aws:kms or SSE-C (default none)"),
+    ("--kms-key-id", "kms_key_id", "KEY", "KMS key (id, ARN or alias) for --sse aws:kms"),
+    ("--sse-customer-key-file", "sse_customer_key_file", "FILE", "SSE-C key: chmod 600 file with 32 raw bytes or their base64"),
     # Cache and uploads
     ("--cache-dir", "cache_dir", "DIR", "local cache directory (default /var/cache/s3pvefs)"),
     ("--cache-size", "cache_size", "SIZE", "cache size limit, e.g. 10G (default 10GiB)"),
@@ -46,6 +53,8 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--part-size", "part_size", "SIZE", "minimum multipart part size (default 16MiB)"),
     ("--multipart-threshold", "multipart_threshold", "SIZE", "files from this size use multipart (default 16MiB)"),
     ("--upload-concurrency", "upload_concurrency", "N", "parts uploaded in parallel (default 4)"),
+    ("--readahead-max", "readahead_max", "SIZE", "how far ahead sequential reads fetch at most (default 64MiB)"),
+    ("--prefetch-small", "prefetch_small", "SIZE", "notes/logs/configs up to this size are fetched when listed (default 64KiB, 0 = off)"),
     ("--durability", "durability", "WHERE", "what fsync waits for: journal (local disk, default) or s3"),
     # Mount
     ("--uid", "uid", "UID", "owner of objects without s3pvefs metadata (default 0)"),
@@ -55,6 +64,7 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--capacity", "capacity", "SIZE", "total size that statfs/df reports (default 1PiB)"),
     ("--dir-ttl", "dir_ttl", "SECONDS", "how long a directory listing is trusted (default 10)"),
     ("--attr-ttl", "attr_ttl", "SECONDS", "kernel attribute/entry cache time (default 1)"),
+    ("--negative-ttl", "negative_ttl", "SECONDS", "how long the kernel remembers a missing name (default 1)"),
     # Logging
     ("--log-level", "log_level", "LEVEL", "debug, info, warning, error (default info)"),
     ("--log-file", "log_file", "FILE", "log to this file instead of stderr"),
@@ -87,13 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
             "unmount."
         ),
     )
-    mount.add_argument("--config", metavar="FILE", type=Path, default=None,
-                       help="TOML configuration file")
-    for flag, dest, metavar, help_text in _VALUE_FLAGS:
-        mount.add_argument(flag, dest=dest, metavar=metavar, default=None, help=help_text)
-    for flag, dest, help_text in _BOOL_FLAGS:
-        mount.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
-                           default=None, help=help_text)
+    _add_config_arguments(mount)
     mount.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
                        help="empty directory to mount on")
     mount.set_defaults(handler=cmd_mount)
@@ -145,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="directory below the mountpoint (default: all of it)")
     refresh.set_defaults(handler=cmd_refresh)
 
+    _add_admin_parsers(sub)
+
     from .bench import add_parser as add_bench_parser
 
     add_bench_parser(sub)
@@ -159,6 +165,104 @@ def _seconds(text: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
     return value
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--config FILE and every setting's flag: mount, check, info and lifecycle share them."""
+    parser.add_argument("--config", metavar="FILE", type=Path, default=None,
+                        help="TOML configuration file")
+    for flag, dest, metavar, help_text in _VALUE_FLAGS:
+        parser.add_argument(flag, dest=dest, metavar=metavar, default=None, help=help_text)
+    for flag, dest, help_text in _BOOL_FLAGS:
+        parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction,
+                            default=None, help=help_text)
+    for flag in _SECRET_FLAGS:
+        parser.add_argument(flag, action=_RefuseSecret, help=argparse.SUPPRESS)
+
+
+# Secrets on the command line are readable by every user in `ps` and /proc/PID/cmdline, and
+# argparse would repeat an unknown flag's value in its error: refuse them by name instead.
+_SECRET_FLAGS = ("--secret-access-key", "--aws-secret-access-key", "--session-token",
+                 "--aws-session-token", "--sse-customer-key")
+
+
+class _RefuseSecret(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        parser.error(
+            f"{option_string} is not accepted: a secret on the command line is visible to "
+            "every user (ps, /proc/PID/cmdline). Put keys in [credentials] of a chmod 600 "
+            "--config FILE or in the environment (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), "
+            "and an SSE-C key in a chmod 600 file (--sse-customer-key-file)"
+        )
+
+
+def _add_admin_parsers(sub: Any) -> None:
+    check = sub.add_parser(
+        "check",
+        help="check the endpoint, credentials, bucket and S3 features a mount needs",
+        description=(
+            "Connect with the same settings as a mount (--config FILE and/or flags) and check: "
+            "the credentials, that the bucket exists and can be listed, a PUT, GET, ranged GET "
+            "and delete of a probe object under the prefix, the configured encryption and "
+            "storage classes, multipart uploads, UploadPartCopy, and the round-trip latency. "
+            "Every probe object and upload is removed afterwards. Exit status: 0 all checks "
+            "passed; 1 a check failed (one line per failure on stderr); 2 configuration error."
+        ),
+    )
+    _add_config_arguments(check)
+    check.set_defaults(handler=cmd_check)
+
+    info = sub.add_parser(
+        "info",
+        help="objects and bytes per content directory and storage class",
+        description=(
+            "List every object under the prefix and show the count and size per Proxmox "
+            "content directory (dump, images, template/iso, template/cache, snippets, private, "
+            "import, other) and storage class, s3pvefs's own objects apart, and the number of "
+            "incomplete multipart uploads. Exit status: 0; 1 S3 error; 2 configuration error."
+        ),
+    )
+    _add_config_arguments(info)
+    info.add_argument("--json", action="store_true", help="print the figures as JSON")
+    info.set_defaults(handler=cmd_info)
+
+    lifecycle = sub.add_parser(
+        "lifecycle",
+        help="write the bucket lifecycle rule for the prefix (transitions, abort uploads)",
+        description=(
+            "Write one lifecycle rule (ID s3pvefs-PREFIX) scoped to the prefix: objects move "
+            "to STANDARD_IA after --transition-days, to GLACIER after --glacier-days, and "
+            "incomplete multipart uploads are aborted after --abort-incomplete-days (default "
+            f"{DEFAULT_ABORT_DAYS}). The bucket's other rules are kept. Prints the resulting "
+            "configuration. Objects in GLACIER cannot be read through the mount before they "
+            "are restored. Exit status: 0; 1 S3 error; 2 invalid arguments or configuration."
+        ),
+    )
+    _add_config_arguments(lifecycle)
+    lifecycle.add_argument("--transition-days", metavar="N", type=_days, default=None,
+                           help="move objects to STANDARD_IA after N days (at least 30)")
+    lifecycle.add_argument("--glacier-days", metavar="M", type=_days, default=None,
+                           help="move objects to GLACIER after M days (at least N + 30)")
+    lifecycle.add_argument("--abort-incomplete-days", metavar="K", type=_days,
+                           default=DEFAULT_ABORT_DAYS,
+                           help=f"abort multipart uploads K days after they started "
+                                f"(default {DEFAULT_ABORT_DAYS})")
+    lifecycle.add_argument("--remove", action="store_true",
+                           help="remove s3pvefs's rule for the prefix instead")
+    lifecycle.add_argument("--dry-run", action="store_true",
+                           help="print the resulting configuration without writing it")
+    lifecycle.set_defaults(handler=cmd_lifecycle)
+
+
+DEFAULT_ABORT_DAYS = 7  # the same as admin.DEFAULT_ABORT_DAYS (not imported: keeps --help fast)
+
+
+def _days(text: str) -> int:
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}") from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -355,6 +459,125 @@ def _format_status(mountpoint: Path, status: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+
+# -- admin commands: talk to the bucket directly ----------------------------------------------
+
+EXIT_CHECK_FAILED = 1
+EXIT_S3_ERROR = 1
+
+
+def _admin_config(args: argparse.Namespace) -> Any:
+    """The validated configuration of check/info/lifecycle with logging set up; or an exit
+    status after printing why there is none."""
+    from .config import load_config
+    from .logsetup import setup_logging
+
+    try:
+        config = load_config(args.config, _overrides(args))
+        setup_logging(config)
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    if not config.bucket:
+        _error("no bucket configured: give --bucket NAME (and --endpoint-url URL unless it is "
+               "AWS) or --config FILE")
+        return EXIT_CONFIG
+    log.debug("configuration: %s", config.redacted())
+    if config.log_level != "DEBUG":
+        # These commands report failed requests themselves; the store's warnings would say
+        # everything twice.
+        logging.getLogger("s3pvefs.store").setLevel(logging.ERROR)
+    return config
+
+
+def _run_with_store(config: Any, work: Any, *args: Any) -> Any:
+    """Run `work(store, *args)` on a store opened from `config` in a fresh trio run."""
+    import trio
+
+    from .store import open_s3_store
+
+    async def main() -> Any:
+        async with open_s3_store(config) as store:
+            return await work(store, *args)
+
+    return trio.run(main)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from . import admin
+
+    config = _admin_config(args)
+    if isinstance(config, int):
+        return config
+    try:
+        results = _run_with_store(config, admin.run_checks, config)
+    except ConfigError as exc:
+        _error(str(exc), config.log_file is not None)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    print(admin.format_checks(config, results), end="", flush=True)
+    failed = [result for result in results if result.ok is False]
+    for result in failed:
+        print(f"s3pvefs: check failed: {result.name}: {result.detail}", file=sys.stderr)
+    return EXIT_CHECK_FAILED if failed else 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import admin
+    from .errors import StoreError
+
+    config = _admin_config(args)
+    if isinstance(config, int):
+        return config
+    try:
+        usage = _run_with_store(config, admin.collect_usage, config.prefix)
+    except ConfigError as exc:
+        _error(str(exc), config.log_file is not None)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        _error(str(exc), config.log_file is not None)
+        return EXIT_S3_ERROR
+    if args.json:
+        print(admin.usage_as_json(config, usage), end="")
+    else:
+        print(admin.format_usage(config, usage), end="")
+    return 0
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    from . import admin
+    from .errors import StoreError
+
+    plan = admin.LifecyclePlan(args.transition_days, args.glacier_days,
+                               args.abort_incomplete_days, args.remove)
+    try:
+        plan.validate()
+    except ConfigError as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    config = _admin_config(args)
+    if isinstance(config, int):
+        return config
+    try:
+        result = _run_with_store(config, admin.apply_lifecycle, config.prefix, plan,
+                                 args.dry_run)
+    except ConfigError as exc:
+        _error(str(exc), config.log_file is not None)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        _error(str(exc), config.log_file is not None)
+        return EXIT_S3_ERROR
+    if args.dry_run:
+        print("s3pvefs: dry run: the bucket's lifecycle configuration would become:",
+              file=sys.stderr)
+    print(admin.lifecycle_as_json(result), end="")
+    if plan.glacier_days is not None and not plan.remove:
+        print("s3pvefs: note: objects moved to GLACIER cannot be read through the mount "
+              "before they are restored", file=sys.stderr)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,6 +25,13 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .s3options import (
+    parse_sse,
+    parse_storage_class,
+    parse_storage_class_map,
+    sse_c_key_text,
+    validate_object_options,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -47,6 +54,13 @@ class Config:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # New objects: storage class (optionally per content directory), server-side encryption
+    storage_class: str | None = None  # None: the server's default (STANDARD on AWS)
+    storage_class_by_dir: dict[str, str] = field(default_factory=dict)  # "dump/" -> class
+    sse: str = "none"  # none | AES256 | aws:kms | SSE-C
+    kms_key_id: str | None = None  # SSE-KMS key; None: the AWS managed key aws/s3
+    sse_customer_key_file: Path | None = None
+    sse_customer_key: bytes | None = field(default=None, repr=False)  # read from the file
     # Transport
     verify_tls: bool = True
     ca_bundle: str | None = None
@@ -60,6 +74,9 @@ class Config:
     cache_size: int = 10 * GiB
     block_size: int = 1 * MiB
     readahead_max: int = 64 * MiB  # how far ahead a sequential reader is fetched at most
+    # Files up to this size whose names look like notes, logs or configs are fetched as soon
+    # as their directory is listed (Proxmox reads every backup's notes right after listing).
+    prefetch_small: int = 64 * KiB
     # Uploads
     part_size: int = 16 * MiB  # minimum part size; grows with the file
     multipart_threshold: int = 16 * MiB
@@ -75,6 +92,7 @@ class Config:
     capacity: int = 1 * PiB  # what statfs reports as the total size
     dir_ttl: float = 10.0  # seconds a directory listing is trusted
     attr_ttl: float = 1.0  # seconds the kernel may cache attributes and entries
+    negative_ttl: float = 1.0  # seconds the kernel may remember that a name does not exist
     # Logging
     log_level: str = "INFO"
     log_file: Path | None = None
@@ -97,14 +115,15 @@ class Config:
 
     def secrets(self) -> list[str]:
         """The secret strings of this configuration (for log masking)."""
-        return [v for v in (self.secret_access_key, self.session_token) if v]
+        sse_c_key = sse_c_key_text(self.sse_customer_key)  # the form headers carry
+        return [v for v in (self.secret_access_key, self.session_token, sse_c_key) if v]
 
     def validate(self) -> None:
         """Check (and normalise) a Config built in code; raises ConfigError."""
         validate_config(self)
 
 
-SECRET_FIELDS = ("secret_access_key", "session_token")
+SECRET_FIELDS = ("secret_access_key", "session_token", "sse_customer_key")
 
 # --------------------------------------------------------------------------------------------
 # Value conversion. Each converter takes (value, label) and raises ConfigError naming label.
@@ -263,6 +282,13 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "max_attempts": ("max_attempts", parse_int),
         "retry_mode": ("retry_mode", parse_str),
         "max_connections": ("max_connections", parse_int),
+        "storage_class": ("storage_class", parse_storage_class),
+        "storage_class_by_dir": ("storage_class_by_dir", parse_storage_class_map),
+    },
+    "encryption": {
+        "sse": ("sse", parse_sse),
+        "kms_key_id": ("kms_key_id", parse_str),
+        "sse_customer_key_file": ("sse_customer_key_file", parse_path),
     },
     "credentials": {
         "access_key_id": ("access_key_id", parse_secret),
@@ -273,6 +299,8 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "dir": ("cache_dir", parse_path),
         "size": ("cache_size", parse_size),
         "block_size": ("block_size", parse_size),
+        "readahead_max": ("readahead_max", parse_size),
+        "prefetch_small": ("prefetch_small", parse_size),
     },
     "upload": {
         "part_size": ("part_size", parse_size),
@@ -289,6 +317,7 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "capacity": ("capacity", parse_size),
         "dir_ttl": ("dir_ttl", parse_float),
         "attr_ttl": ("attr_ttl", parse_float),
+        "negative_ttl": ("negative_ttl", parse_float),
     },
     "log": {
         "level": ("log_level", parse_str),
@@ -582,6 +611,7 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
         raise ConfigError(f"{lab('max_attempts')}: must be at least 1, not {c.max_attempts}")
     if c.max_connections < 1:
         raise ConfigError(f"{lab('max_connections')}: must be at least 1, not {c.max_connections}")
+    validate_object_options(c, lab)
     # Cache and uploads
     for name in ("cache_size", "block_size", "part_size", "multipart_threshold", "capacity"):
         if getattr(c, name) <= 0:
@@ -619,6 +649,12 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
         raise ConfigError(
             f"{lab('upload_concurrency')}: must be at least 1, not {c.upload_concurrency}"
         )
+    if c.readahead_max < bs:
+        raise ConfigError(f"{lab('readahead_max')}: must be at least one block ({_fmt_size(bs)})")
+    if not 0 <= c.prefetch_small <= 16 * MiB:
+        raise ConfigError(
+            f"{lab('prefetch_small')}: must be from 0 (off) to 16 MiB, not {c.prefetch_small}"
+        )
     # Mount
     for name in ("uid", "gid"):
         if not 0 <= getattr(c, name) < 2**32 - 1:
@@ -626,7 +662,7 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
     for name in ("file_mode", "dir_mode"):
         if not 0 <= getattr(c, name) <= 0o7777:
             raise ConfigError(f"{lab(name)}: mode out of range (0000 to 7777 octal)")
-    for name in ("dir_ttl", "attr_ttl"):
+    for name in ("dir_ttl", "attr_ttl", "negative_ttl"):
         if getattr(c, name) < 0:
             raise ConfigError(f"{lab(name)}: must be 0 or more seconds, not {getattr(c, name)}")
     # Logging

@@ -1,7 +1,9 @@
 """Logging for the mount process: stderr (journald under systemd) or a log file.
 
-Records carry the level and the logger name. Secret strings of the configuration are replaced by
-"***" in every formatted record, whichever library logged them, so credentials never reach a log.
+Records carry the level and the logger name. Secret strings are replaced by "***" in every
+formatted record, whichever library logged them, so credentials never reach a log: those of the
+configuration, those of the environment (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), and those the
+AWS credential chain resolved (the store adds them with `add_secret`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,25 @@ _NOISY = ("botocore", "aiobotocore", "urllib3", "aiohttp", "s3transfer", "boto3"
 
 _installed: list[logging.Handler] = []
 
+# Environment variables of the AWS credential chain whose values are secret.
+SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+# Shorter strings are not masked: replacing every "ab" in the logs would hide more than a
+# secret (real secret keys and tokens are 40 characters and more).
+MIN_SECRET_LEN = 4
+
 
 class SecretMaskingFormatter(logging.Formatter):
     """A Formatter that replaces each known secret by *** in the final text."""
 
     def __init__(self, fmt: str, secrets: list[str], datefmt: str | None = None):
         super().__init__(fmt, datefmt)
+        self._secrets: list[str] = []
+        self.add(secrets)
+
+    def add(self, secrets: list[str]) -> None:
         # Longest first so that a secret containing another is masked whole.
-        self._secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+        known = set(self._secrets) | {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
+        self._secrets = sorted(known, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -65,7 +78,7 @@ def setup_logging(config: Config) -> logging.Handler:
             fmt = "%(levelname)s %(name)s: %(message)s"
         else:
             fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    secrets = config.secrets()
+    secrets = config.secrets() + [os.environ.get(name, "") for name in SECRET_ENV_VARS]
     handler.setFormatter(SecretMaskingFormatter(fmt, secrets))
     root.addHandler(handler)
     _installed.append(handler)
@@ -83,7 +96,5 @@ def add_secret(secret: str) -> None:
     """Mask one more secret (e.g. credentials set after logging started)."""
     for handler in _installed:
         formatter = handler.formatter
-        if isinstance(formatter, SecretMaskingFormatter) and secret:
-            formatter._secrets = sorted(
-                set(formatter._secrets) | {secret}, key=len, reverse=True
-            )
+        if isinstance(formatter, SecretMaskingFormatter):
+            formatter.add([secret])

@@ -19,6 +19,7 @@ import aiohttp
 import trio
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -27,9 +28,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from . import logsetup
 from .bridge import AsyncioThread
 from .config import Config
 from .errors import ConfigError, StoreError
+from .names import INDEX_PREFIX
+from .s3options import ARCHIVE_CLASSES, SSE_C, SSE_KMS, SSE_S3, storage_class_for
 
 log = logging.getLogger("s3pvefs.store")
 
@@ -53,6 +57,9 @@ class ObjectInfo:
     # User metadata (x-amz-meta-* names, lower-case, without the prefix); None from a listing.
     metadata: dict[str, str] | None = None
     storage_class: str | None = None
+    # From a HEAD: "AES256", "aws:kms" or "SSE-C" as the server reports it; None: not reported.
+    encryption: str | None = None
+    kms_key_id: str | None = None
 
 
 @dataclass
@@ -195,6 +202,82 @@ def to_store_error(operation: str, key: str | None, exc: BaseException) -> Store
     return StoreError(operation, key, code, message)
 
 
+# -- parameters from the configuration -----------------------------------------------------
+
+# Names s3pvefs writes next to the data (attribute indexes, `s3pvefs check` probes): small,
+# rewritten and read often, so they never go to a colder class than the server's default.
+INTERNAL_NAME_PREFIX = ".s3pvefs-"
+assert INDEX_PREFIX.startswith(INTERNAL_NAME_PREFIX)
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """Request parameters the configuration adds, per kind of request.
+
+    SSE-S3 and SSE-KMS are asked for only where an object is created (PutObject,
+    CreateMultipartUpload, CopyObject): S3 rejects them on reads. SSE-C needs the key on every
+    request that touches object data, and the source's key (the same one) on copies.
+    """
+
+    prefix: str = ""
+    default_class: str | None = None
+    class_by_dir: dict[str, str] = field(default_factory=dict)
+    # PutObject, CreateMultipartUpload, CopyObject: SSE-S3, SSE-KMS or SSE-C
+    on_create: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Every other request on object data (GET, HEAD, parts, completion): the SSE-C key
+    sse_c: dict[str, Any] = field(default_factory=dict, repr=False)
+    # CopyObject, UploadPartCopy: the SSE-C key of the source
+    sse_c_source: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ObjectOptions:
+        on_create: dict[str, Any] = {}
+        sse_c: dict[str, Any] = {}
+        sse_c_source: dict[str, Any] = {}
+        if config.sse == SSE_S3:
+            on_create = {"ServerSideEncryption": "AES256"}
+        elif config.sse == SSE_KMS:
+            on_create = {"ServerSideEncryption": "aws:kms"}
+            if config.kms_key_id:
+                on_create["SSEKMSKeyId"] = config.kms_key_id
+        elif config.sse == SSE_C:
+            if not config.sse_customer_key:
+                raise ConfigError("SSE-C is configured without a customer key")
+            # botocore adds the key's MD5 and base64-encodes both (handlers.sse_md5), in its
+            # own copy of the parameters: these dicts are reused as they are.
+            customer_key = config.sse_customer_key
+            sse_c = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": customer_key}
+            on_create = dict(sse_c)
+            sse_c_source = {"CopySourceSSECustomerAlgorithm": "AES256",
+                            "CopySourceSSECustomerKey": customer_key}
+        return cls(config.prefix, config.storage_class, dict(config.storage_class_by_dir),
+                   on_create, sse_c, sse_c_source)
+
+    def storage_class(self, key: str) -> str | None:
+        """The class a new object at `key` gets (None: the server's default)."""
+        name = key.rsplit("/", 1)[-1]
+        if not name or name.startswith(INTERNAL_NAME_PREFIX):
+            return None  # a directory marker or an object of s3pvefs's own
+        relative = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        return storage_class_for(relative, self.default_class, self.class_by_dir)
+
+    def for_create(self, key: str, storage_class: str | None = None) -> dict[str, Any]:
+        chosen = storage_class or self.storage_class(key)
+        return {**self.on_create, **({"StorageClass": chosen} if chosen else {})}
+
+    def configured_classes(self) -> set[str]:
+        return {c for c in (self.default_class, *self.class_by_dir.values()) if c}
+
+
+@dataclass(frozen=True)
+class CredentialInfo:
+    """Where the credentials in use come from (botocore's provider name), never the secret."""
+
+    method: str | None  # "explicit", "env", "shared-credentials-file", "custom-process", ...
+    refreshable: bool  # botocore refreshes them before they expire
+    access_key_hint: str | None  # the key id's first characters, for telling keys apart
+
+
 # -- client setup (runs in the loop thread) -------------------------------------------------
 
 
@@ -236,12 +319,42 @@ def _session(config: Config) -> AioSession:
     return AioSession()  # the standard chain: env, shared files, instance metadata, ...
 
 
-async def _open_client(config: Config) -> tuple[AsyncExitStack, Any]:
+async def _open_client(config: Config) -> tuple[AsyncExitStack, Any, CredentialInfo]:
     stack = AsyncExitStack()
+    session = _session(config)
+    # create_client resolves the credentials (chain or explicit) before it returns.
     client = await stack.enter_async_context(
-        _session(config).create_client("s3", **_client_kwargs(config))
+        session.create_client("s3", **_client_kwargs(config))
     )
-    return stack, client
+    try:
+        credentials = await _credentials_in_use(session, config)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return stack, client, credentials
+
+
+async def _credentials_in_use(session: AioSession, config: Config) -> CredentialInfo:
+    """Describe the client's credentials and mask their secrets in every log from now on."""
+    if config.access_key_id and config.secret_access_key:
+        return CredentialInfo("explicit", False, _key_hint(config.access_key_id))
+    credentials = await session.get_credentials()  # the object the client signs with
+    if credentials is None:
+        return CredentialInfo(None, False, None)
+    frozen = await credentials.get_frozen_credentials()
+    for secret in (frozen.secret_key, frozen.token):
+        if secret:
+            logsetup.add_secret(secret)
+    return CredentialInfo(
+        credentials.method, isinstance(credentials, RefreshableCredentials),
+        _key_hint(frozen.access_key),
+    )
+
+
+def _key_hint(access_key: str | None) -> str | None:
+    if not access_key:
+        return None
+    return access_key[:4] + "***" if len(access_key) > 8 else "***"
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -251,11 +364,14 @@ class S3Store:
     """``ObjectStore`` over one aiobotocore client living in an ``AsyncioThread``."""
 
     def __init__(
-        self, bridge: AsyncioThread, client: Any, client_stack: AsyncExitStack, config: Config
+        self, bridge: AsyncioThread, client: Any, client_stack: AsyncExitStack, config: Config,
+        credentials: CredentialInfo | None = None,
     ) -> None:
         assert config.bucket
         self.bucket: str = config.bucket
         self.stats = StoreStats()
+        self.options = ObjectOptions.from_config(config)
+        self.credentials = credentials or CredentialInfo(None, False, None)
         self._bridge = bridge
         self._client = client
         self._client_stack = client_stack
@@ -263,6 +379,7 @@ class S3Store:
         self._max_attempts = max(1, config.max_attempts)
         self._limiter = trio.CapacityLimiter(config.max_connections)
         self._closed = False
+        _warn_about_options(config, self.options)
 
     # -- plumbing --
 
@@ -273,6 +390,7 @@ class S3Store:
         fn: Callable[..., Awaitable[T]],
         *args: Any,
         quiet_not_found: bool = False,
+        quiet_codes: tuple[str, ...] = (),
     ) -> T:
         """Run ``fn(*args)`` in the loop under the limiter; count it and translate failures."""
         async with self._limiter:
@@ -281,7 +399,8 @@ class S3Store:
                 return await self._bridge.run(fn, *args)
             except _REQUEST_FAILURES as exc:
                 error = to_store_error(operation, key, exc)
-                self._record_failure(error, quiet_not_found)
+                quiet = (quiet_not_found and error.not_found) or error.code in quiet_codes
+                self._record_failure(error, quiet)
                 raise error from exc
 
     async def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
@@ -294,10 +413,11 @@ class S3Store:
         response.pop("ResponseMetadata", None)
         return response
 
-    def _record_failure(self, error: StoreError, quiet_not_found: bool) -> None:
+    def _record_failure(self, error: StoreError, quiet: bool) -> None:
+        """Count and log a failed request; `quiet` ones (expected answers) only at DEBUG."""
         self.stats.errors[error.operation] += 1
         where = f"s3://{self.bucket}/{error.key}" if error.key else f"s3://{self.bucket}"
-        level = logging.DEBUG if quiet_not_found and error.not_found else logging.WARNING
+        level = logging.DEBUG if quiet else logging.WARNING
         log.log(level, "S3 request %s %s failed: %s: %s",
                 error.operation, where, error.code, error.detail)
 
@@ -310,14 +430,50 @@ class S3Store:
         params: dict[str, Any] = {}
         if self._region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
             params["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
-        await self._call("CreateBucket", None, **params)
+        try:
+            await self._call("CreateBucket", None, **params)
+        except StoreError as error:
+            if error.code != "BucketAlreadyOwnedByYou":  # created meanwhile: what we wanted
+                raise
+
+    async def bucket_region(self) -> str:
+        """The bucket's LocationConstraint as a region name (us-east-1 answers none)."""
+        response = await self._call("GetBucketLocation", None)
+        return response.get("LocationConstraint") or "us-east-1"
+
+    async def get_lifecycle(self) -> dict[str, Any]:
+        """The bucket's lifecycle configuration: {"Rules": [...]} and any other top-level
+        setting the server returned; {"Rules": []} when the bucket has none."""
+        try:
+            return await self._request(
+                "GetBucketLifecycleConfiguration", None, self._call_in_loop,
+                "GetBucketLifecycleConfiguration", {},
+                quiet_codes=("NoSuchLifecycleConfiguration",),
+            )
+        except StoreError as error:
+            if error.code == "NoSuchLifecycleConfiguration":
+                return {"Rules": []}
+            raise
+
+    async def put_lifecycle(self, configuration: dict[str, Any]) -> None:
+        """Replace the bucket's lifecycle configuration (no rules left: delete it)."""
+        rules = configuration.get("Rules") or []
+        if not rules:
+            await self._call("DeleteBucketLifecycle", None)
+            return
+        params: dict[str, Any] = {"LifecycleConfiguration": {"Rules": rules}}
+        if "TransitionDefaultMinimumObjectSize" in configuration:
+            params["TransitionDefaultMinimumObjectSize"] = (
+                configuration["TransitionDefaultMinimumObjectSize"]
+            )
+        await self._call("PutBucketLifecycleConfiguration", None, **params)
 
     # -- objects --
 
     async def head(self, key: str) -> ObjectInfo:
         response = await self._request(
-            "HeadObject", key, self._call_in_loop, "HeadObject", {"Key": key},
-            quiet_not_found=True,
+            "HeadObject", key, self._call_in_loop, "HeadObject",
+            {"Key": key, **self.options.sse_c}, quiet_not_found=True,
         )
         return ObjectInfo(
             key=key,
@@ -326,6 +482,9 @@ class S3Store:
             mtime_ns=_ns(response["LastModified"]),
             metadata=dict(response.get("Metadata", {})),
             storage_class=response.get("StorageClass"),
+            encryption="SSE-C" if response.get("SSECustomerAlgorithm")
+            else response.get("ServerSideEncryption"),
+            kms_key_id=response.get("SSEKMSKeyId"),
         )
 
     async def get(
@@ -333,7 +492,7 @@ class S3Store:
     ) -> bytes:
         if length == 0:
             return b""
-        params: dict[str, Any] = {"Key": key}
+        params: dict[str, Any] = {"Key": key, **self.options.sse_c}
         if (byte_range := _range_header(start, length)) is not None:
             params["Range"] = byte_range
         if if_match is not None:
@@ -341,6 +500,17 @@ class S3Store:
         data = await self._get_with_body_retries(key, params)
         self.stats.bytes_received += len(data)
         return data
+
+    async def get_range(self, key: str, start: int, length: int) -> tuple[bytes, str | None]:
+        """A ranged GET that also returns the Content-Range header the server sent (None: it
+        answered the whole object), for `s3pvefs check`."""
+        params = {"Key": key, "Range": _range_header(start, length), **self.options.sse_c}
+        return await self._request("GetObject", key, self._get_range_in_loop, params)
+
+    async def _get_range_in_loop(self, params: dict[str, Any]) -> tuple[bytes, str | None]:
+        response = await self._client.get_object(Bucket=self.bucket, **params)
+        async with response["Body"] as body:
+            return await body.read(), response.get("ContentRange")
 
     async def _get_with_body_retries(self, key: str, params: dict[str, Any]) -> bytes:
         # botocore retries a request, not a body cut off mid-stream; that is done here.
@@ -363,9 +533,16 @@ class S3Store:
             except _TRANSPORT_FAILURES as exc:
                 raise _BodyReadError(exc) from exc
 
-    async def put(self, key: str, data: bytes, metadata: dict[str, str]) -> str:
+    async def put(
+        self, key: str, data: bytes, metadata: dict[str, str], *,
+        storage_class: str | None = None,
+    ) -> str:
+        """PUT one object; `storage_class` overrides the configured one (s3pvefs check)."""
         self.stats.bytes_sent += len(data)
-        response = await self._call("PutObject", key, Key=key, Body=data, Metadata=metadata)
+        response = await self._call(
+            "PutObject", key, Key=key, Body=data, Metadata=metadata,
+            **self.options.for_create(key, storage_class),
+        )
         return _unquote(response["ETag"])
 
     async def delete(self, key: str) -> None:
@@ -387,7 +564,7 @@ class S3Store:
                 "DeleteObjects", first.get("Key"), first.get("Code"),
                 f"{len(failures)} of {len(keys)} keys not deleted; first: {first.get('Message')}",
             )
-            self._record_failure(error, quiet_not_found=False)
+            self._record_failure(error, quiet=False)
             raise error
 
     async def list_page(
@@ -422,19 +599,25 @@ class S3Store:
             params["Metadata"] = metadata
         if if_match is not None:
             params["CopySourceIfMatch"] = _quote(if_match)
+        # S3 gives a copy the class and encryption asked for, not the source's.
+        params.update(self.options.for_create(dst_key), **self.options.sse_c_source)
         response = await self._call("CopyObject", src_key, **params)
         return _unquote(response["CopyObjectResult"]["ETag"])
 
     # -- multipart --
 
     async def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
-        response = await self._call("CreateMultipartUpload", key, Key=key, Metadata=metadata)
+        response = await self._call(
+            "CreateMultipartUpload", key, Key=key, Metadata=metadata,
+            **self.options.for_create(key),
+        )
         return response["UploadId"]  # type: ignore[no-any-return]
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
         self.stats.bytes_sent += len(data)
         response = await self._call(
-            "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data
+            "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data,
+            **self.options.sse_c,
         )
         return _unquote(response["ETag"])
 
@@ -448,6 +631,8 @@ class S3Store:
             "PartNumber": part_number,
             "CopySource": {"Bucket": self.bucket, "Key": src_key},
             "CopySourceRange": f"bytes={start}-{end_inclusive}",
+            **self.options.sse_c,
+            **self.options.sse_c_source,
         }
         if if_match is not None:
             params["CopySourceIfMatch"] = _quote(if_match)
@@ -461,6 +646,7 @@ class S3Store:
         response = await self._call(
             "CompleteMultipartUpload", key,
             Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered},
+            **self.options.sse_c,  # AWS wants the SSE-C key here when a bucket policy asks
         )
         return _unquote(response["ETag"])
 
@@ -498,6 +684,17 @@ class S3Store:
             await trio.to_thread.run_sync(self._bridge.stop)
 
 
+def _warn_about_options(config: Config, options: ObjectOptions) -> None:
+    archived = sorted(options.configured_classes() & ARCHIVE_CLASSES)
+    if archived:
+        log.warning(
+            "new objects go to %s: they cannot be read back, renamed or have their attributes "
+            "changed through the mount before they are restored", " and ".join(archived))
+    if config.sse == SSE_C and (config.endpoint_url or "https:").startswith("http:"):
+        log.warning("SSE-C over plain http sends the encryption key in clear text; AWS and "
+                    "most servers refuse it: use an https endpoint")
+
+
 def _snake_case(operation: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
 
@@ -510,14 +707,14 @@ async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
     bridge = AsyncioThread()
     await trio.to_thread.run_sync(bridge.start)
     try:
-        client_stack, client = await bridge.run(_open_client, config)
+        client_stack, client, credentials = await bridge.run(_open_client, config)
     except BaseException as exc:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(bridge.stop)
         if isinstance(exc, (BotoCoreError, ValueError, OSError)):
             raise ConfigError(f"cannot create the S3 client: {exc}") from exc
         raise
-    store = S3Store(bridge, client, client_stack, config)
+    store = S3Store(bridge, client, client_stack, config, credentials)
     try:
         yield store
     finally:

@@ -212,3 +212,39 @@ def test_embedded_local_s3_starts_configures_and_stops(tmp_path):
         proc = local.process
     assert proc.poll() is not None  # terminated and reaped
     assert (tmp_path / "state" / "moto-server.log").exists()
+
+
+# ---- S3 options and the admin commands' command lines ---------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["mount", "check", "info", "lifecycle"])
+def test_s3_option_flags_everywhere(command):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0
+    for flag in ("--config", "--endpoint-url", "--bucket", "--prefix", "--profile",
+                 "--storage-class", "--storage-class-by-dir", "--sse", "--kms-key-id",
+                 "--sse-customer-key-file", "--create-bucket", "--log-file"):
+        assert flag in result.stdout, (command, flag)
+    assert "--secret-access-key" not in result.stdout  # refused, so not advertised
+
+
+def test_admin_command_specific_flags():
+    assert "--json" in run_cli("info", "--help").stdout
+    lifecycle = run_cli("lifecycle", "--help").stdout
+    for flag in ("--transition-days", "--glacier-days", "--abort-incomplete-days", "--dry-run",
+                 "--remove"):
+        assert flag in lifecycle
+
+
+def test_lifecycle_days_must_be_whole_numbers():
+    result = run_cli("lifecycle", *S3, "--glacier-days", "ninety")
+    assert result.returncode == 2 and "expected a whole number of days, got 'ninety'" in result.stderr
+
+
+def test_mount_refuses_a_world_readable_sse_c_key(mnt, tmp_path):
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    key.chmod(0o644)
+    result = run_cli("mount", *S3, "--sse", "SSE-C", "--sse-customer-key-file", str(key), str(mnt))
+    assert_refused(result, f"run: chmod 600 {key}")
+    assert "k" * 32 not in result.stderr

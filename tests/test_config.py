@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 from pathlib import Path
@@ -407,3 +408,140 @@ def test_wrong_type_of_secret_is_not_echoed(tmp_path):
     path = write(tmp_path, "[credentials]\naccess_key_id = \"AKIA\"\nsecret_access_key = 123456789\n")
     msg = error_of(path)
     assert "secret_access_key" in msg and "123456789" not in msg
+
+
+# ---- storage class and server-side encryption ------------------------------------------------
+
+
+def test_storage_class_and_encryption_from_toml(tmp_path):
+    path = write(tmp_path, """
+[s3]
+bucket = "b1b"
+prefix = "pve"
+storage_class = "standard_ia"
+
+[s3.storage_class_by_dir]
+dump = "STANDARD_IA"
+"template/iso/" = "standard"
+"/snippets" = "GLACIER_IR"
+
+[encryption]
+sse = "aws:kms"
+kms_key_id = "alias/pve-backups"
+""")
+    c = load_config(path)
+    assert c.storage_class == "STANDARD_IA"
+    assert c.storage_class_by_dir == {"dump/": "STANDARD_IA", "template/iso/": "STANDARD",
+                                      "snippets/": "GLACIER_IR"}
+    assert (c.sse, c.kms_key_id, c.sse_customer_key) == ("aws:kms", "alias/pve-backups", None)
+
+
+def test_storage_class_flags():
+    c = load_config(None, {"storage_class": "onezone_ia", "sse": "sse-s3",
+                           "storage_class_by_dir": "dump=DEEP_ARCHIVE, template/cache=STANDARD"})
+    assert c.storage_class == "ONEZONE_IA" and c.sse == "AES256"
+    assert c.storage_class_by_dir == {"dump/": "DEEP_ARCHIVE", "template/cache/": "STANDARD"}
+
+
+def test_defaults_send_no_storage_class_and_no_encryption():
+    c = load_config(None, {})
+    assert c.storage_class is None and c.storage_class_by_dir == {} and c.sse == "none"
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"storage_class": "STANDARD-IA"},
+     "--storage-class: unknown storage class 'STANDARD-IA' (did you mean 'STANDARD_IA'?)"),
+    ({"storage_class": "glacier-deep"}, "--storage-class: unknown storage class 'glacier-deep'"),
+    ({"storage_class_by_dir": "dump:STANDARD_IA"},
+     "--storage-class-by-dir: expected DIR=CLASS[,DIR=CLASS...]"),
+    ({"storage_class_by_dir": "../x=STANDARD"}, "invalid directory '../x'"),
+    ({"storage_class_by_dir": "=STANDARD"}, "invalid directory ''"),
+    ({"storage_class_by_dir": "dump=COLD"},
+     "--storage-class-by-dir entry 'dump': unknown storage class 'COLD'"),
+    ({"sse": "aes-256"}, "--sse: unknown encryption 'aes-256' (did you mean 'aes256'?)"),
+    ({"kms_key_id": "alias/x"}, "--kms-key-id: a KMS key is only used with sse = \"aws:kms\""),
+    ({"sse": "aws:kms", "kms_key_id": " "}, "--kms-key-id: empty value"),
+    ({"sse": "SSE-C"}, "--sse is SSE-C but no customer key is set: give --sse-customer-key-file"),
+])
+def test_object_option_errors(overrides, expected):
+    assert expected in error_of(**overrides)
+
+
+def test_storage_class_error_in_file_names_the_key(tmp_path):
+    path = write(tmp_path, '[s3.storage_class_by_dir]\ndump = "Standard IA"\n')
+    msg = error_of(path)
+    assert f"[s3] storage_class_by_dir in {path} entry 'dump'" in msg
+    assert "did you mean 'STANDARD_IA'" in msg
+
+
+def test_unknown_encryption_key_is_named(tmp_path):
+    path = write(tmp_path, '[encryption]\nsse = "AES256"\nkms_key = "x"\n')
+    msg = error_of(path)
+    assert "unknown key 'kms_key' in [encryption]" in msg and "did you mean 'kms_key_id'" in msg
+
+
+SSE_C_KEY = bytes(range(100, 132))
+
+
+def key_file(tmp_path, content: bytes, mode: int = 0o600):
+    path = tmp_path / "sse-c.key"
+    path.write_bytes(content)
+    os.chmod(path, mode)
+    return path
+
+
+@pytest.mark.parametrize("content", [
+    SSE_C_KEY,  # openssl rand 32 > FILE
+    base64.b64encode(SSE_C_KEY) + b"\n",  # openssl rand -base64 32 > FILE
+    base64.b64encode(SSE_C_KEY),
+])
+def test_sse_c_key_file_raw_or_base64(tmp_path, content):
+    c = load_config(None, {"sse": "sse-c",
+                           "sse_customer_key_file": str(key_file(tmp_path, content))})
+    assert c.sse == "SSE-C" and c.sse_customer_key == SSE_C_KEY
+
+
+@pytest.mark.parametrize("mode", [0o400, 0o600])
+def test_sse_c_key_file_private_modes_are_accepted(tmp_path, mode):
+    path = key_file(tmp_path, SSE_C_KEY, mode)
+    assert load_config(None, {"sse": "SSE-C", "sse_customer_key_file": str(path)}).sse_customer_key
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_sse_c_key_file_readable_by_others_is_refused(tmp_path, mode):
+    path = key_file(tmp_path, SSE_C_KEY, mode)
+    msg = error_of(None, sse="SSE-C", sse_customer_key_file=str(path))
+    assert f"run: chmod 600 {path}" in msg and f"mode {mode:04o}" in msg
+
+
+@pytest.mark.parametrize("content", [b"short", b"x" * 31, b"x" * 33,
+                                     base64.b64encode(b"y" * 16) + b"\n", b"not base64 at all!!"])
+def test_sse_c_key_file_of_the_wrong_size_is_refused_without_quoting_it(tmp_path, content):
+    path = key_file(tmp_path, content)
+    msg = error_of(None, sse="SSE-C", sse_customer_key_file=str(path))
+    assert "exactly 32 raw bytes or their base64 encoding" in msg
+    assert content.decode(errors="replace").strip() not in msg
+
+
+def test_sse_c_key_file_must_be_a_regular_file(tmp_path):
+    (tmp_path / "dir").mkdir(mode=0o700)
+    assert "is not a regular file" in error_of(None, sse="SSE-C",
+                                               sse_customer_key_file=str(tmp_path / "dir"))
+    assert "does not exist" in error_of(None, sse="SSE-C",
+                                        sse_customer_key_file=str(tmp_path / "none"))
+
+
+def test_sse_c_key_file_needs_sse_c(tmp_path):
+    path = key_file(tmp_path, SSE_C_KEY)
+    msg = error_of(None, sse="AES256", sse_customer_key_file=str(path))
+    assert "a customer key is only used with sse = \"SSE-C\"" in msg
+
+
+def test_sse_c_key_is_a_secret(tmp_path):
+    path = key_file(tmp_path, SSE_C_KEY)
+    c = load_config(None, {"sse": "SSE-C", "sse_customer_key_file": str(path)})
+    key_b64 = base64.b64encode(SSE_C_KEY).decode()
+    assert key_b64 in c.secrets()  # the form the headers carry, masked in every log
+    red = c.redacted()
+    assert red["sse_customer_key"] == "***" and red["sse_customer_key_file"] == str(path)
+    assert key_b64 not in repr(c) + str(red) and repr(SSE_C_KEY) not in repr(c) + str(red)

@@ -392,3 +392,284 @@ async def test_faults_delay(store: S3Store) -> None:
     begin = trio.current_time()
     await faulty.head("slow")
     assert trio.current_time() - begin >= 0.05
+
+
+# -- storage class, server-side encryption, credentials, bucket creation --------------------
+
+
+def record_requests(store: S3Store) -> list[tuple[str, dict[str, str]]]:
+    """(operation, lower-case request headers) of every request the store's client sends.
+
+    Checked on the wire rather than trusted to moto: moto ignores SSE-C entirely.
+    """
+    sent: list[tuple[str, dict[str, str]]] = []
+
+    def remember(request, event_name: str, **_kwargs) -> None:
+        headers = {
+            name.lower(): value.decode() if isinstance(value, bytes) else str(value)
+            for name, value in request.headers.items()
+        }
+        sent.append((event_name.rsplit(".", 1)[-1], headers))
+
+    store._client.meta.events.register("before-send.s3", remember)
+    return sent
+
+
+def headers_of(sent: list[tuple[str, dict[str, str]]], operation: str) -> list[dict[str, str]]:
+    found = [headers for name, headers in sent if name == operation]
+    assert found, f"no {operation} request was sent"
+    return found
+
+
+async def exercise_every_object_request(store: S3Store, key: str = "enc/obj") -> None:
+    """PUT, GET (whole and ranged), HEAD, multipart with UploadPart and UploadPartCopy, copy."""
+    await store.put(key, b"p" * PART, {})
+    assert await store.get(key) == b"p" * PART
+    assert await store.get(key, 5, 3) == b"ppp"
+    await store.head(key)
+    upload_id = await store.create_multipart("enc/big", {})
+    first = await store.upload_part_copy("enc/big", upload_id, 1, key, 0, PART - 1)
+    second = await store.upload_part("enc/big", upload_id, 2, b"tail")
+    await store.complete_multipart("enc/big", upload_id, [(1, first), (2, second)])
+    await store.copy(key, "enc/copied")
+    await store.list_page("enc/")
+    await store.delete("enc/copied")
+
+
+CREATING = ("PutObject", "CreateMultipartUpload", "CopyObject")
+NOT_CREATING = ("GetObject", "HeadObject", "UploadPart", "UploadPartCopy",
+                "CompleteMultipartUpload")
+SSE_C_DATA_REQUESTS = CREATING + NOT_CREATING
+SSE_HEADER = "x-amz-server-side-encryption"
+SSE_C_HEADERS = ("x-amz-server-side-encryption-customer-algorithm",
+                 "x-amz-server-side-encryption-customer-key",
+                 "x-amz-server-side-encryption-customer-key-md5")
+COPY_SOURCE_SSE_C_HEADERS = tuple(h.replace("x-amz-", "x-amz-copy-source-") for h in SSE_C_HEADERS)
+
+
+@pytest.fixture
+def options_config(store_config: Config):
+    """A validated copy of the store configuration with some settings changed."""
+    def make(**changes) -> Config:
+        config = dataclasses.replace(store_config, **changes)
+        config.validate()
+        return config
+    return make
+
+
+async def test_storage_class_per_content_directory(options_config, s3_client, bucket) -> None:
+    config = options_config(
+        prefix="pve", storage_class="standard_ia",
+        storage_class_by_dir={"template": "STANDARD", "dump": "GLACIER_IR",
+                              "dump/keep/": "ONEZONE_IA"},
+    )
+    expected = {
+        "pve/dump/vzdump.vma.zst": "GLACIER_IR",
+        "pve/dump/keep/vzdump.tar.zst": "ONEZONE_IA",  # the longest directory wins
+        "pve/template/iso/debian.iso": "STANDARD",
+        "pve/snippets/hook.pl": "STANDARD_IA",  # the default
+        "pve/dumpster/x": "STANDARD_IA",  # "dump/" is a directory, not a string prefix
+        "pve/dump/": "STANDARD",  # directory markers and s3pvefs's own objects: never cold
+        "pve/dump/.s3pvefs-attrs.host-1": "STANDARD",
+        "elsewhere/dump/x": "STANDARD_IA",  # outside the prefix: the default
+    }
+    async with open_s3_store(config) as store:
+        for key in expected:
+            await store.put(key, b"data", {})
+        upload_id = await store.create_multipart("pve/dump/big.vma", {})
+        etag = await store.upload_part("pve/dump/big.vma", upload_id, 1, b"part")
+        await store.complete_multipart("pve/dump/big.vma", upload_id, [(1, etag)])
+        await store.copy("pve/snippets/hook.pl", "pve/template/cache/moved.tar.gz")
+        await store.copy("pve/template/iso/debian.iso", "pve/dump/copied", metadata={"m": "1"})
+    expected |= {"pve/dump/big.vma": "GLACIER_IR", "pve/template/cache/moved.tar.gz": "STANDARD",
+                 "pve/dump/copied": "GLACIER_IR"}
+    stored = {key: s3_client.head_object(Bucket=bucket, Key=key).get("StorageClass", "STANDARD")
+              for key in expected}
+    assert stored == expected
+
+
+async def test_no_storage_class_header_unless_configured(store: S3Store) -> None:
+    sent = record_requests(store)
+    await exercise_every_object_request(store)
+    assert all("x-amz-storage-class" not in headers for _op, headers in sent)
+
+
+async def test_sse_s3_only_where_objects_are_created(options_config, s3_client, bucket) -> None:
+    async with open_s3_store(options_config(sse="AES256")) as store:
+        sent = record_requests(store)
+        await exercise_every_object_request(store)
+    for operation in CREATING:
+        assert all(h.get(SSE_HEADER) == "AES256" for h in headers_of(sent, operation)), operation
+    for operation in NOT_CREATING:  # S3 rejects SSE-S3/KMS headers on reads and parts
+        assert all(SSE_HEADER not in h for h in headers_of(sent, operation)), operation
+    assert not any(name.startswith("x-amz-server-side-encryption-customer")
+                   for _op, headers in sent for name in headers)
+    for key in ("enc/obj", "enc/big"):
+        assert s3_client.head_object(Bucket=bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+
+async def test_sse_kms_with_key_id(options_config, s3_client, bucket) -> None:
+    key_id = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    async with open_s3_store(options_config(sse="aws:kms", kms_key_id=key_id)) as store:
+        sent = record_requests(store)
+        await exercise_every_object_request(store)
+        assert (await store.head("enc/obj")).encryption == "aws:kms"
+    for operation in CREATING:
+        for headers in headers_of(sent, operation):
+            assert headers[SSE_HEADER] == "aws:kms", operation
+            assert headers["x-amz-server-side-encryption-aws-kms-key-id"] == key_id
+    for operation in NOT_CREATING:
+        assert all(not any(n.startswith(SSE_HEADER) for n in h)
+                   for h in headers_of(sent, operation)), operation
+    stored = s3_client.head_object(Bucket=bucket, Key="enc/big")
+    assert stored["ServerSideEncryption"] == "aws:kms" and stored["SSEKMSKeyId"] == key_id
+
+
+async def test_sse_c_key_goes_with_every_data_request(options_config) -> None:
+    import base64
+    import hashlib
+
+    customer_key = bytes(range(32))
+    key_b64 = base64.b64encode(customer_key).decode()
+    key_md5 = base64.b64encode(hashlib.md5(customer_key).digest()).decode()
+    async with open_s3_store(options_config(sse="SSE-C", sse_customer_key=customer_key)) as store:
+        sent = record_requests(store)
+        await exercise_every_object_request(store)
+        await store.get("enc/obj", 1, 1)  # a second read: the key must not be encoded twice
+    expected = dict(zip(SSE_C_HEADERS, ("AES256", key_b64, key_md5)))
+    expected_source = dict(zip(COPY_SOURCE_SSE_C_HEADERS, ("AES256", key_b64, key_md5)))
+    for operation in SSE_C_DATA_REQUESTS:
+        for headers in headers_of(sent, operation):
+            assert {name: headers.get(name) for name in SSE_C_HEADERS} == expected, operation
+            assert SSE_HEADER not in headers  # SSE-C is not SSE-S3
+    for operation in ("CopyObject", "UploadPartCopy"):  # the source needs the key too
+        for headers in headers_of(sent, operation):
+            assert {n: headers.get(n) for n in COPY_SOURCE_SSE_C_HEADERS} == expected_source
+    for operation in ("GetObject", "HeadObject", "PutObject", "UploadPart"):
+        assert all(not any(n.startswith("x-amz-copy-source") for n in h)
+                   for h in headers_of(sent, operation)), operation
+    for operation in ("ListObjectsV2", "DeleteObject"):  # no object data: no key
+        assert all(not any(n.startswith(SSE_HEADER) for n in h)
+                   for h in headers_of(sent, operation)), operation
+
+
+async def test_get_range_reports_content_range(store: S3Store) -> None:
+    await store.put("r", bytes(range(100)), {})
+    data, content_range = await store.get_range("r", 10, 5)
+    assert data == bytes(range(10, 15)) and content_range == "bytes 10-14/100"
+
+
+async def test_static_keys_and_session_token_are_sent(options_config) -> None:
+    config = options_config(access_key_id="AKIASTATICEXAMPLE01", secret_access_key="s" * 40,
+                            session_token="FwoGZXIvYXdzEXAMPLETOKEN")
+    async with open_s3_store(config) as store:
+        sent = record_requests(store)
+        await store.head_bucket()
+        assert store.credentials.method == "explicit"
+    headers = headers_of(sent, "HeadBucket")[0]
+    assert headers["x-amz-security-token"] == "FwoGZXIvYXdzEXAMPLETOKEN"
+    assert "Credential=AKIASTATICEXAMPLE01/" in headers["authorization"]
+
+
+def write_aws_config(tmp_path, monkeypatch, text: str):
+    path = tmp_path / "aws-config"
+    path.write_text(text)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(path))
+    return path
+
+
+async def test_profile_is_honoured_over_environment_keys(
+    options_config, tmp_path, monkeypatch
+) -> None:
+    write_aws_config(tmp_path, monkeypatch,
+                     "[profile pve-backup]\naws_access_key_id = AKIAPROFILEEXAMPLE1\n"
+                     "aws_secret_access_key = profile-secret-key-example\n")
+    # AWS_ACCESS_KEY_ID=testing stays in the environment: an explicit profile wins over it.
+    async with open_s3_store(options_config(profile="pve-backup")) as store:
+        sent = record_requests(store)
+        await store.head_bucket()
+        assert store.credentials.method == "config-file"
+    assert "Credential=AKIAPROFILEEXAMPLE1/" in headers_of(sent, "HeadBucket")[0]["authorization"]
+
+
+async def test_missing_profile_is_a_config_error(options_config, tmp_path, monkeypatch) -> None:
+    from s3pvefs.errors import ConfigError
+
+    write_aws_config(tmp_path, monkeypatch, "[profile other]\nregion = us-east-1\n")
+    with pytest.raises(ConfigError, match="no-such-profile"):
+        async with open_s3_store(options_config(profile="no-such-profile")):
+            pass
+
+
+CREDENTIAL_PROCESS = '''
+import datetime, json, pathlib, sys
+counter = pathlib.Path(sys.argv[1])
+count = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(count))
+# Five minutes ahead: inside botocore's refresh window, so every request refreshes first.
+expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+print(json.dumps({"Version": 1, "AccessKeyId": f"AKIAROTATING{count:05d}",
+                  "SecretAccessKey": f"rotating-secret-{count}", "SessionToken": f"tok-{count}",
+                  "Expiration": expires.isoformat()}))
+'''
+
+
+async def test_expiring_credentials_are_refreshed_during_an_upload(
+    options_config, tmp_path, monkeypatch, s3_client, bucket
+) -> None:
+    import sys
+
+    script = tmp_path / "creds.py"
+    script.write_text(CREDENTIAL_PROCESS)
+    counter = tmp_path / "count"
+    write_aws_config(tmp_path, monkeypatch, "[profile rotating]\n"
+                     f"credential_process = {sys.executable} {script} {counter}\n")
+    async with open_s3_store(options_config(profile="rotating")) as store:
+        assert store.credentials.method == "custom-process" and store.credentials.refreshable
+        sent = record_requests(store)
+        upload_id = await store.create_multipart("rotating/big", {})
+        etags = [(n, await store.upload_part("rotating/big", upload_id, n, bytes([n]) * PART))
+                 for n in (1, 2)]
+        etags.append((3, await store.upload_part("rotating/big", upload_id, 3, b"end")))
+        await store.complete_multipart("rotating/big", upload_id, etags)
+    key_ids = [headers["authorization"].split("Credential=")[1].split("/")[0]
+               for _op, headers in sent]
+    tokens = [headers["x-amz-security-token"] for _op, headers in sent]
+    assert len(sent) == 5 and len(set(key_ids)) == 5 and len(set(tokens)) == 5
+    assert int(counter.read_text()) >= 6  # the first fetch, then one per request
+    assert s3_client.head_object(Bucket=bucket, Key="rotating/big")["ContentLength"] == 2 * PART + 3
+
+
+@pytest.mark.parametrize("region", ["eu-central-1", "us-east-1"])
+async def test_create_bucket_in_the_configured_region(options_config, s3_client, region) -> None:
+    from s3pvefs.mount import check_bucket
+
+    config = options_config(region=region, bucket=f"created-{region}-{time.time_ns()}",
+                            create_bucket=True)
+    async with open_s3_store(config) as store:
+        await check_bucket(store, config)  # the mount's start: the bucket is missing
+        assert await store.bucket_region() == region
+        await store.put("k", b"v", {})
+    location = s3_client.get_bucket_location(Bucket=config.bucket)["LocationConstraint"]
+    assert location == (None if region == "us-east-1" else region)
+
+
+async def test_chain_secrets_are_masked_in_logs(store_config: Config, monkeypatch,
+                                                tmp_path) -> None:
+    from s3pvefs.logsetup import setup_logging
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "chain-secret-0123456789")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "chain-token-0123456789")
+    log_file = tmp_path / "log"
+    handler = setup_logging(dataclasses.replace(store_config, log_file=log_file))
+    try:
+        async with open_s3_store(store_config) as store:
+            assert store.credentials.method == "env"
+            logging.getLogger("s3pvefs.test").warning(
+                "leak? %s %s", "chain-secret-0123456789", "chain-token-0123456789")
+        handler.flush()
+        text = log_file.read_text()
+        assert "leak? *** ***" in text and "0123456789" not in text
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
