@@ -565,14 +565,33 @@ class FsCore:
             return b""
         data = self._data(node)
         if any(data.unreadable(b) for b in data.blocks(offset, length)):
-            raise FsError(errno.EIO, f"{node.path()}: this range was uploaded while the file "
-                                     "was written and left the cache; it can be read once the "
-                                     "file is closed and its upload completed")
+            await self._complete_for_read(node, data, offset, length)
         with data.in_use(offset, length):
             if node.base is not None:
                 await self._fetch_for_read(node, data, offset, length)
                 self._read_ahead(handle, data, offset, length)
             return await data.read(offset, length)
+
+    async def _complete_for_read(self, node: Node, data: CachedFile, offset: int,
+                                 length: int) -> None:
+        """Part of the range went to S3 as parts of an unfinished multipart upload and left
+        the cache: S3 serves it only once the upload completes. A closed file's upload is
+        completed now, and the read waits for it (a restore started right after its backup);
+        while a writer still has the file open, nothing can complete it: EIO."""
+        unreadable = FsError(errno.EIO, f"{node.path()}: this range was uploaded while the "
+                                        "file was written and left the cache; it can be read "
+                                        "once the file is closed and its upload completed")
+        if node.write_handles:
+            raise unreadable
+        log.info("%s: reading a range that is on S3 only as an unfinished upload: completing "
+                 "the upload first", node.path())
+        try:
+            await self.uploader.sync_now(node)
+        except (FsError, StoreError) as exc:  # e.g. a .dat not renamed to its final name yet
+            log.warning("%s: cannot complete the upload for a read: %s", node.path(), exc)
+            raise unreadable from None
+        if any(data.unreadable(b) for b in data.blocks(offset, length)):
+            raise unreadable
 
     async def _fetch_for_read(self, node: Node, data: CachedFile, offset: int, length: int):
         base = node.base

@@ -484,6 +484,28 @@ async def test_cache_evicts_closed_clean_files(make_core, store, s3_client, buck
     assert s3_body(s3_client, bucket, f"{PREFIX}images/b.raw") == expected
 
 
+async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core, s3_client,
+                                                                       bucket) -> None:
+    """A restore right after a backup larger than the cache: the parts that left the cache
+    are on S3 only inside an unfinished multipart upload."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(5 * PART, seed=21)
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "big.raw", data, release=False)
+    second_part = PART // BLOCK  # the first part stays cached (pinned) while streaming
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(second_part):  # uploaded as a part, then evicted
+            await trio.sleep(0.05)
+    reader, _ = await core.open(node.ino, os.O_RDONLY)
+    # the writer may still change the file: nothing can complete its upload yet
+    await fails_with(errno.EIO, core.read, reader, PART, BLOCK)
+    await core.release(fh)
+    with trio.fail_after(TIMEOUT):
+        assert await core.read(reader, 0, len(data)) == data
+    await core.release(reader)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data
+
+
 # -- writes into remote files ----------------------------------------------------------------
 
 
