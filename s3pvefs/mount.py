@@ -1,4 +1,16 @@
-"""Assembles the layers and runs one mount: checks, root nursery, signals, ordered teardown."""
+"""Assembles the layers and runs one mount: checks, root nursery, signals, ordered teardown.
+
+Under systemd (``Type=notify``, see ``systemd/s3pvefs@.service``) the mount reports through
+``sdnotify``: ``STATUS=`` while it checks the bucket and recovers; ``READY=1`` once the kernel
+mount exists and the admin socket answers; every ``NOTIFY_INTERVAL`` seconds a ``STATUS=`` with
+the files and bytes not on S3 yet; ``STOPPING=1`` at the first SIGTERM/SIGINT (or when it was
+unmounted by hand), then ``STATUS=`` with what is left to upload. While that final upload makes
+progress, each tick also sends ``EXTEND_TIMEOUT_USEC`` (``EXTEND_WINDOW``): systemd then does
+not kill a drain that is still moving once ``TimeoutStopSec`` has passed, but does kill one that
+stalls (S3 unreachable) for ``EXTEND_WINDOW`` after it; what is not on S3 stays in the cache
+journal for the next mount. With ``WatchdogSec=`` in the unit, ``WATCHDOG=1`` is sent from the
+trio loop, so a hung event loop gets the process restarted.
+"""
 
 from __future__ import annotations
 
@@ -11,42 +23,54 @@ import pyfuse3
 import trio
 
 from .blockcache import BlockCache
-from .config import Config
+from .config import Config, human_size
 from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError
 from .fuse_adapter import FuseOperations
 from .recovery import recover
+from .sdnotify import Notifier
 from .store import ObjectStore, open_s3_store
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
+NOTIFY_INTERVAL = 5.0  # seconds between STATUS= updates to systemd
+EXTEND_WINDOW = 300.0  # a final upload still making progress asks systemd for this much more
+
 
 def run_mount(config: Config, mountpoint: Path) -> int:
     """Mount in the foreground until unmounted or signalled; returns the exit code."""
+    notifier = Notifier.from_environment()
     try:
-        return trio.run(_mount, config, mountpoint)
+        return trio.run(_mount, config, mountpoint, notifier)
     except ConfigError as exc:
         log.error("%s", exc)
+        notifier.status(f"failed: {exc}")
         return EXIT_CONFIG
     except S3PveFsError as exc:
         log.error("%s", exc)
+        notifier.status(f"failed: {exc}")
         return EXIT_FAILED
+    finally:
+        notifier.close()
 
 
-async def _mount(config: Config, mountpoint: Path) -> int:
+async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = None) -> int:
+    notifier = notifier or Notifier(None)
     cache = BlockCache(config.cache_dir, config.block_size, config.cache_size)
     cache.open()
     try:
         async with open_s3_store(config) as store:
+            notifier.status(f"checking {_where(config)}")
             await check_bucket(store, config)
             core = FsCore(config, store, cache)
             await core.create_proxmox_dirs()
+            notifier.status(f"recovering journaled uploads from {config.cache_dir}")
             await recover(core)
             try:
-                return await _serve(core, config, mountpoint)
+                return await _serve(core, config, mountpoint, notifier)
             finally:
                 core.keep_clean_data()
     finally:
@@ -87,7 +111,12 @@ def _fuse_options(config: Config) -> set[str]:
     return options
 
 
-async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
+def _where(config: Config) -> str:
+    return f"s3://{config.bucket}/{config.prefix}"
+
+
+async def _serve(core: FsCore, config: Config, mountpoint: Path,
+                 notifier: Notifier | None = None) -> int:
     operations = FuseOperations(core)
     try:
         pyfuse3.init(operations, str(mountpoint), _fuse_options(config))
@@ -95,14 +124,20 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
         raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s on %s", config.bucket + "/" + config.prefix, mountpoint)
     unmounted = False
-    stop = _Stop()
+    reporter = _Reporter(notifier or Notifier(None), core, f"{_where(config)} on {mountpoint}")
+    stop = _Stop(reporter)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(core.run)
             await nursery.start(serve_control, core, mountpoint)
             nursery.start_soon(_watch_signals, core, stop, nursery)
+            if reporter.enabled:
+                # READY=1 now: the kernel mount exists (pyfuse3.init mounted it), the admin
+                # socket answers, and the kernel queues requests until pyfuse3.main() runs.
+                await nursery.start(reporter.run)
             await pyfuse3.main()
             stop.serving = False
+            reporter.stopping("unmounted")  # no-op if a signal already said so
             # No more requests: the kernel unmounted us or a signal ended the loop.
             pyfuse3.close(unmount=True)
             unmounted = True
@@ -113,6 +148,7 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
         if not unmounted:
             pyfuse3.close(unmount=True)
     left = core.dirty_nodes()
+    reporter.finished(len(left))
     if left:
         log.error("%d file(s) are not on S3 yet: %s. Their data stays in the cache journal "
                   "(%s) and is uploaded when this cache directory is mounted again.", len(left),
@@ -122,10 +158,113 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path) -> int:
 
 
 class _Stop:
-    def __init__(self) -> None:
+    def __init__(self, reporter: _Reporter) -> None:
         self.requested = False  # a signal asked us to stop
         self.serving = True  # pyfuse3.main() still runs
         self.forced = trio.Event()
+        self.reporter = reporter
+
+
+class _Reporter:
+    """What systemd is told (see the module docstring); every call is a no-op without
+    $NOTIFY_SOCKET."""
+
+    def __init__(self, notifier: Notifier, core: FsCore, where: str):
+        self.notifier = notifier
+        self.core = core
+        self.where = where
+        self.why_stopping: str | None = None
+        self.forced = False
+        self._last_text: str | None = None
+        self._progress: tuple[int, int, int] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.notifier.enabled
+
+    def text(self) -> str:
+        """One line for `systemctl status`: where, and what is not on S3 yet."""
+        status = self.core.status()
+        files, dirty = status["dirty_files"], status["dirty_bytes"]
+        uploads, errors = len(status["uploads"]), len(status["errors"])
+        if self.forced:
+            return (f"Stopping without waiting for uploads: {files} file(s) stay in the cache "
+                    "journal for the next mount")
+        if self.why_stopping is not None:
+            if not files:
+                return f"Stopping ({self.why_stopping}): all data on S3"
+            text = (f"Stopping ({self.why_stopping}): uploading {files} file(s), "
+                    f"{human_size(dirty)} left")
+        elif not files:
+            text = f"Mounted {self.where}: all data on S3"
+        else:
+            text = (f"Mounted {self.where}: {files} file(s), {human_size(dirty)} not on S3 "
+                    f"yet, {uploads} uploading")
+        if errors:
+            text += f"; {errors} upload error(s), see: s3pvefs status"
+        return text
+
+    def stopping(self, why: str) -> None:
+        """STOPPING=1, once, whatever made the mount stop first."""
+        if self.why_stopping is not None:
+            return
+        self.why_stopping = why
+        if self.enabled:
+            self._progress = self._measure()
+            self._send_status(self.notifier.stopping)
+
+    def finished(self, left: int) -> None:
+        if left:
+            self.notifier.status(f"Stopped: {left} file(s) not on S3 stay in the cache journal "
+                                 "and are uploaded by the next mount")
+        else:
+            self.notifier.status("Stopped: all data on S3")
+
+    def force(self) -> None:
+        self.forced = True
+        if self.enabled:
+            self._send_status(self.notifier.status)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """READY=1, then a STATUS= whenever it changes (checked every NOTIFY_INTERVAL s), an
+        EXTEND_TIMEOUT_USEC= per tick in which the final upload made progress, and WATCHDOG=1
+        pings if the unit asked for them. Runs until cancelled."""
+        self._send_status(self.notifier.ready)
+        task_status.started()
+        watchdog = self.notifier.watchdog_interval
+        interval = NOTIFY_INTERVAL if watchdog is None else min(NOTIFY_INTERVAL, watchdog)
+        while True:
+            await trio.sleep(interval)
+            if watchdog is not None:
+                self.notifier.watchdog()
+            self.tick()
+
+    def tick(self) -> None:
+        self._send_status(self.notifier.status, only_if_changed=True)
+        if self.why_stopping is not None and not self.forced:
+            now = self._measure()
+            before = self._progress
+            if before is not None and (now[0] > before[0] or now[1] < before[1]
+                                       or now[2] < before[2]):
+                self.notifier.extend_timeout(EXTEND_WINDOW)
+            self._progress = now
+
+    def _measure(self) -> tuple[int, int, int]:
+        """(bytes sent to S3, dirty bytes, dirty files): the drain progresses when the first
+        grows or one of the others shrinks."""
+        return (self.core.store.stats.bytes_sent, self.core.cache.dirty_bytes,
+                len(self.core.dirty_nodes()))
+
+    def _send_status(self, send, only_if_changed: bool = False) -> None:
+        try:
+            text = self.text()
+        except Exception:  # a report must never break the mount
+            log.exception("cannot build the status for systemd")
+            return
+        if only_if_changed and text == self._last_text:
+            return
+        self._last_text = text
+        send(text)
 
 
 async def _watch_signals(core: FsCore, stop: _Stop, nursery: trio.Nursery) -> None:
@@ -136,11 +275,14 @@ async def _watch_signals(core: FsCore, stop: _Stop, nursery: trio.Nursery) -> No
             if stop.requested or not stop.serving:
                 log.warning("second signal: stopping without waiting for uploads")
                 stop.forced.set()
+                stop.reporter.force()
                 if stop.serving:
                     pyfuse3.terminate()
                 continue
             stop.requested = True
-            log.info("%s: uploading pending data, then unmounting", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            log.info("%s: uploading pending data, then unmounting", name)
+            stop.reporter.stopping(name)
             nursery.start_soon(_upload_then_unmount, core, stop)
 
 
