@@ -88,7 +88,7 @@ class FsCore:
         self.dirs.on_listed = self._prefetch_small_files
         self._listing_prefetches: set[trio.CancelScope] = set()
         # Told which directories `refresh` dropped, so the kernel's caches can follow.
-        self.on_refresh: Callable[[set[int]], Awaitable[None]] | None = None
+        self.on_refresh: Callable[[set[int], set[int]], Awaitable[None]] | None = None
 
     def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
         permissions = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
@@ -213,15 +213,18 @@ class FsCore:
         the bucket): the next access asks S3 again. Returns how many entries were dropped."""
         count = 0
         directories: set[int] = set()
+        known_files: set[int] = set()  # whose attributes the kernel may be caching
         for node in walk(self._loaded_node(path or "")):
             if node.is_dir:
                 self.dirs.invalidate(node)
                 directories.add(node.ino)
             elif not node.busy:
                 node.meta_loaded = False
+                if node.lookups > 0:
+                    known_files.add(node.ino)
             count += 1
         if self.on_refresh is not None:
-            await self.on_refresh(directories)
+            await self.on_refresh(directories, known_files)
         return count
 
     def node_at_key(self, key: str) -> Node | None:

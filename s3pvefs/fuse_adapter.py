@@ -61,7 +61,7 @@ class FuseOperations(pyfuse3.Operations):
         # Names answered "does not exist" that the kernel may still remember: so that
         # `s3pvefs refresh` can make it forget them too.
         self._negative = TTLCache(maxsize=65536, ttl=max(self.negative_timeout, 0.001))
-        core.on_refresh = self._forget_negative_entries
+        core.on_refresh = self._forget_kernel_caches
         self._dir_snapshots: dict[int, list[tuple[str, Node]]] = {}
         self._next_dir_handle = 1
 
@@ -106,15 +106,15 @@ class FuseOperations(pyfuse3.Operations):
         self._negative[(parent_inode, name)] = True
         return entry
 
-    async def _forget_negative_entries(self, directories: set[int]) -> None:
-        """Make the kernel forget remembered missing names in these directories, before
-        `s3pvefs refresh` returns (from a worker thread: the kernel may have to wait for
-        requests this loop answers meanwhile)."""
+    async def _forget_kernel_caches(self, directories: set[int], files: set[int]) -> None:
+        """Make the kernel forget the missing names it remembers in these directories and the
+        attributes of these files, before `s3pvefs refresh` returns (from a worker thread:
+        the kernel may have to wait for requests this loop answers meanwhile)."""
         entries = [key for key in list(self._negative.keys()) if key[0] in directories]
         for key in entries:
             self._negative.pop(key, None)
-        if entries:
-            await trio.to_thread.run_sync(_invalidate_entries, entries)
+        if entries or files:
+            await trio.to_thread.run_sync(_invalidate, entries, sorted(files))
 
     @_answer
     async def getattr(self, inode, ctx=None):
@@ -269,10 +269,12 @@ class FuseOperations(pyfuse3.Operations):
         raise FsError(pyfuse3.ENOATTR)
 
 
-def _invalidate_entries(entries: list[tuple[int, bytes]]) -> None:
-    for parent_inode, name in entries:
+def _invalidate(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
+    calls = [(pyfuse3.invalidate_entry, parent, name) for parent, name in entries]
+    calls += [(pyfuse3.invalidate_inode, inode, True) for inode in inodes]  # attributes only
+    for invalidate, *args in calls:
         try:
-            pyfuse3.invalidate_entry(parent_inode, name)
+            invalidate(*args)
         except OSError as exc:  # ENOENT: the kernel had already dropped it
             if exc.errno != errno.ENOENT:
-                log.warning("cannot invalidate the kernel's entry %r: %s", name, exc)
+                log.warning("cannot invalidate the kernel's cache of %r: %s", args, exc)

@@ -30,6 +30,7 @@ MAX_OBJECT_SIZE = 5 * 1024 * GiB  # S3's limit on one object
 MAX_COPY_SIZE = 5 * GiB  # CopyObject's limit; beyond it UploadPartCopy
 RETRY_MIN, RETRY_MAX = 1.0, 300.0
 DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for it
+DRAIN_RETRY_MAX = 2.0  # seconds between attempts while a shutdown waits (not minutes)
 
 
 def choose_part_size(size: int, min_part: int) -> int:
@@ -52,6 +53,10 @@ class Uploader:
         self._queue: dict[int, Node] = {}
         self._not_before: dict[int, float] = {}
         self._failures: dict[int, int] = {}
+        self._draining = False
+        # Failure counts when a drain gave up: a later drain (the one after the unmount) does
+        # not wait for those files all over again.
+        self._given_up_at: dict[int, int] | None = None
         self._running: set[int] = set()
         self._wakeup = trio.Event()
         self._in_flight: dict[int, _Progress] = {}
@@ -113,7 +118,8 @@ class Uploader:
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
-            delay = min(RETRY_MAX, RETRY_MIN * 2 ** (failures - 1))
+            delay = min(DRAIN_RETRY_MAX if self._draining else RETRY_MAX,
+                        RETRY_MIN * 2 ** (failures - 1))
             log.error("upload of %s failed (attempt %d), retrying in %.0f s: %s",
                       node.path(), failures, delay, exc)
             self.schedule(node, delay)
@@ -142,18 +148,21 @@ class Uploader:
         """Upload everything given and queued. Returns when the worker is idle, or when every
         file left has failed DRAIN_ATTEMPTS times since the drain began (they stay journaled
         for the next mount: a shutdown must not wait forever for an S3 that is gone)."""
+        self._draining = True
         for node in nodes:
             if node.needs_upload and node.waiting_for_rename is None:
                 self.schedule(node)
-        failures_at_start = dict(self._failures)
+        failures_at_start = self._given_up_at or dict(self._failures)
         while not self.idle:
             if not self._running and all(
                     self._failures.get(ino, 0) >= failures_at_start.get(ino, 0) + DRAIN_ATTEMPTS
                     for ino in self._queue):
                 log.error("giving up on %d file(s) that cannot be uploaded now",
                           len(self._queue))
+                self._given_up_at = failures_at_start
                 return
             await trio.sleep(0.05)
+        self._given_up_at = None
 
     # -- one node ---------------------------------------------------------------------------
 
