@@ -391,6 +391,11 @@ IA_MIN_DAYS = 30  # S3 refuses transitions to STANDARD_IA before 30 days
 IA_STAY_DAYS = 30  # objects stay 30 days in STANDARD_IA before a transition to GLACIER
 DEFAULT_ABORT_DAYS = 7
 MAX_RULE_ID = 255
+UPLOADS_RULE_SUFFIX = "-uploads"
+# Objects this small never change class: s3pvefs's attribute indexes and the notes files that
+# Proxmox reads at every listing must stay readable (an archived one fails every GET), and S3
+# bills small objects in STANDARD_IA as 128 KiB anyway.
+SMALL_OBJECT_LIMIT = 128 * 1024
 
 
 @dataclass(frozen=True)
@@ -418,36 +423,45 @@ class LifecyclePlan:
 
 
 def rule_id(prefix: str) -> str:
-    """Our rule's ID: one per prefix, so that mounts of other prefixes keep theirs."""
+    """Our transitions rule's ID: one per prefix, so that mounts of other prefixes keep
+    theirs (the uploads rule adds UPLOADS_RULE_SUFFIX)."""
     candidate = "s3pvefs" + (f"-{prefix.rstrip('/')}" if prefix else "")
-    if len(candidate.encode()) <= MAX_RULE_ID:
+    if len(candidate.encode()) + len(UPLOADS_RULE_SUFFIX) <= MAX_RULE_ID:
         return candidate
     return "s3pvefs-" + hashlib.sha256(prefix.encode()).hexdigest()[:32]
 
 
-def build_rule(prefix: str, plan: LifecyclePlan) -> dict[str, Any]:
-    rule: dict[str, Any] = {"ID": rule_id(prefix), "Status": "Enabled",
-                            "Filter": {"Prefix": prefix}}
+def build_rules(prefix: str, plan: LifecyclePlan) -> list[dict[str, Any]]:
+    """Two rules: S3 refuses AbortIncompleteMultipartUpload next to an object-size filter."""
+    rules = []
     transitions = []
     if plan.transition_days is not None:
         transitions.append({"Days": plan.transition_days, "StorageClass": "STANDARD_IA"})
     if plan.glacier_days is not None:
         transitions.append({"Days": plan.glacier_days, "StorageClass": "GLACIER"})
     if transitions:
-        rule["Transitions"] = transitions
+        size_filter = {"ObjectSizeGreaterThan": SMALL_OBJECT_LIMIT}
+        rules.append({"ID": rule_id(prefix), "Status": "Enabled",
+                      "Filter": {"And": {"Prefix": prefix, **size_filter}} if prefix
+                      else size_filter,
+                      "Transitions": transitions})
     # Uploads that a crash or a lost host left behind cost money and are invisible otherwise.
-    rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": plan.abort_incomplete_days}
-    return rule
+    rules.append({"ID": rule_id(prefix) + UPLOADS_RULE_SUFFIX, "Status": "Enabled",
+                  "Filter": {"Prefix": prefix},
+                  "AbortIncompleteMultipartUpload": {
+                      "DaysAfterInitiation": plan.abort_incomplete_days}})
+    return rules
 
 
 def merged_configuration(
     current: dict[str, Any], prefix: str, plan: LifecyclePlan
 ) -> dict[str, Any]:
-    """The bucket's configuration with our rule replaced (or removed); other rules kept as is."""
-    ours = rule_id(prefix)
-    rules = [rule for rule in current.get("Rules", []) if rule.get("ID") != ours]
+    """The bucket's configuration with our rules replaced (or removed); other rules kept as
+    they are."""
+    ours = {rule_id(prefix), rule_id(prefix) + UPLOADS_RULE_SUFFIX}
+    rules = [rule for rule in current.get("Rules", []) if rule.get("ID") not in ours]
     if not plan.remove:
-        rules.append(build_rule(prefix, plan))
+        rules.extend(build_rules(prefix, plan))
     merged = {key: value for key, value in current.items() if key != "Rules"}
     merged["Rules"] = rules
     return merged

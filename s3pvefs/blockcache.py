@@ -105,13 +105,14 @@ class BlockCache:
         self._files.add(cached_file)
         return cached_file
 
-    def adopt_file(self, file_id: str, cached: set[int], dirty: set[int]) -> CachedFile:
-        """Take over the cache file of an earlier run (crash recovery)."""
+    def adopt_file(self, file_id: str, cached: set[int], dirty: set[int],
+                   size: int) -> CachedFile:
+        """Take over the cache file of an earlier run (crash recovery) of a ``size`` file."""
         cached_file = CachedFile(self, file_id)
         if not cached_file.path.exists():
             raise FileNotFoundError(f"cache file {cached_file.path} is missing")
         for block in set(cached) | set(dirty):
-            cached_file.charge(block, self.block_size)
+            cached_file.charge(block, size - block * self.block_size)
         cached_file.dirty = {block: 0 for block in dirty}
         self._files.add(cached_file)
         return cached_file
@@ -259,7 +260,10 @@ class CachedFile:
         self.path = cache.data_dir / file_id
         self._fd: int | None = None
         self._io_running = 0
-        self._close_wanted = False
+        # No handle has the file open: close the descriptor after every disk access (uploads
+        # and prefetches of closed files must not pile up open files). keep_fd() clears it.
+        self._no_handles = True
+        self.discarded = False  # thrown away: late fetches must not bring it back
         self.charges: dict[int, int] = {}  # cached block -> bytes charged to the cache for it
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
@@ -309,6 +313,8 @@ class CachedFile:
 
     def charge(self, block: int, filled: int) -> None:
         """Cache ``block``, holding data in its first ``filled`` bytes (charged in pages)."""
+        if self.discarded:
+            return
         new = block_charge(self.block_size, filled)
         old = self.charges.get(block, 0)
         if new > old:
@@ -362,7 +368,7 @@ class CachedFile:
             return await self.cache.run_io(fn, *args)
         finally:
             self._io_running -= 1
-            if self._close_wanted and not self._io_running:
+            if self._no_handles and not self._io_running:
                 self.close()
 
     async def sync(self) -> None:
@@ -371,17 +377,20 @@ class CachedFile:
             await self._io(lambda: os.fsync(self._ensure_fd()))
 
     def release_fd(self) -> None:
-        """No handle needs the file open any more: close it once idle."""
-        self._close_wanted = True
+        """No handle needs the file open any more: close it once idle, and after every
+        access from now on."""
+        self._no_handles = True
         if not self._io_running:
             self.close()
 
     def keep_fd(self) -> None:
-        """A handle opened the file: keep its descriptor open."""
-        self._close_wanted = False
+        """A handle opened the file: keep its descriptor open between accesses."""
+        self._no_handles = False
 
     def _ensure_fd(self) -> int:
         if self._fd is None:
+            if self.discarded:  # a worker thread still busy with a file thrown away
+                raise OSError(errno.ESTALE, "the cache file was discarded")
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         return self._fd
 
@@ -417,6 +426,8 @@ class CachedFile:
         written or truncated away meanwhile."""
         await self.cache.trim(count * self.block_size)
         async with self.write_lock:
+            if self.discarded:  # deleted (or changed on S3) while the GET ran
+                return
             writes = []
             for block in range(first_block, first_block + count):
                 start = block * self.block_size
@@ -488,13 +499,13 @@ class CachedFile:
     def close(self) -> None:
         """Close the file descriptor (reopened when needed): one per open file, not per file
         ever read."""
-        self._close_wanted = False
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
 
     def discard(self) -> None:
         """Throw the cache file away (the file was deleted, or S3 has all of it)."""
+        self.discarded = True
         try:
             os.unlink(self.path)  # a worker thread still reading it keeps its open file
         except FileNotFoundError:

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
 TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
+READ_WAITS_FOR_UPLOAD = 300.0  # seconds a read may wait for an upload to complete (see read)
 # Small files fetched when their directory is listed: backup notes, logs, guest configs.
 PREFETCH_SUFFIXES = (".notes", ".log", ".conf", ".fw", ".cfg")
 
@@ -86,7 +87,6 @@ class FsCore:
         self.uploader.key_owner = self.node_at_key
         cache.on_pressure = self.uploader.relieve_pressure
         self.dirs.on_listed = self._prefetch_small_files
-        self._listing_prefetches: set[trio.CancelScope] = set()
         # Told which directories `refresh` dropped, so the kernel's caches can follow.
         self.on_refresh: Callable[[set[int], set[int]], Awaitable[None]] | None = None
 
@@ -495,14 +495,13 @@ class FsCore:
         budget = self.cache.size_limit // 2 - self.cache.used_bytes
         for node in list(directory.children.values()):
             base = node.base
-            if (not limit or budget <= 0 or not node.is_file or base is None
+            if (not limit or budget <= 0 or not node.is_file or base is None or base.archived
                     or not 0 < base.size <= limit or not node.name.endswith(PREFETCH_SUFFIXES)
                     or node.busy or (node.data is not None and node.data.cached)):
                 continue
-            data = self._data(node)
-            self.reader.prefetch(data, base, 0, base.size, self._listing_prefetches)
-            if node.open_count == 0:
-                data.release_fd()  # closed once the fetch wrote its block
+            # A file deleted meanwhile: its cache file is discarded and the fetch drops its
+            # bytes (CachedFile.discarded); nothing to cancel.
+            self.reader.prefetch(self._data(node), base, 0, base.size, set())
             budget -= base.size
 
     def keep_clean_data(self) -> None:
@@ -588,12 +587,20 @@ class FsCore:
             raise unreadable
         log.info("%s: reading a range that is on S3 only as an unfinished upload: completing "
                  "the upload first", node.path())
-        try:
-            await self.uploader.sync_now(node)
-        except (FsError, StoreError) as exc:  # e.g. a .dat not renamed to its final name yet
-            log.warning("%s: cannot complete the upload for a read: %s", node.path(), exc)
-            raise unreadable from None
-        if any(data.unreadable(b) for b in data.blocks(offset, length)):
+        # Bounded: with S3 away the upload retries for as long as the outage lasts.
+        with trio.move_on_after(READ_WAITS_FOR_UPLOAD) as waited:
+            try:
+                await self.uploader.sync_now(node)
+            except FsError as exc:  # e.g. a .dat not renamed to its final name yet
+                log.warning("%s: cannot complete the upload for a read: %s", node.path(), exc)
+                raise unreadable from None
+        if waited.cancelled_caught:
+            log.warning("%s: its upload did not complete within %.0f s; the read fails",
+                        node.path(), READ_WAITS_FOR_UPLOAD)
+            raise unreadable
+        # Reopened for writing, deleted or replaced meanwhile: not the data this read wanted.
+        if node.write_handles or node.unlinked or node.data is not data or any(
+                data.unreadable(b) for b in data.blocks(offset, length)):
             raise unreadable
 
     async def _fetch_for_read(self, node: Node, data: CachedFile, offset: int, length: int):

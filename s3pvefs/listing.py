@@ -17,6 +17,7 @@ import trio
 from .errors import FsError
 from .names import INDEX_PREFIX, META_MTIME, Attributes, SkippedKeys, decode_attributes, listing_name
 from .nodes import InodeTable, Node, RemoteObject, next_change
+from .s3options import ARCHIVE_CLASSES
 from .store import ObjectInfo, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ class Directories:
 
     def _set_remote(self, node: Node, info: ObjectInfo) -> None:
         """Point a clean node at a (new) remote object, dropping cached data of the old one."""
-        node.base = RemoteObject(info.key, info.etag, info.size)
+        node.base = RemoteObject(info.key, info.etag, info.size,
+                                 archived=info.storage_class in ARCHIVE_CLASSES)
         node.size = info.size
         node.mtime_ns = node.ctime_ns = info.mtime_ns
         node.data_version += 1

@@ -34,6 +34,7 @@ class RemoteObject:
     key: str
     etag: str
     size: int
+    archived: bool = False  # GLACIER / DEEP_ARCHIVE, per the listing: GETs fail until restored
 
 
 class Node:

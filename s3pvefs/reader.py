@@ -67,7 +67,7 @@ class BlockReader:
         try:
             with scope:
                 await self._fetch(data, base, run, event)
-        except FsError as exc:
+        except Exception as exc:  # a GET or the cache disk: only the speed-up is lost
             log.debug("readahead of %s failed: %s", base.key, exc)
         finally:
             scopes.discard(scope)

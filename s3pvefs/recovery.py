@@ -66,10 +66,11 @@ async def _recover_file(core, record: dict) -> Node:
         raise ValueError(f"its key {key!r} is not under the prefix {core.prefix!r}")
     *dir_names, name = key[len(core.prefix):].split("/")
     data = core.cache.adopt_file(record["id"], expand_runs(record["cached"]),
-                                 expand_runs(record["dirty"]))
+                                 expand_runs(record["dirty"]), record["size"])
     try:
         parent = await _directory(core, dir_names)
     except BaseException:
+        data.uncharge(list(data.charges))  # the file stays on disk for the next attempt
         core.cache.forget_file(data)
         raise
     existing = parent.children.get(name)

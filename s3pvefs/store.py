@@ -431,7 +431,8 @@ class S3Store:
         if self._region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
             params["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
         try:
-            await self._call("CreateBucket", None, **params)
+            await self._request("CreateBucket", None, self._call_in_loop, "CreateBucket", params,
+                                quiet_codes=("BucketAlreadyOwnedByYou",))
         except StoreError as error:
             if error.code != "BucketAlreadyOwnedByYou":  # created meanwhile: what we wanted
                 raise
@@ -538,11 +539,11 @@ class S3Store:
         storage_class: str | None = None,
     ) -> str:
         """PUT one object; `storage_class` overrides the configured one (s3pvefs check)."""
-        self.stats.bytes_sent += len(data)
         response = await self._call(
             "PutObject", key, Key=key, Body=data, Metadata=metadata,
             **self.options.for_create(key, storage_class),
         )
+        self.stats.bytes_sent += len(data)  # counted once accepted: failures are no progress
         return _unquote(response["ETag"])
 
     async def delete(self, key: str) -> None:
@@ -614,11 +615,11 @@ class S3Store:
         return response["UploadId"]  # type: ignore[no-any-return]
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
-        self.stats.bytes_sent += len(data)
         response = await self._call(
             "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data,
             **self.options.sse_c,
         )
+        self.stats.bytes_sent += len(data)
         return _unquote(response["ETag"])
 
     async def upload_part_copy(

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 MAX_PART_SIZE = 5 * GiB
 PART_GROWTH = 1000  # a part is at least 1/1000 of what precedes it: 10,000 parts pass 5 TiB
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
+DRAIN_ATTEMPTS = 3  # failures of one request after which a shutdown stops waiting for it
+DRAIN_RETRY_MAX = 2.0
 
 
 def stream_part_size(offset: int, min_part: int, block_size: int) -> int:
@@ -223,12 +225,19 @@ class Streamer:
         """Retry beyond botocore's own attempts: an outage may last minutes. Gives up only on
         errors that retrying cannot fix (the upload is gone, access denied, ...)."""
         delay = RETRY_MIN
+        failures = 0
         while True:
             try:
                 return await request()
             except FsError as exc:
-                if exc.errno != errno.EIO:
+                failures += 1
+                # A shutdown waits a few attempts, not the outage: the journal keeps the parts
+                # for the next mount.
+                draining = self.uploader.draining
+                if exc.errno != errno.EIO or (draining and failures >= DRAIN_ATTEMPTS):
                     raise
+                if draining:
+                    delay = min(delay, DRAIN_RETRY_MAX)
                 log.warning("streaming %s of %s failed, retrying in %.0f s: %s",
                             what, stream.node.path(), delay, exc)
                 stream.node.last_error = str(exc)

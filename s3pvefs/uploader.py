@@ -53,7 +53,7 @@ class Uploader:
         self._queue: dict[int, Node] = {}
         self._not_before: dict[int, float] = {}
         self._failures: dict[int, int] = {}
-        self._draining = False
+        self.draining = False  # a shutdown waits for the uploads: retry soon, give up soon
         # Failure counts when a drain gave up: a later drain (the one after the unmount) does
         # not wait for those files all over again.
         self._given_up_at: dict[int, int] | None = None
@@ -118,7 +118,7 @@ class Uploader:
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
-            delay = min(DRAIN_RETRY_MAX if self._draining else RETRY_MAX,
+            delay = min(DRAIN_RETRY_MAX if self.draining else RETRY_MAX,
                         RETRY_MIN * 2 ** (failures - 1))
             log.error("upload of %s failed (attempt %d), retrying in %.0f s: %s",
                       node.path(), failures, delay, exc)
@@ -148,11 +148,12 @@ class Uploader:
         """Upload everything given and queued. Returns when the worker is idle, or when every
         file left has failed DRAIN_ATTEMPTS times since the drain began (they stay journaled
         for the next mount: a shutdown must not wait forever for an S3 that is gone)."""
-        self._draining = True
+        self.draining = True
         for node in nodes:
             if node.needs_upload and node.waiting_for_rename is None:
                 self.schedule(node)
-        failures_at_start = self._given_up_at or dict(self._failures)
+        failures_at_start = (self._given_up_at if self._given_up_at is not None
+                             else dict(self._failures))
         while not self.idle:
             if not self._running and all(
                     self._failures.get(ino, 0) >= failures_at_start.get(ino, 0) + DRAIN_ATTEMPTS

@@ -259,26 +259,31 @@ async def test_lifecycle_merges_with_existing_rules(store: S3Store, s3_client, b
         Bucket=bucket, LifecycleConfiguration={"Rules": [OTHER_RULE]})
     plan = admin.LifecyclePlan(transition_days=30, glacier_days=90, abort_incomplete_days=3)
     result = await admin.apply_lifecycle(store, "pve/", plan, dry_run=False)
-    ours = {"ID": "s3pvefs-pve", "Status": "Enabled", "Filter": {"Prefix": "pve/"},
-            "Transitions": [{"Days": 30, "StorageClass": "STANDARD_IA"},
-                            {"Days": 90, "StorageClass": "GLACIER"}],
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 3}}
-    assert result["Rules"] == [OTHER_RULE, ours]
-    assert lifecycle_rules(s3_client, bucket) == [OTHER_RULE, ours]
-    # Again with other values: our rule is replaced, not added twice.
+    # Small objects (attribute indexes, notes) stay readable: only bigger ones move.
+    transitions = {"ID": "s3pvefs-pve", "Status": "Enabled",
+                   "Filter": {"And": {"Prefix": "pve/", "ObjectSizeGreaterThan": 128 * 1024}},
+                   "Transitions": [{"Days": 30, "StorageClass": "STANDARD_IA"},
+                                   {"Days": 90, "StorageClass": "GLACIER"}]}
+    uploads = {"ID": "s3pvefs-pve-uploads", "Status": "Enabled", "Filter": {"Prefix": "pve/"},
+               "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 3}}
+    assert result["Rules"] == [OTHER_RULE, transitions, uploads]
+    stored = lifecycle_rules(s3_client, bucket)  # moto keeps no ObjectSizeGreaterThan
+    assert [stored[0], stored[2]] == [OTHER_RULE, uploads]
+    assert stored[1]["Transitions"] == transitions["Transitions"]
+    # Again with other values: our rules are replaced, not added twice.
     again = admin.LifecyclePlan(glacier_days=180)
     await admin.apply_lifecycle(store, "pve/", again, dry_run=False)
     rules = lifecycle_rules(s3_client, bucket)
-    assert [rule["ID"] for rule in rules] == ["logs-expire", "s3pvefs-pve"]
+    assert [rule["ID"] for rule in rules] == ["logs-expire", "s3pvefs-pve", "s3pvefs-pve-uploads"]
     assert rules[1]["Transitions"] == [{"Days": 180, "StorageClass": "GLACIER"}]
-    assert rules[1]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
-    # Another prefix's rule lives next to ours.
+    assert rules[2]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+    # Another prefix's rules live next to ours; without transitions only the uploads rule.
     await admin.apply_lifecycle(store, "other/", admin.LifecyclePlan(), dry_run=False)
     assert [r["ID"] for r in lifecycle_rules(s3_client, bucket)] == [
-        "logs-expire", "s3pvefs-pve", "s3pvefs-other"]
+        "logs-expire", "s3pvefs-pve", "s3pvefs-pve-uploads", "s3pvefs-other-uploads"]
     await admin.apply_lifecycle(store, "pve/", admin.LifecyclePlan(remove=True), dry_run=False)
     assert [r["ID"] for r in lifecycle_rules(s3_client, bucket)] == [
-        "logs-expire", "s3pvefs-other"]
+        "logs-expire", "s3pvefs-other-uploads"]
 
 
 async def test_lifecycle_on_a_bucket_without_one_and_dry_run(store: S3Store, s3_client,
@@ -286,8 +291,9 @@ async def test_lifecycle_on_a_bucket_without_one_and_dry_run(store: S3Store, s3_
     assert (await store.get_lifecycle())["Rules"] == []
     plan = admin.LifecyclePlan(transition_days=45)
     result = await admin.apply_lifecycle(store, "", plan, dry_run=True)
-    assert [rule["ID"] for rule in result["Rules"]] == ["s3pvefs"]
-    assert result["Rules"][0]["Filter"] == {"Prefix": ""}
+    assert [rule["ID"] for rule in result["Rules"]] == ["s3pvefs", "s3pvefs-uploads"]
+    assert result["Rules"][0]["Filter"] == {"ObjectSizeGreaterThan": 128 * 1024}
+    assert result["Rules"][1]["Filter"] == {"Prefix": ""}
     assert (await store.get_lifecycle())["Rules"] == []  # a dry run writes nothing
     await admin.apply_lifecycle(store, "", plan, dry_run=False)
     await admin.apply_lifecycle(store, "", admin.LifecyclePlan(remove=True), dry_run=False)
@@ -311,7 +317,7 @@ def test_lifecycle_validation(plan, message) -> None:
 def test_rule_id_is_bounded() -> None:
     assert admin.rule_id("a/b/") == "s3pvefs-a/b"
     long_id = admin.rule_id("x" * 400 + "/")
-    assert long_id.startswith("s3pvefs-") and len(long_id) <= 255
+    assert long_id.startswith("s3pvefs-") and len(long_id + "-uploads") <= 255
     assert long_id == admin.rule_id("x" * 400 + "/")
 
 

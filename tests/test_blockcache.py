@@ -61,3 +61,28 @@ async def test_fetched_partial_block_and_eviction_free_what_they_charged(cache: 
     assert await cache.evict(1) == 2 * PAGE
     assert cache.used_bytes == 0
     assert not cached_file.cached
+
+
+async def test_files_without_handles_do_not_keep_descriptors_open(cache: BlockCache):
+    """Hundreds of notes prefetched after a listing must not pile up open files."""
+    cached_file = cache.new_file()
+    cached_file.reset_base(100)
+    await cached_file.install_run(0, 1, b"n" * 100)
+    assert cached_file._fd is None
+    cached_file.keep_fd()  # a handle opened it: the descriptor may stay
+    assert await cached_file.read(0, 100) == b"n" * 100
+    assert cached_file._fd is not None
+    cached_file.release_fd()
+    assert cached_file._fd is None
+    await cached_file.read(0, 10)  # an upload reading a closed file
+    assert cached_file._fd is None
+
+
+async def test_a_fetch_landing_after_discard_is_dropped(cache: BlockCache):
+    """A file deleted while its prefetch GET ran: nothing comes back, nothing stays charged."""
+    cached_file = cache.new_file()
+    cached_file.reset_base(100)
+    cached_file.discard()
+    await cached_file.install_run(0, 1, b"n" * 100)
+    assert cache.used_bytes == 0
+    assert not cached_file.path.exists()
