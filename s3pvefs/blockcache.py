@@ -428,20 +428,22 @@ class CachedFile:
         async with self.write_lock:
             if self.discarded:  # deleted (or changed on S3) while the GET ran
                 return
+            wanted = [b for b in range(first_block, first_block + count)
+                      if b not in self.cached and b * self.block_size < self.base_valid_len]
+            if not wanted:
+                return
+            # One pwrite per run of wanted blocks, from views of the payload (no copies).
+            view = memoryview(payload)
             writes = []
-            for block in range(first_block, first_block + count):
-                start = block * self.block_size
-                if block in self.cached or start >= self.base_valid_len:
-                    continue
-                piece_start = (block - first_block) * self.block_size
-                piece_end = piece_start + min(self.block_size, self.base_valid_len - start)
-                writes.append((start, payload[piece_start:piece_end]))
-            if writes:
-                await self._io(self._pwrite_many, writes)
-                for start, piece in writes:
-                    self.charge(start // self.block_size, len(piece))
+            for run_start, run_length in _ranges(wanted, self.block_size):
+                run_end = min(run_start + run_length, self.base_valid_len)
+                piece_start = run_start - first_block * self.block_size
+                writes.append((run_start, view[piece_start:piece_start + run_end - run_start]))
+            await self._io(self._pwrite_many, writes)
+            for block in wanted:
+                self.charge(block, self.base_valid_len - block * self.block_size)
 
-    def _pwrite_many(self, writes: list[tuple[int, bytes]]) -> None:
+    def _pwrite_many(self, writes: list[tuple[int, memoryview]]) -> None:
         for offset, data in writes:
             self._pwrite(offset, data)
 
