@@ -643,6 +643,8 @@ class FsCore:
         if offset + len(buf) > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
         data = self._data(node)
+        if self.streamer.rewrites_evicted_part(node, offset, len(buf)):
+            await self.uploader.complete_stream_early(node)
         self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail

@@ -370,6 +370,38 @@ class Streamer:
         self.streams.add(stream)
         return stream
 
+    def rewrites_evicted_part(self, node: Node, offset: int, length: int) -> bool:
+        """True when a write would land in a part that was uploaded and left the cache
+        (a restore writing clusters out of order into an image larger than the cache)."""
+        stream = node.stream
+        if stream is None or offset >= stream.next_offset:
+            return False
+        data = node.data
+        for part_offset, part_length in stream.launched.values():
+            if part_offset < offset + length and offset < part_offset + part_length:
+                if any(data.unreadable(b) for b in data.blocks(part_offset, part_length)):
+                    return True
+        return False
+
+    async def complete_prefix(self, node: Node) -> tuple[str, int]:
+        """Stop the stream and complete its multipart upload with the parts uploaded so far
+        (those that follow each other from part 1); returns (ETag, length) of the object,
+        which then backs the file's evicted blocks. The caller holds the node's sync_lock."""
+        stream = node.stream
+        await self._stop(stream)
+        if stream.failure or not stream.created.is_set():
+            raise FsError(errno.EIO, f"streaming upload failed: {stream.failure}")
+        parts, number = [], 1
+        while number in stream.parts:
+            parts.append((number, stream.parts[number][2]))
+            number += 1
+        length = _contiguous_end(stream.parts)
+        with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
+            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
+            self.forget(node, stream)
+            await self.uploader.upload_ended(stream.upload_id)
+        return etag, length
+
     def before_write(self, node: Node, offset: int, length: int) -> None:
         """A write behind the start of the next part rewrites launched parts: they are
         uploaded again at the end, so all their blocks must stay (dirty) in the cache."""

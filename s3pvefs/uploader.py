@@ -53,6 +53,7 @@ class Uploader:
         self._queue: dict[int, Node] = {}
         self._not_before: dict[int, float] = {}
         self._failures: dict[int, int] = {}
+        self.part_copy_unsupported = False  # the server answered UploadPartCopy NotImplemented
         self.draining = False  # a shutdown waits for the uploads: retry soon, give up soon
         # Failure counts when a drain gave up: a later drain (the one after the unmount) does
         # not wait for those files all over again.
@@ -214,6 +215,29 @@ class Uploader:
                     raise
                 finally:
                     node.sync_scope = None
+
+    async def complete_stream_early(self, node: Node) -> None:
+        """Make a streaming file's evicted parts readable again before a write lands in one:
+        complete the multipart upload with the parts done so far, and let that object back
+        the file from now on (the file stays dirty; its next upload is a whole one). Only for
+        a stream at the file's own key: an archive streamed to the name vzdump will rename
+        it to must never appear there half-written."""
+        async with node.sync_lock:
+            stream = node.stream
+            if stream is None:
+                return
+            key = node.key(self.prefix)
+            if stream.predicted or stream.key != key:
+                raise FsError(errno.EIO, f"{node.path()}: cannot rewrite a part that was "
+                                         "uploaded and left the cache (its upload goes to "
+                                         f"{stream.key})")
+            log.info("%s: rewritten behind its streaming upload; completing the parts uploaded "
+                     "so far so that evicted ones can be read back", node.path())
+            etag, length = await self.streamer.complete_prefix(node)
+            node.base = RemoteObject(key, etag, length)
+            node.remote_maybe = True
+            node.data.reset_base(length)
+            await self.checkpoint(node, durable=True)  # a restart reads them from there too
 
     async def _upload(self, node: Node) -> None:
         key = node.key(self.prefix)
@@ -382,16 +406,49 @@ class Uploader:
         return b"".join(pieces)
 
     async def _multipart(self, node: Node, key: str, size: int, metadata: dict) -> str:
+        """Upload the file in parallel parts; a part nothing changed since the file's object
+        was written is copied on the server instead of read back and sent again (an image
+        larger than the cache, re-uploaded after a few blocks changed)."""
         part_size = choose_part_size(size, self.min_part)
         progress = self._in_flight.get(node.ino)
 
-        async def part_body(offset: int, length: int) -> bytes:
-            body = await self._compose(node, offset, length)
+        async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
+            etag = None
+            if self._unchanged_in_base(node, offset, length):
+                etag = await self._copy_part_from_base(node.base, key, upload_id, number,
+                                                       offset, length)
+            if etag is None:
+                body = await self._compose(node, offset, length)
+                etag = await self.store.upload_part(key, upload_id, number, body)
             if progress is not None:
-                progress.done += length  # counted when read; parts then upload in parallel
-            return body
+                progress.done += length
+            return etag
 
-        return await self._multipart_upload(key, size, part_size, metadata, part_body)
+        return await self._run_multipart(key, size, part_size, metadata, send_part)
+
+    def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
+        """The object behind the file holds exactly these bytes (no block in the range was
+        written since) and some are not cached: copying them on the server moves nothing
+        through this host. Fully cached ranges are sent from the cache."""
+        data, base = node.data, node.base
+        if (base is None or data is None or self.part_copy_unsupported or base.archived
+                or offset + length > min(data.base_valid_len, base.size)):
+            return False
+        blocks = data.blocks(offset, length)
+        return (not any(b in data.dirty for b in blocks)
+                and any(data.needs_fetch(b) for b in blocks))
+
+    async def _copy_part_from_base(self, base: RemoteObject, key: str, upload_id: str,
+                                   number: int, offset: int, length: int) -> str | None:
+        try:
+            return await self.store.upload_part_copy(key, upload_id, number, base.key, offset,
+                                                     offset + length - 1, if_match=base.etag)
+        except StoreError as exc:
+            if not exc.not_implemented:
+                raise
+            log.info("server cannot copy parts (%s); sending them instead", exc.code)
+            self.part_copy_unsupported = True
+            return None
 
     async def _multipart_upload(self, key, size, part_size, metadata, part_body) -> str:
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:

@@ -506,6 +506,47 @@ async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data
 
 
+async def test_rewrite_behind_the_stream_completes_it_and_copies_unchanged_parts(
+        make_core, store, s3_client, bucket) -> None:
+    """A restore writing an image's clusters out of order, the image larger than the cache:
+    the write that lands in an evicted part makes the parts uploaded so far an object, and
+    the final upload copies the parts nobody changed on the server."""
+    core = await make_core(cache_size=2 * PART)
+    data = bytearray(payload(6 * PART, seed=22))
+    images = await core.mkdir(await inode(core, "images"), "100", 0o755, UID, GID)
+    fh, node = await write_file(core, images.ino, "vm-100-disk-0.raw", bytes(data),
+                                release=False)
+    second_part = PART // BLOCK
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(second_part):
+            await trio.sleep(0.05)
+    patch = payload(3 * BLOCK, seed=23)
+    offset = PART + BLOCK // 2  # inside part 2, not block-aligned: edges come from S3
+    assert await core.write(fh, offset, patch) == len(patch)
+    data[offset:offset + len(patch)] = patch
+    assert node.stream is None and node.base is not None  # completed with the parts so far
+    counts = Counts(store)
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/100/vm-100-disk-0.raw") == bytes(data)
+    assert counts["UploadPartCopy"] >= 1  # unchanged evicted parts never came back here
+    assert counts.received < 2 * PART
+
+
+async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_core) -> None:
+    """vzdump never rewrites; a half-written archive must never appear under its name."""
+    core = await make_core(cache_size=2 * PART)
+    data = b"\x28\xb5\x2f\xfd" + payload(5 * PART, seed=24)  # zstd magic: .vma.zst predicted
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "vzdump-qemu-100-2026_11_21-01_00_00.vma.dat",
+                                data, release=False)
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(PART // BLOCK):
+            await trio.sleep(0.05)
+    await fails_with(errno.EIO, core.write, fh, PART + 10, b"x")
+    await core.release(fh)
+
+
 # -- writes into remote files ----------------------------------------------------------------
 
 
