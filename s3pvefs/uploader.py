@@ -367,7 +367,9 @@ class Uploader:
 
     def progress(self) -> list[dict]:
         now = trio.current_time()
-        return [p.report(now) for p in self._in_flight.values()] + self.streamer.progress(now)
+        # A streaming file's upload is reported by its stream (which counts its parts).
+        return ([p.report(now) for p in self._in_flight.values() if p.node.stream is None]
+                + self.streamer.progress(now))
 
     @staticmethod
     def metadata_of(node: Node) -> dict[str, str]:
