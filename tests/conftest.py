@@ -154,3 +154,35 @@ def mount_s3pvefs(tmp_path: Path, moto_server: MotoServer, bucket: str):
         yield factory
     finally:
         factory.stop_all()
+
+
+@pytest.fixture
+def proxy(moto_server: MotoServer):
+    """A fault-injecting HTTP proxy in front of the moto server (see faultproxy.py)."""
+    from faultproxy import FaultProxy
+
+    proxy = FaultProxy(moto_server.endpoint_url).start()
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.fixture
+def faulty_mount(proxy, mount_s3pvefs):
+    """Mount through the proxy (`--max-attempts 3` unless the call gives its own). At teardown
+    the proxy passes again before the mounts stop (they upload what is left on the way out),
+    and only then is the proxy closed."""
+
+    def mount(*extra: str, **kwargs):
+        return mount_s3pvefs("--endpoint-url", proxy.url, "--max-attempts", "3", *extra,
+                             **kwargs)
+
+    try:
+        yield mount
+    finally:
+        proxy.passthrough()
+        try:
+            proxy.start()
+        finally:
+            mount_s3pvefs.stop_all()

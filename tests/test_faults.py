@@ -17,40 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from faultproxy import FaultProxy
 
 MiB = 1024 * 1024
 REPO = Path(__file__).resolve().parent.parent
 QUICK = 2.0  # seconds an operation answered from memory or the cache may take, at most
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-@pytest.fixture
-def proxy(moto_server):
-    proxy = FaultProxy(moto_server.endpoint_url).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-@pytest.fixture
-def faulty_mount(proxy, mount_s3pvefs):
-    """Mount through the proxy. At teardown the proxy passes again before the mounts stop (they
-    upload what is left on the way out), and only then is the proxy closed."""
-
-    def mount(*extra: str):
-        return mount_s3pvefs("--endpoint-url", proxy.url, "--max-attempts", "3", *extra)
-
-    try:
-        yield mount
-    finally:
-        proxy.passthrough()
-        try:
-            proxy.start()
-        finally:
-            mount_s3pvefs.stop_all()
 
 
 def s3pvefs_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ import time
 
 import pytest
 
-from faultproxy import FaultProxy
 from proxmox_sequences import (
     CONTENT_DIRS, PREFIX, activation_probe, keys, log_tail, needs_fuse, run, sync,
 )
@@ -23,32 +22,6 @@ from proxmox_sequences import (
 pytestmark = [needs_fuse]
 
 TIMEOUT = 2.0  # Proxmox's own timeout for these checks
-
-
-@pytest.fixture
-def proxy(moto_server):
-    proxy = FaultProxy(moto_server.endpoint_url).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-@pytest.fixture
-def faulty_mount(proxy, mount_s3pvefs):
-    """Mount through the proxy; at teardown the proxy passes again before the mounts stop."""
-
-    def mount(*extra: str):
-        return mount_s3pvefs("--endpoint-url", proxy.url, "--max-attempts", "3", *extra)
-
-    try:
-        yield mount
-    finally:
-        proxy.passthrough()
-        try:
-            proxy.start()
-        finally:
-            mount_s3pvefs.stop_all()
 
 
 def check_activation(mount, steps: list[dict], dirs: list[str] = CONTENT_DIRS) -> None:

@@ -23,7 +23,6 @@ from types import SimpleNamespace
 
 import pytest
 
-from faultproxy import FaultProxy
 from mounting import is_mounted
 from s3pvefs import mount as mount_module
 from s3pvefs.sdnotify import Notifier
@@ -250,36 +249,13 @@ def test_status_text_and_timeout_extension_follow_the_drain():
 # -- the real mount under a notify socket -----------------------------------------------------
 
 
-@pytest.fixture
-def proxy(moto_server):
-    proxy = FaultProxy(moto_server.endpoint_url).start()
-    try:
-        yield proxy
-    finally:
-        proxy.close()
-
-
-@pytest.fixture
-def proxied_mount(proxy, mount_s3pvefs):
-    def mount(*extra: str, **kwargs):
-        return mount_s3pvefs("--endpoint-url", proxy.url, "--max-attempts", "2", *extra, **kwargs)
-
-    try:
-        yield mount
-    finally:
-        proxy.passthrough()
-        try:
-            proxy.start()
-        finally:
-            mount_s3pvefs.stop_all()
-
-
 @needs_fuse
-def test_mount_notifies_ready_status_and_stopping(proxied_mount, proxy, notify_socket, tmp_path,
+def test_mount_notifies_ready_status_and_stopping(faulty_mount, proxy, notify_socket, tmp_path,
                                                   s3_client, bucket):
     mountpoint = tmp_path / "mnt-notify"
     notify_socket.mountpoint = mountpoint
-    mount = proxied_mount(mountpoint=mountpoint, env={"NOTIFY_SOCKET": notify_socket.address})
+    mount = faulty_mount("--max-attempts", "2", mountpoint=mountpoint,
+                         env={"NOTIFY_SOCKET": notify_socket.address})
     where = f"s3://{bucket}/pve/ on {mountpoint}"
 
     ready = notify_socket.wait_for(lambda m: m.get("READY") == "1")
@@ -321,10 +297,11 @@ def test_mount_notifies_ready_status_and_stopping(proxied_mount, proxy, notify_s
 
 
 @needs_fuse
-def test_stop_with_s3_gone_exits_1_and_says_the_data_waits(proxied_mount, proxy, notify_socket,
+def test_stop_with_s3_gone_exits_1_and_says_the_data_waits(faulty_mount, proxy, notify_socket,
                                                             tmp_path):
     mountpoint = tmp_path / "mnt-gone"
-    mount = proxied_mount(mountpoint=mountpoint, env={"NOTIFY_SOCKET": notify_socket.address})
+    mount = faulty_mount("--max-attempts", "2", mountpoint=mountpoint,
+                         env={"NOTIFY_SOCKET": notify_socket.address})
     notify_socket.wait_for(lambda m: m.get("READY") == "1")
     os.listdir(mountpoint / "dump")
     proxy.stop()
@@ -525,9 +502,9 @@ def test_hook_leaves_other_storages_alone(tmp_path, s3pvefs_command):
 
 
 @needs_fuse
-def test_hook_fails_the_backup_when_s3_is_unreachable(proxied_mount, proxy, s3pvefs_command,
+def test_hook_fails_the_backup_when_s3_is_unreachable(faulty_mount, proxy, s3pvefs_command,
                                                       s3_client, bucket):
-    mount = proxied_mount()
+    mount = faulty_mount("--max-attempts", "2")
     dump = mount.path / "dump"
     archive = dump / "vzdump-lxc-101-2024_01_02-03_04_05.tar.zst"
     os.listdir(dump)
