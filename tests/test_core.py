@@ -506,6 +506,21 @@ async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data
 
 
+async def test_status_lists_a_streaming_upload_once(make_core) -> None:
+    core = await make_core()
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "big.raw", payload(3 * PART, seed=25), release=False)
+    seen = []
+    await core.release(fh)
+    with trio.move_on_after(TIMEOUT):
+        while node.needs_upload:
+            paths = [upload["path"] for upload in core.status()["uploads"]]
+            assert len(paths) == len(set(paths)), paths  # the stream, not the stream + upload
+            seen += paths
+            await trio.sleep(0.002)
+    assert not node.needs_upload and "dump/big.raw" in seen
+
+
 async def test_rewrite_behind_the_stream_completes_it_and_copies_unchanged_parts(
         make_core, store, s3_client, bucket) -> None:
     """A restore writing an image's clusters out of order, the image larger than the cache:
