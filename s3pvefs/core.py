@@ -147,6 +147,7 @@ class FsCore:
 
     def _journal_record(self, node: Node) -> dict:
         data, base, stream = node.data, node.base, node.stream
+        s3_has = max(data.base_valid_len, 0 if stream is None else stream.contiguous_end)
         return {
             "version": 1,
             "id": data.file_id,
@@ -158,9 +159,10 @@ class FsCore:
                                                "size": base.size},
             "base_valid_len": data.base_valid_len,
             # Clean blocks may be evicted at any time after this record: only blocks S3 does
-            # not have count as cached; the rest is fetched again from the base.
+            # not have count as cached; the rest is fetched again from the base, or (parts of
+            # the unfinished upload) is unreadable until that upload completes.
             "cached": block_runs(b for b in data.cached
-                                 if b in data.dirty or b * data.block_size >= data.base_valid_len),
+                                 if b in data.dirty or b * data.block_size >= s3_has),
             "dirty": block_runs(data.dirty),
             "seq": time.time_ns(),
             "stale_key": node.stale_key,

@@ -24,7 +24,7 @@ import trio
 from .config import GiB
 from .errors import FsError, first_fs_error
 from .names import MAGIC_BYTES, predict_final_name
-from .nodes import Node
+from .nodes import Node, RemoteObject
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ class Stream:
         self.cancelled = True
         for scope in self._scopes:
             scope.cancel()
+
+    @property
+    def contiguous_end(self) -> int:
+        """End of the uploaded parts that follow each other from part 1."""
+        return _contiguous_end(self.parts)
 
     @property
     def uploaded_bytes(self) -> int:
@@ -210,9 +215,11 @@ class Streamer:
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
                     stream, f"part {number}")
                 stream.parts[number] = (offset, length, etag)
-                # On disk before its blocks may leave the cache: a restart needs the part list.
-                await self.uploader.checkpoint(stream.node, durable=True)
+                # Clean now, but evictable only once streamed_len covers them, after the
+                # record that lists the part as on S3 (and its blocks as not cached) is on
+                # disk: a restart must neither lose the part nor take evicted holes for data.
                 data.mark_clean(snapshot)
+                await self.uploader.checkpoint(stream.node, durable=True)
                 data.streamed_len = _contiguous_end(stream.parts)
         except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
@@ -281,9 +288,19 @@ class Streamer:
         parts = sorted((n, etag) for n, (_, _, etag) in stream.parts.items() if n < number)
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
-            self.forget(node, stream)
+            self.completed(node, stream, etag, size, min(size, data.low_water))
             await self.uploader.upload_ended(stream.upload_id)
         return etag
+
+    def completed(self, node: Node, stream: Stream, etag: str, size: int,
+                   valid_len: int) -> None:
+        """The multipart upload is an object now: it backs the evicted parts from this very
+        moment (no await in between: a read or write must never find neither the stream nor
+        the object behind them, and take the holes for data)."""
+        node.base = RemoteObject(stream.key, etag, size)
+        node.remote_maybe = True
+        node.data.reset_base(valid_len)
+        self.forget(node, stream)
 
     def forget(self, node: Node, stream: Stream) -> None:
         if node.stream is stream:
@@ -398,7 +415,7 @@ class Streamer:
         length = _contiguous_end(stream.parts)
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
-            self.forget(node, stream)
+            self.completed(node, stream, etag, length, length)
             await self.uploader.upload_ended(stream.upload_id)
         return etag, length
 

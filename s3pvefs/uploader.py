@@ -8,6 +8,7 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 import math
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -233,10 +234,7 @@ class Uploader:
                                          f"{stream.key})")
             log.info("%s: rewritten behind its streaming upload; completing the parts uploaded "
                      "so far so that evicted ones can be read back", node.path())
-            etag, length = await self.streamer.complete_prefix(node)
-            node.base = RemoteObject(key, etag, length)
-            node.remote_maybe = True
-            node.data.reset_base(length)
+            await self.streamer.complete_prefix(node)  # node.base is that object now
             await self.checkpoint(node, durable=True)  # a restart reads them from there too
 
     async def _upload(self, node: Node) -> None:
@@ -302,9 +300,11 @@ class Uploader:
                 return await self.streamer.finish(node, size, metadata)
             except FsError:
                 if stream.restored:
-                    etag = await self._completed_before_crash(node, stream, size)
-                    if etag is not None:
-                        return etag
+                    found = await self._completed_before_crash(node, stream, size)
+                    if found == "whole":
+                        return node.base.etag
+                    if found == "prefix":
+                        return None  # the rest goes up in one upload, over that object
                 if data.fully_local(size):  # start afresh next time; leave no upload behind
                     await self.streamer.abort(node)
                 raise
@@ -334,17 +334,29 @@ class Uploader:
 
     async def _completed_before_crash(self, node: Node, stream, size: int) -> str | None:
         """A journaled upload that fails to finish may have been completed just before the
-        crash: then its object is there, multipart and of the file's size."""
+        crash: "whole" when its object is there, multipart and of the file's size; "prefix"
+        when it was completed early (complete_stream_early) with the parts the journal lists,
+        which then back the file as its object. None otherwise."""
         try:
             info = await self.store.head(stream.key)
         except FsError:
             return None
-        if info.size != size or "-" not in info.etag:
+        if "-" not in info.etag:
             return None
-        log.info("%s was completed before the crash; nothing left to upload", stream.key)
-        self.streamer.forget(node, stream)
+        if info.size == size:
+            found, valid_len = "whole", size
+            log.info("%s was completed before the crash; nothing left to upload", stream.key)
+        elif info.size == stream.contiguous_end and _is_completion_of(info.etag, stream):
+            found, valid_len = "prefix", info.size
+            log.info("%s was completed early before the crash; the rest of the file is "
+                     "uploaded over it", stream.key)
+        else:
+            return None
+        self.streamer.completed(node, stream, info.etag, info.size, valid_len)
         await self.upload_ended(stream.upload_id)
-        return info.etag
+        if found == "prefix":
+            await self.checkpoint(node, durable=True)
+        return found
 
     async def delete_stale_key(self, node: Node) -> None:
         """Remove the object a file left at a key it no longer has, unless another file is
@@ -583,3 +595,21 @@ class _Progress:
 
 async def _no_checkpoint(node: Node, durable: bool = False) -> None:
     return None
+
+
+def _is_completion_of(etag: str, stream) -> bool:
+    """Whether a multipart ETag is that of the stream's contiguous parts: S3 makes it the MD5
+    of their MD5s, "-" and their count (when part ETags are not MD5s, as with SSE-KMS or
+    SSE-C, only the count can be compared)."""
+    parts = []
+    number = 1
+    while number in stream.parts:
+        parts.append(stream.parts[number][2].strip('"'))
+        number += 1
+    digest, _, count = etag.strip('"').partition("-")
+    if count != str(len(parts)):
+        return False
+    if not all(len(p) == 32 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        return True
+    joined = b"".join(bytes.fromhex(p) for p in parts)
+    return hashlib.md5(joined, usedforsecurity=False).hexdigest() == digest

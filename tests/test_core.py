@@ -13,6 +13,7 @@ import dataclasses
 import errno
 import os
 import random
+import shutil
 import stat
 
 import pytest
@@ -25,6 +26,7 @@ from s3pvefs.errors import FsError
 from s3pvefs.faults import FaultInjectingStore, store_error
 from s3pvefs.names import PROXMOX_DIRS, Attributes, decode_attributes
 from s3pvefs.nodes import ROOT_INODE, Node
+from s3pvefs.recovery import recover
 
 BLOCK = 64 * KiB
 PART = 5 * MiB
@@ -60,9 +62,10 @@ async def make_core(core_config, store, tmp_path):
     caches: list[BlockCache] = []
     async with trio.open_nursery() as nursery:
 
-        async def make(backend=None, *, start_uploader: bool = True, **changes) -> FsCore:
+        async def make(backend=None, *, start_uploader: bool = True, cache_dir=None,
+                       **changes) -> FsCore:
             config = dataclasses.replace(core_config, **changes)
-            cache = BlockCache(tmp_path / f"cache{len(caches)}", config.block_size,
+            cache = BlockCache(cache_dir or tmp_path / f"cache{len(caches)}", config.block_size,
                                config.cache_size)
             cache.open()
             caches.append(cache)
@@ -546,6 +549,106 @@ async def test_rewrite_behind_the_stream_completes_it_and_copies_unchanged_parts
     assert s3_body(s3_client, bucket, f"{PREFIX}images/100/vm-100-disk-0.raw") == bytes(data)
     assert counts["UploadPartCopy"] >= 1  # unchanged evicted parts never came back here
     assert counts.received < 2 * PART
+
+
+async def streamed_with_evicted_parts(core: FsCore, name: str, data: bytes):
+    """An image written through one handle (left open) whose second part was uploaded and
+    left the cache; returns (handle, node)."""
+    images = await core.mkdir(await inode(core, "images"), "100", 0o755, UID, GID)
+    fh, node = await write_file(core, images.ino, name, data, release=False)
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(PART // BLOCK):
+            await trio.sleep(0.05)
+    return fh, node
+
+
+async def test_evicted_parts_read_right_while_an_early_completion_ends(make_core) -> None:
+    """Between CompleteMultipartUpload and the rest of the bookkeeping, the completed object
+    must already back the evicted parts: never holes read as data."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(6 * PART, seed=26)
+    fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
+    reads = []
+    original = core.uploader.upload_ended
+
+    async def slow_upload_ended(upload_id):  # a busy disk under the journal
+        reads.append(await read_file(core, node.ino, PART, BLOCK))
+        await original(upload_id)
+
+    core.uploader.upload_ended = slow_upload_ended
+    patch = payload(BLOCK, seed=27)
+    await core.write(fh, 3 * PART, patch)  # in a part still cached: no completion needed
+    await core.write(fh, PART + 3, patch)  # in an evicted part: completes the stream
+    assert reads == [data[PART:PART + BLOCK]]
+    await core.release(fh)
+
+
+async def test_crash_right_after_an_early_completion_loses_nothing(make_core, s3_client,
+                                                                  bucket, tmp_path) -> None:
+    """kill -9 after the early CompleteMultipartUpload, before the journal says so: the next
+    mount finds the completed object, lets it back the file and uploads the rest over it."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(4 * PART + PART // 2, seed=28)  # a tail no part has taken yet
+    fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
+    await core.flush(fh)  # the journal lists everything written
+    crashed = tmp_path / "crashed-cache"
+    original = core.uploader.upload_ended
+
+    async def crash_here(upload_id):  # what a kill -9 at this point leaves on disk
+        if not crashed.exists():
+            shutil.copytree(core.cache.cache_dir, crashed)
+        await original(upload_id)
+
+    core.uploader.upload_ended = crash_here
+    await core.write(fh, PART + 3, b"after the crash point")
+    assert crashed.exists()  # this mount uploads nothing more: its file stays open
+    (crashed / "lock").unlink()
+    restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
+    await recover(restarted)
+    await drain(restarted)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/100/vm-100-disk-0.raw") == data
+
+
+async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core, s3_client,
+                                                                      bucket, tmp_path) -> None:
+    """A part on S3 whose blocks were then evicted, and a crash before the next journal
+    record: the restart must not take the holes they left in the cache file for data (it
+    would upload zeros)."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(6 * PART, seed=29)
+    original = core.uploader.checkpoint
+    part_2_recorded = False
+
+    async def crash_after_part_2(node, durable=False):  # later records never reach the disk
+        nonlocal part_2_recorded
+        if part_2_recorded:
+            await trio.sleep_forever()
+        await original(node, durable)
+        part_2_recorded = node.stream is not None and 2 in node.stream.parts
+
+    core.uploader.checkpoint = crash_after_part_2
+    fh, node = await core.create(await inode(core, "dump"), "big.raw", FILE_MODE, WRITE_FLAGS,
+                                 UID, GID)
+
+    async def writer():  # waits for room forever once part 3 cannot become clean
+        for offset in range(0, len(data), 128 * KiB):
+            await core.write(fh, offset, data[offset:offset + 128 * KiB])
+
+    crashed = tmp_path / "crashed-cache"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        with trio.fail_after(TIMEOUT):
+            while not (part_2_recorded and node.data.unreadable(PART // BLOCK)):
+                await trio.sleep(0.05)
+        shutil.copytree(core.cache.cache_dir, crashed)  # kill -9 now
+        nursery.cancel_scope.cancel()
+    (crashed / "lock").unlink()
+    restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
+    await recover(restarted)
+    await drain(restarted)
+    body = s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw")
+    assert len(body) >= 2 * PART
+    assert body == data[:len(body)]  # what the journal vouched for, never zeros
 
 
 async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_core) -> None:
