@@ -1,7 +1,9 @@
-"""Runs `s3pvefs mount` for real in a subprocess and always unmounts and reaps it."""
+"""Runs `s3pvefs mount` for real in a subprocess and always unmounts and reaps it; runs the
+admin commands (`s3pvefs sync`, `status`, ...) the way an admin does."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,6 +13,24 @@ from pathlib import Path
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 60.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment plus ``env``, importing s3pvefs from this checkout."""
+    full = {**os.environ, **(env or {})}
+    paths = full.get("PYTHONPATH", "").split(os.pathsep)
+    if str(REPO) not in paths:
+        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), *paths]))
+    return full
+
+
+def run_cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = REPO,
+            timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """`python -m s3pvefs ARGS`, with its output as text (the timeout only stops a hang)."""
+    return subprocess.run([sys.executable, "-m", "s3pvefs", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=cli_env(env),
+                          cwd=cwd, stdin=subprocess.DEVNULL)
 
 
 def is_mounted(path: Path) -> bool:
@@ -45,6 +65,14 @@ class Mount:
                 raise RuntimeError(f"s3pvefs did not mount within {MOUNT_TIMEOUT} s:\n{self.log()}")
             time.sleep(0.05)
         return self
+
+    def cli(self, *args: str | Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+        """An admin command in this mount's environment."""
+        return run_cli(*args, env=self.env, timeout=timeout)
+
+    def status(self) -> dict:
+        """`s3pvefs status --json` of this mount."""
+        return json.loads(self.cli("status", "--json", self.path).stdout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -109,11 +137,8 @@ class MountFactory:
         self.count += 1
         cache_dir = cache_dir or self.tmp_path / f"cache{self.count}"
         mountpoint = mountpoint or self.tmp_path / f"mnt{self.count}"
-        env = {**os.environ, **(env or {})}
-        repo = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))
         mount = Mount(mountpoint, [*self.options(cache_dir, prefix), *extra],
-                      self.tmp_path / f"mount{self.count}.log", env)
+                      self.tmp_path / f"mount{self.count}.log", cli_env(env))
         self.mounts.append(mount)
         return mount.start()
 

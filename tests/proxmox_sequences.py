@@ -74,15 +74,10 @@ def log_tail(mount, chars: int = 6000) -> str:
     return f"\n--- mount log (tail) ---\n{mount.log()[-chars:]}"
 
 
-def s3pvefs_cli(mount, *args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=mount.env, stdin=subprocess.DEVNULL)
-
-
 def sync(mount, path: Path | None = None, timeout: int = 90) -> None:
     """`s3pvefs sync`: everything below ``path`` (default: the whole mount) is on S3 now."""
-    result = s3pvefs_cli(mount, "sync", "--timeout", str(timeout), str(path or mount.path),
-                         timeout=timeout + 30)
+    result = mount.cli("sync", "--timeout", str(timeout), path or mount.path,
+                       timeout=timeout + 30)
     assert result.returncode == 0, (result.stdout, result.stderr, log_tail(mount))
 
 

@@ -7,8 +7,6 @@ import base64
 import dataclasses
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,17 +15,7 @@ from s3pvefs import admin
 from s3pvefs.config import MiB, Config
 from s3pvefs.errors import ConfigError, StoreError
 from s3pvefs.store import S3Store, open_s3_store
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=full_env, cwd=REPO,
-                          stdin=subprocess.DEVNULL)
+from mounting import run_cli
 
 
 def s3_args(moto_server, bucket: str, prefix: str = "pve/") -> list[str]:

@@ -5,31 +5,14 @@ Every case here fails before `run_mount` is reached, so nothing is mounted and n
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from s3pvefs import preflight
 from s3pvefs.errors import ConfigError
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", "s3pvefs", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-        stdin=subprocess.DEVNULL,
-    )
+from mounting import run_cli
 
 
 def mounted(path: Path) -> bool:

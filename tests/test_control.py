@@ -8,8 +8,6 @@ import os
 import shutil
 import socket
 import stat
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import trio
 from s3pvefs import control
 from s3pvefs.control import ControlError, control_socket_path, find_mountpoint, serve_control
 from s3pvefs.errors import FsError
+from mounting import run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 
 MOUNTINFO = "\n".join([
@@ -290,13 +288,6 @@ async def test_unusable_socket_directory_does_not_stop_the_mount(socket_path):
 # -- the commands ---------------------------------------------------------------------------
 
 
-def run_cli(*args: str, cwd: Path = REPO, timeout: float = 60) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
-
-
 def test_commands_refuse_paths_off_s3pvefs(tmp_path):
     for args in (["sync", str(tmp_path)], ["status", str(tmp_path)], ["status", "--json", "/"]):
         result = run_cli(*args)
@@ -394,8 +385,7 @@ def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, buc
     s3_client.put_object(Bucket=bucket, Key="pve/dump/from-node-b.log", Body=b"hello")
     assert os.listdir(dump) == []  # the listing is trusted for an hour
     assert not (dump / "from-node-b.log").exists()
-    result = subprocess.run([sys.executable, "-m", "s3pvefs", "refresh", str(mount.path), "dump"],
-                            capture_output=True, text=True, env=mount.env)
+    result = mount.cli("refresh", mount.path, "dump")
     assert result.returncode == 0, result.stderr
     assert (dump / "from-node-b.log").read_bytes() == b"hello"  # the kernel forgot too
     assert os.listdir(dump) == ["from-node-b.log"]

@@ -32,9 +32,7 @@ def open_uploads(s3_client, bucket: str) -> list:
 
 
 def sync(mount, path=None) -> subprocess.CompletedProcess:
-    target = str(path or mount.path)
-    return subprocess.run([sys.executable, "-m", "s3pvefs", "sync", "--timeout", "60", target],
-                          capture_output=True, text=True, env=mount.env)
+    return mount.cli("sync", "--timeout", "60", path or mount.path)
 
 
 def journal_records(cache_dir) -> list:
@@ -130,8 +128,7 @@ def test_kill_while_backup_is_written(mount_s3pvefs, s3_client, bucket, tmp_path
     stored = keys(s3_client, bucket)
     assert f"pve/dump/{ARCHIVE}.vma.zst" not in stored
     assert f"pve/dump/{ARCHIVE}.vma.dat" not in stored
-    status = subprocess.run([sys.executable, "-m", "s3pvefs", "status", str(mount.path)],
-                            capture_output=True, text=True, env=mount.env)
+    status = mount.cli("status", mount.path)
     assert "1 file(s)" in status.stdout, status.stdout
 
     os.rename(dat, mount.path / "dump" / f"{ARCHIVE}.vma.zst")

@@ -10,26 +10,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from mounting import run_cli
+
 
 MiB = 1024 * 1024
-REPO = Path(__file__).resolve().parent.parent
 QUICK = 2.0  # seconds an operation answered from memory or the cache may take, at most
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-def s3pvefs_cli(*args: str, timeout: float = 150) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
 
 
 def object_bytes(s3_client, bucket: str, key: str) -> bytes:
@@ -72,7 +65,7 @@ def details(mount, proxy) -> str:
 
 
 def check_synced(mount, proxy, path: Path, timeout: int = 60) -> None:
-    result = s3pvefs_cli("sync", "--timeout", str(timeout), str(path))
+    result = run_cli("sync", "--timeout", str(timeout), str(path))
     assert result.returncode == 0, (result.stderr, details(mount, proxy))
 
 
@@ -149,13 +142,13 @@ def test_stopped_endpoint_writes_go_to_the_cache_and_catch_up(faulty_mount, prox
     assert big_read == big_data and seconds < QUICK  # cached reads keep working
     assert small.read_bytes() == small_data
 
-    status = s3pvefs_cli("status", "--json", str(mount.path), timeout=30)
+    status = run_cli("status", "--json", str(mount.path), timeout=30)
     assert status.returncode in (0, 1), status.stderr
     assert json.loads(status.stdout)["dirty_files"] == 2
 
     time.sleep(2)  # let the uploads fail and back off for a while
     proxy.start()
-    result = s3pvefs_cli("sync", "--timeout", "120", str(mount.path))
+    result = run_cli("sync", "--timeout", "120", str(mount.path))
     assert result.returncode == 0, (result.stderr, details(mount, proxy))
     assert object_bytes(s3_client, bucket, "pve/dump/offline.raw") == big_data
     assert object_bytes(s3_client, bucket, "pve/snippets/offline.txt") == small_data
@@ -224,7 +217,7 @@ def test_sync_waits_out_a_short_outage_within_its_timeout(faulty_mount, proxy, s
     restart = threading.Timer(5.0, proxy.start)  # botocore gives up well before this
     restart.start()
     try:
-        result = s3pvefs_cli("sync", "--timeout", "60", str(path))
+        result = run_cli("sync", "--timeout", "60", str(path))
     finally:
         restart.cancel()
         restart.join()
@@ -245,14 +238,14 @@ def test_permanent_failure_is_reported_then_recovers(faulty_mount, proxy, s3_cli
     with open(big, "wb", buffering=0) as f:
         write_paced(f, big_data)
 
-    result = s3pvefs_cli("sync", "--timeout", "30", str(small))
+    result = run_cli("sync", "--timeout", "30", str(small))
     assert result.returncode == 1, (result.stdout, result.stderr, details(mount, proxy))
     assert f"{small}: " in result.stderr and "AccessDenied" in result.stderr, result.stderr
-    result = s3pvefs_cli("sync", "--timeout", "30", str(mount.path))
+    result = run_cli("sync", "--timeout", "30", str(mount.path))
     assert result.returncode == 1, (result.stdout, result.stderr, details(mount, proxy))
     assert f"{small}: " in result.stderr and f"{big}: " in result.stderr, result.stderr
 
-    result = s3pvefs_cli("status", str(mount.path), timeout=30)
+    result = run_cli("status", str(mount.path), timeout=30)
     assert result.returncode == 1, (result.stdout, result.stderr)
     assert "upload errors:  2" in result.stdout, result.stdout
     assert "snippets/denied.txt: " in result.stdout and "dump/denied.raw: " in result.stdout
@@ -260,12 +253,12 @@ def test_permanent_failure_is_reported_then_recovers(faulty_mount, proxy, s3_cli
     assert proxy.faults["403"] >= 2
 
     proxy.passthrough()
-    result = s3pvefs_cli("sync", "--timeout", "60", str(mount.path))
+    result = run_cli("sync", "--timeout", "60", str(mount.path))
     assert result.returncode == 0, (result.stderr, details(mount, proxy))
     assert object_bytes(s3_client, bucket, "pve/snippets/denied.txt") == small_data
     assert object_bytes(s3_client, bucket, "pve/dump/denied.raw") == big_data
     assert open_uploads(s3_client, bucket) == []
-    result = s3pvefs_cli("status", str(mount.path), timeout=30)
+    result = run_cli("status", str(mount.path), timeout=30)
     assert result.returncode == 0 and "upload errors:  0" in result.stdout, result.stdout
     assert mount.unmount() == 0
 

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,9 +13,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /
 
 
 def requests(mount) -> dict:
-    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
-                             str(mount.path)], capture_output=True, text=True, env=mount.env)
-    return json.loads(result.stdout)["requests"]
+    return mount.status()["requests"]
 
 
 def delta(after: dict, before: dict) -> dict:

@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from mounting import run_cli
+
 MiB = 1024 * 1024
 TTL = 1.0  # --dir-ttl of the nodes that rely on expiry
 ATTR_TTL = 1.0  # the default --attr-ttl: how long the kernel keeps a name it looked up
@@ -29,20 +28,13 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 
-def s3pvefs(*args: str, timeout: float = 90) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "s3pvefs", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
-
-
 def sync(path: Path) -> None:
-    result = s3pvefs("sync", "--timeout", "60", str(path))
+    result = run_cli("sync", "--timeout", "60", str(path))
     assert result.returncode == 0, result.stderr
 
 
 def refresh(mountpoint: Path) -> None:
-    result = s3pvefs("refresh", str(mountpoint))
+    result = run_cli("refresh", str(mountpoint))
     assert result.returncode == 0, result.stderr
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import errno
 import io
-import json
 import os
 import random
 import subprocess
-import sys
 import tarfile
 
 import pytest
@@ -20,9 +18,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /
 
 
 def received(mount) -> int:
-    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
-                             str(mount.path)], capture_output=True, text=True, env=mount.env)
-    return json.loads(result.stdout)["bytes_received"]
+    return mount.status()["bytes_received"]
 
 
 def zstd(data: bytes) -> bytes:
@@ -98,9 +94,7 @@ def test_archived_object_gives_a_clear_error(mount_s3pvefs, s3_client, bucket):
 
 
 def gets(mount) -> int:
-    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
-                             str(mount.path)], capture_output=True, text=True, env=mount.env)
-    return json.loads(result.stdout)["requests"].get("GetObject", 0)
+    return mount.status()["requests"].get("GetObject", 0)
 
 
 def test_cached_data_survives_a_remount_unless_the_object_changed(mount_s3pvefs, s3_client,

@@ -4,10 +4,8 @@ vzdump renames, backpressure."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
-import sys
 import threading
 
 import pytest
@@ -18,12 +16,6 @@ PART = 5 * MiB
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-def status(mount) -> dict:
-    result = subprocess.run([sys.executable, "-m", "s3pvefs", "status", "--json",
-                             str(mount.path)], capture_output=True, text=True, env=mount.env)
-    return json.loads(result.stdout)
 
 
 def disk_usage(path) -> int:
@@ -65,17 +57,16 @@ def test_vzdump_stream_through_a_small_cache(mount_s3pvefs, s3_client, bucket, t
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     name = "vzdump-qemu-100-2026_11_21-10_00_00"
     dat = mount.path / "dump" / f"{name}.vma.dat"
-    before = status(mount)["requests"]
+    before = mount.status()["requests"]
 
     with DiskWatcher(cache / "data") as watcher:
         subprocess.run(["dd", f"if={source}", f"of={dat}", "bs=1M", "status=none"], check=True)
         os.rename(dat, mount.path / "dump" / f"{name}.vma.zst")
-        assert subprocess.run([sys.executable, "-m", "s3pvefs", "sync", str(mount.path)],
-                              env=mount.env).returncode == 0
+        assert mount.cli("sync", mount.path).returncode == 0
 
     stored = s3_client.get_object(Bucket=bucket, Key=f"pve/dump/{name}.vma.zst")["Body"].read()
     assert hashlib.sha256(stored).hexdigest() == digest
-    state = status(mount)
+    state = mount.status()
     assert state["cache_peak_bytes"] <= CACHE + PART, state
     assert watcher.peak <= CACHE + PART + MiB, watcher.peak  # + file-system slack
     requests = {op: n - before.get(op, 0) for op, n in state["requests"].items()}
@@ -94,7 +85,7 @@ def test_notes_and_download_renames_upload_once(mount_s3pvefs, s3_client, bucket
     """Proxmox's other temporary names: the data goes to the final key, and only once."""
     mount = mount_s3pvefs()
     dump, iso = mount.path / "dump", mount.path / "template" / "iso"
-    before_status = status(mount)
+    before_status = mount.status()
     before, before_bytes = before_status["requests"], before_status["bytes_sent"]
     notes = dump / "vzdump-qemu-100-2026_11_21-10_00_00.vma.zst.notes.tmp.1234"
     fd = os.open(notes, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -106,16 +97,15 @@ def test_notes_and_download_renames_upload_once(mount_s3pvefs, s3_client, bucket
     os.utime(iso / "debian.iso.tmp_dwnl.999", (1_700_000_000, 1_700_000_000))
     assert (iso / "debian.iso.tmp_dwnl.999").read_bytes() == image  # the checksum pass
     os.rename(iso / "debian.iso.tmp_dwnl.999", iso / "debian.iso")
-    assert subprocess.run([sys.executable, "-m", "s3pvefs", "sync", str(mount.path)],
-                          env=mount.env).returncode == 0
-    after = status(mount)["requests"]
+    assert mount.cli("sync", mount.path).returncode == 0
+    after = mount.status()["requests"]
     sent = {op: after.get(op, 0) - before.get(op, 0) for op in after}
     assert sent.get("CopyObject", 0) <= 1  # at most the utime, as a metadata-only copy
     assert sent.get("UploadPartCopy", 0) == 0
     assert sent.get("UploadPart", 0) == 3  # 12 MiB in 5 MiB parts, once
     # Every byte once: the notes, the image, and the small attribute index of the utime'd file.
     data_bytes = len(b"nightly backup\n") + len(image)
-    bytes_sent = status(mount)["bytes_sent"] - before_bytes
+    bytes_sent = mount.status()["bytes_sent"] - before_bytes
     assert data_bytes <= bytes_sent < data_bytes + 16 * 1024, bytes_sent
     stored = {obj["Key"] for obj in s3_client.list_objects_v2(Bucket=bucket)["Contents"]}
     assert "pve/template/iso/debian.iso" in stored
@@ -139,9 +129,8 @@ def test_random_writes_larger_than_the_cache(mount_s3pvefs, s3_client, bucket):
             image.write(chunk)
             image.flush()
             expected[offset:offset + MiB] = chunk
-    assert subprocess.run([sys.executable, "-m", "s3pvefs", "sync", str(path)],
-                          env=mount.env).returncode == 0
-    assert status(mount)["cache_peak_bytes"] <= CACHE + PART
+    assert mount.cli("sync", path).returncode == 0
+    assert mount.status()["cache_peak_bytes"] <= CACHE + PART
     assert s3_client.get_object(Bucket=bucket, Key="pve/images/vm-100-disk-0.raw")[
         "Body"].read() == bytes(expected)
     assert mount.unmount() == 0
