@@ -15,6 +15,7 @@ was really renamed to it and closed.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 from contextlib import contextmanager
@@ -89,7 +90,16 @@ class Stream:
     @property
     def contiguous_end(self) -> int:
         """End of the uploaded parts that follow each other from part 1."""
-        return _contiguous_end(self.parts)
+        numbers = [number for number, _ in self.contiguous_parts()]
+        if not numbers:
+            return 0
+        offset, length, _ = self.parts[numbers[-1]]
+        return offset + length
+
+    def contiguous_parts(self) -> list[tuple[int, str]]:
+        """(number, ETag) of the uploaded parts that follow each other from part 1."""
+        numbers = itertools.takewhile(self.parts.__contains__, itertools.count(1))
+        return [(number, self.parts[number][2]) for number in numbers]
 
     @property
     def uploaded_bytes(self) -> int:
@@ -220,7 +230,7 @@ class Streamer:
                 # disk: a restart must neither lose the part nor take evicted holes for data.
                 data.mark_clean(snapshot)
                 await self.uploader.checkpoint(stream.node, durable=True)
-                data.streamed_len = _contiguous_end(stream.parts)
+                data.streamed_len = stream.contiguous_end
         except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
@@ -383,22 +393,16 @@ class Streamer:
         stream.settled.set()
         stream.closing = True
         stream.finished.set()  # no pump: the writer is gone
-        node.data.streamed_len = _contiguous_end(stream.parts)
+        node.data.streamed_len = stream.contiguous_end
         self.streams.add(stream)
         return stream
 
     def rewrites_evicted_part(self, node: Node, offset: int, length: int) -> bool:
         """True when a write would land in a part that was uploaded and left the cache
         (a restore writing clusters out of order into an image larger than the cache)."""
-        stream = node.stream
-        if stream is None or offset >= stream.next_offset:
-            return False
         data = node.data
-        for part_offset, part_length in stream.launched.values():
-            if part_offset < offset + length and offset < part_offset + part_length:
-                if any(data.unreadable(b) for b in data.blocks(part_offset, part_length)):
-                    return True
-        return False
+        return any(any(data.unreadable(b) for b in data.blocks(part_offset, part_length))
+                   for part_offset, part_length in _launched_parts_under(node, offset, length))
 
     async def complete_prefix(self, node: Node) -> tuple[str, int]:
         """Stop the stream and complete its multipart upload with the parts uploaded so far
@@ -408,11 +412,8 @@ class Streamer:
         await self._stop(stream)
         if stream.failure or not stream.created.is_set():
             raise FsError(errno.EIO, f"streaming upload failed: {stream.failure}")
-        parts, number = [], 1
-        while number in stream.parts:
-            parts.append((number, stream.parts[number][2]))
-            number += 1
-        length = _contiguous_end(stream.parts)
+        parts = stream.contiguous_parts()
+        length = stream.contiguous_end
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
             self.completed(node, stream, etag, length, length)
@@ -429,24 +430,18 @@ class Streamer:
         if stream.failure is not None and not data.fully_local(node.size):
             raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed "
                                      f"({stream.failure}) after parts left the cache")
-        if offset >= stream.next_offset:
-            return
-        for part_offset, part_length in stream.launched.values():
-            if part_offset < offset + length and offset < part_offset + part_length:
-                blocks = data.blocks(part_offset, part_length)
-                if any(data.unreadable(b) for b in blocks):
-                    raise FsError(errno.EIO, f"{node.path()}: cannot rewrite offset {offset}: "
-                                             "that part was uploaded and left the cache")
-                data.mark_written(part_offset, part_length)
+        # (A part that left the cache was dealt with first: see rewrites_evicted_part.)
+        for part_offset, part_length in _launched_parts_under(node, offset, length):
+            data.mark_written(part_offset, part_length)
 
-def _contiguous_end(parts: dict[int, tuple[int, int, str]]) -> int:
-    """End of the uploaded parts that follow each other from part 1 on."""
-    end, number = 0, 1
-    while number in parts:
-        offset, length, _ = parts[number]
-        end = offset + length
-        number += 1
-    return end
+
+def _launched_parts_under(node: Node, offset: int, length: int) -> list[tuple[int, int]]:
+    """(offset, length) of the stream's launched parts that a write there rewrites."""
+    stream = node.stream
+    if stream is None or offset >= stream.next_offset:
+        return []
+    return [(part_offset, part_length) for part_offset, part_length in stream.launched.values()
+            if part_offset < offset + length and offset < part_offset + part_length]
 
 
 async def _read_guarded(data, offset: int, length: int) -> bytes:

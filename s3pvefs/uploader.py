@@ -601,11 +601,7 @@ def _is_completion_of(etag: str, stream) -> bool:
     """Whether a multipart ETag is that of the stream's contiguous parts: S3 makes it the MD5
     of their MD5s, "-" and their count (when part ETags are not MD5s, as with SSE-KMS or
     SSE-C, only the count can be compared)."""
-    parts = []
-    number = 1
-    while number in stream.parts:
-        parts.append(stream.parts[number][2].strip('"'))
-        number += 1
+    parts = [part_etag.strip('"') for _, part_etag in stream.contiguous_parts()]
     digest, _, count = etag.strip('"').partition("-")
     if count != str(len(parts)):
         return False
