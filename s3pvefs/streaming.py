@@ -184,9 +184,9 @@ class Streamer:
         stream.predicted = stream.key != node.key(self.prefix)
         metadata = self.uploader.metadata_of(node)
         stream.meta_gen = node.meta_gen  # attributes changed later need a copy afterwards
+        # No checkpoint between the (shielded) creation and created.set(): abort() sees it.
         stream.upload_id = await self._retrying(
-            lambda: self.store.create_multipart(stream.key, metadata), stream, "start")
-        await self.uploader.upload_started(stream.key, stream.upload_id)
+            lambda: self.uploader.start_multipart(stream.key, metadata), stream, "start")
         stream.created.set()
         stream.settled.set()
         log.info("streaming %s to %s", node.path(), stream.key)

@@ -475,8 +475,7 @@ class Uploader:
         """One multipart upload, parts in parallel under ``part_slots``; aborted on failure."""
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
-        upload_id = await self.store.create_multipart(key, metadata)
-        await self.upload_started(key, upload_id)
+        upload_id = await self.start_multipart(key, metadata)
         etags: dict[int, str] = {}
 
         async def one_part(number: int, offset: int, length: int) -> None:
@@ -498,6 +497,15 @@ class Uploader:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await self.abort_quietly(key, upload_id)
             raise
+
+    async def start_multipart(self, key: str, metadata: dict) -> str:
+        """Create a multipart upload and list it, shielded from cancellation (a rename or
+        unlink cancels uploads): an upload S3 created that nobody knows of is never
+        aborted."""
+        with trio.CancelScope(shield=True):
+            upload_id = await self.store.create_multipart(key, metadata)
+            await self.upload_started(key, upload_id)
+        return upload_id
 
     async def upload_started(self, key: str, upload_id: str) -> None:
         """List a multipart upload so that a restart after a crash can abort it."""
