@@ -1,5 +1,6 @@
 """Proxmox conformance: vzdump backups, their listing, "show configuration", restore and prune,
-replayed through a real mount on moto and on a Ceph RGW exactly as ../shared/proxmox-io.md describes.
+replayed through a real mount on moto and on a Ceph RGW exactly as ../shared/proxmox-io.md
+describes.
 
 Each file must end up as one plain S3 object under `pve/dump/`; vzdump's temporary names
 (`*.dat`, `<basename>.tmp/`, `*.notes.tmp.<pid>`) must never be left on S3.
