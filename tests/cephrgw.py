@@ -395,10 +395,18 @@ class CephRGW:
             if gone(within):
                 return
 
-    def remove(self) -> None:
-        """Stop, then delete the directory and everything in it."""
+    def remove(self, keep_logs: bool = False) -> None:
+        """Stop, then delete the directory and everything in it (but log/ with ``keep_logs``)."""
         self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not keep_logs:
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
+        for path in self.root.iterdir() if self.root.exists() else ():
+            if path.name != "log":
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:

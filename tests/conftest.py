@@ -51,6 +51,7 @@ MOTO_START_TIMEOUT = 30.0
 REGION = "us-east-1"
 RGW_ENABLED = os.environ.get("S3PVEFS_TEST_RGW", "1") != "0"
 RGW_TIMES: dict[str, float] = {}  # start and stop seconds of this session's RGW, for the summary
+RGW_LOGS: list[Path] = []  # where the RGW's logs were kept (a test failed)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
     if RGW_TIMES:
         terminalreporter.write_line("Ceph RGW: " + ", ".join(
             f"{what} in {seconds:.1f} s" for what, seconds in RGW_TIMES.items()))
+    for logs in RGW_LOGS:
+        terminalreporter.write_line(f"Ceph RGW: a test failed, its daemons' logs are in {logs}")
 
 
 def free_port() -> int:
@@ -162,9 +165,11 @@ def moto_server(
 
 
 @pytest.fixture(scope="session")
-def rgw_server(aws_test_env: None, tmp_path_factory: pytest.TempPathFactory):  # -> CephRGW
+def rgw_server(request: pytest.FixtureRequest, aws_test_env: None,
+               tmp_path_factory: pytest.TempPathFactory):  # -> CephRGW
     """A single-node Ceph cluster with a RADOS Gateway on a free loopback port (cephrgw.py),
-    whose user has the keys testing / testing; removed with its directory at the end."""
+    whose user has the keys testing / testing; removed with its directory at the end, but for
+    the daemons' logs if a test failed (the summary says where)."""
     from cephrgw import CephRGW, RGWError
 
     rgw = CephRGW(tmp_path_factory.mktemp("rgw"))
@@ -181,8 +186,11 @@ def rgw_server(aws_test_env: None, tmp_path_factory: pytest.TempPathFactory):  #
         yield rgw
     finally:
         began = time.monotonic()
-        rgw.remove()
+        keep_logs = request.session.testsfailed > 0
+        rgw.remove(keep_logs=keep_logs)
         RGW_TIMES["stopped and removed"] = time.monotonic() - began
+        if keep_logs:
+            RGW_LOGS.append(rgw.root / "log")
 
 
 @pytest.fixture
