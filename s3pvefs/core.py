@@ -322,7 +322,10 @@ class FsCore:
         return node
 
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
-                      mtime_ns=None) -> Node:
+                      mtime_ns=None, atime_ns=None) -> Node:
+        """chmod, chown, truncate, utimensat. The atime is kept in memory only: publishing it
+        would rewrite the object's metadata (a copy of the whole object) for a value that
+        nothing on a Proxmox storage reads."""
         node = await self.getattr(ino)
         if size is not None and node.is_file and size == node.size:
             size = None  # nothing to change; a no-op truncate must not force a re-upload
@@ -337,6 +340,8 @@ class FsCore:
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
             node.mtime_explicit = True
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
         node.ctime_ns = now_ns()
         if any(v is not None for v in (mode, uid, gid, mtime_ns)):
             await self._publish_attributes(node)
@@ -385,7 +390,7 @@ class FsCore:
         async with data.write_lock:
             await data.truncate(node.size, size)
             node.size = size
-        node.mtime_ns = now_ns()
+        node.mtime_ns = node.ctime_ns = now_ns()
         node.data_changed()
         await self.checkpoint(node)
 
@@ -555,8 +560,13 @@ class FsCore:
             raise FsError(errno.EISDIR)
         if not node.is_file:
             raise FsError(errno.EINVAL)
-        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and node.size:
-            await self._truncate(node, 0)
+        if flags & os.O_TRUNC:
+            # As on ext4 and tmpfs: the kernel checked the write permission, and the times
+            # change even when the file was empty already (or opened O_RDONLY).
+            if node.size:
+                await self._truncate(node, 0)
+            node.mtime_ns = node.ctime_ns = now_ns()
+            node.touch()
         keep_cache = node.kernel_version == node.data_version
         node.kernel_version = node.data_version
         return self._open_handle(node, flags), keep_cache
