@@ -387,6 +387,20 @@ def test_no_secret_from_the_environment_in_a_failing_check(tmp_path, unreachable
     assert_no_secret(result.stdout, result.stderr, log_file.read_text())
 
 
+def test_a_short_secret_does_not_mask_other_words_in_the_log(tmp_path, unreachable_endpoint_url):
+    """The secret "test" of a test setup: the log still says "pjdfstest", and the secret is
+    masked where it is printed as one."""
+    log_file = tmp_path / "check.log"
+    env = {"AWS_ACCESS_KEY_ID": "AKIADISTINCTKEYID01", "AWS_SECRET_ACCESS_KEY": "test"}
+    result = run_cli("check", "--endpoint-url", unreachable_endpoint_url, "--bucket", "b1b",
+                     "--prefix", "pjdfstest", "--max-attempts", "1", "--log-level", "debug",
+                     "--log-file", str(log_file), env=env)
+    assert result.returncode == 1
+    log_text = log_file.read_text()
+    assert "'prefix': 'pjdfstest/'" in log_text
+    assert "pjdfs***" not in log_text + result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("flag", ["--secret-access-key", "--session-token", "--sse-customer-key"])
 def test_secret_flags_are_refused_without_echo(flag) -> None:
     result = run_cli("mount", flag, SECRET_KEY, "--bucket", "b1b", "/mnt")
