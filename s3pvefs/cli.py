@@ -203,11 +203,15 @@ def _add_admin_parsers(sub: Any) -> None:
         help="check the endpoint, credentials, bucket and S3 features a mount needs",
         description=(
             "Connect with the same settings as a mount (--config FILE and/or flags) and check: "
-            "the credentials, that the bucket exists and can be listed, a PUT, GET, ranged GET "
-            "and delete of a probe object under the prefix, the configured encryption and "
-            "storage classes, multipart uploads, UploadPartCopy, and the round-trip latency. "
-            "Every probe object and upload is removed afterwards. Exit status: 0 all checks "
-            "passed; 1 a check failed (one line per failure on stderr); 2 configuration error."
+            "the credentials, that the bucket exists and can be listed (with --create-bucket "
+            "it is created if missing, as a mount would), a PUT, GET, ranged GET and delete of "
+            "a probe object under the prefix, the configured encryption and storage classes, "
+            "multipart uploads, the ETag in the CompleteMultipartUpload answer, UploadPartCopy, "
+            "x-amz-copy-source-if-match, and the round-trip latency. What s3pvefs works "
+            "without is a warning (WARN) that says what it costs. Every probe object and "
+            "upload is removed afterwards. Exit status: 0 all checks passed, with or without "
+            "warnings (one line per warning on stderr); 1 a check failed: the storage would not "
+            "work (one line per failure on stderr); 2 configuration error."
         ),
     )
     _add_config_arguments(check)
@@ -520,6 +524,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 130
     print(admin.format_checks(config, results), end="", flush=True)
     failed = [result for result in results if result.ok is False]
+    for result in results:
+        if result.ok and result.warning:
+            print(f"s3pvefs: check warning: {result.name}: {result.detail}", file=sys.stderr)
     for result in failed:
         print(f"s3pvefs: check failed: {result.name}: {result.detail}", file=sys.stderr)
     return EXIT_CHECK_FAILED if failed else 0
