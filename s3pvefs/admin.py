@@ -330,7 +330,7 @@ class _Checker:
 
     async def _complete(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
         self.created.add(key)
-        await self.store.complete_multipart(key, upload_id, parts)
+        await self.store.complete_multipart(key, upload_id, parts, len(self.payload))
         del self.uploads[upload_id]
         if await self.store.get(key) != self.payload:
             raise CheckFailed("the completed object holds other bytes than were uploaded")

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
 TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
+# A GET that found the object replaced by this mount's own upload is tried again this often.
+OWN_UPLOADS_WAITED_FOR = 3
 READ_WAITS_FOR_UPLOAD = 300.0  # seconds a read may wait for an upload to complete (see read)
 # Small files fetched when their directory is listed: backup notes, logs, guest configs.
 PREFETCH_SUFFIXES = (".notes", ".log", ".conf", ".fw", ".cfg")
@@ -582,7 +584,7 @@ class FsCore:
             await self._complete_for_read(node, data, offset, length)
         with data.in_use(offset, length):
             if node.base is not None:
-                await self._fetch_for_read(node, data, offset, length)
+                await self._fetch(node, data, data.blocks(offset, length))
                 self._read_ahead(handle, data, offset, length)
             return await data.read(offset, length)
 
@@ -590,13 +592,16 @@ class FsCore:
                                  length: int) -> None:
         """Part of the range went to S3 as parts of an unfinished multipart upload and left
         the cache: S3 serves it only once the upload completes. A closed file's upload is
-        completed now, and the read waits for it (a restore started right after its backup);
-        while a writer still has the file open, nothing can complete it: EIO."""
+        completed now, and the read waits for it (a restore started right after its backup).
+        A file still open for writing completes the parts uploaded so far, as a write there
+        does; except an archive streamed to its final name, which must never appear there
+        half-written: EIO."""
         unreadable = FsError(errno.EIO, f"{node.path()}: this range was uploaded while the "
                                         "file was written and left the cache; it can be read "
                                         "once the file is closed and its upload completed")
         if node.write_handles:
-            raise unreadable
+            await self.uploader.complete_stream_early(node)
+            return
         log.info("%s: reading a range that is on S3 only as an unfinished upload: completing "
                  "the upload first", node.path())
         # Bounded: with S3 away the upload retries for as long as the outage lasts.
@@ -615,15 +620,32 @@ class FsCore:
                 data.unreadable(b) for b in data.blocks(offset, length)):
             raise unreadable
 
-    async def _fetch_for_read(self, node: Node, data: CachedFile, offset: int, length: int):
-        base = node.base
-        try:
-            await self.reader.ensure_cached(data, base, data.missing_blocks(offset, length))
-        except FsError as exc:
-            if exc.errno != errno.ESTALE or node.base is base or node.base is None:
-                raise
-            # This mount uploaded a new version meanwhile: read from that one.
-            await self.reader.ensure_cached(data, node.base, data.missing_blocks(offset, length))
+    async def _fetch(self, node: Node, data: CachedFile, blocks) -> None:
+        """Cache those of ``blocks`` that must come from the file's object.
+
+        The GETs ask for the object's ETag. When this mount's own upload replaces the object
+        meanwhile, they fail although nothing changed that the cache does not hold (blocks
+        not cached are not dirty, so both versions agree there): wait for that upload and
+        read from the new object. A change by anyone else is ESTALE.
+        """
+        for _ in range(OWN_UPLOADS_WAITED_FOR):
+            base = node.base
+            if base is None:
+                return  # no object behind the file any more: every byte is local
+            try:
+                await self.reader.ensure_cached(
+                    data, base, [b for b in blocks if data.needs_fetch(b)])
+                return
+            except FsError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
+                await self.uploader.settled(node)
+                if node.base is base:
+                    log.error("%s changed on S3 while its blocks were cached here; refusing "
+                              "to mix versions: the new one is read once the directory "
+                              "listing is refreshed (after dir_ttl)", base.key)
+                    raise
+        raise FsError(errno.ESTALE, f"{node.path()}: its object kept changing during a read")
 
     def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
         """Adaptive readahead: none for random reads, and none until a sequential reader has
@@ -664,8 +686,8 @@ class FsCore:
                                      can_wait=not node.unlinked)
         with data.in_use(offset, len(buf)):
             edges = self._partly_written_blocks(data, offset, len(buf))
-            if edges and node.base is not None:
-                await self.reader.ensure_cached(data, node.base, edges)
+            if edges:
+                await self._fetch(node, data, edges)
             async with data.write_lock:
                 await data.write(offset, buf)
                 node.size = max(node.size, offset + len(buf))

@@ -172,9 +172,9 @@ class FaultInjectingStore(ObjectStore):
         )
 
     async def complete_multipart(self, key: str, upload_id: str,
-                                 parts: list[tuple[int, str]]) -> str:
+                                 parts: list[tuple[int, str]], size: int) -> str:
         await self._before("CompleteMultipartUpload", (key,))
-        return await self.inner.complete_multipart(key, upload_id, parts)
+        return await self.inner.complete_multipart(key, upload_id, parts, size)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._before("AbortMultipartUpload", (key,))

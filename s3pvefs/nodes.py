@@ -177,8 +177,11 @@ class Node:
 
     @property
     def data_dirty(self) -> bool:
+        """Not on S3 as it is here. An unfinished streaming upload counts: its parts made
+        their blocks clean, but S3 shows no object of them until the upload completes."""
         dirty_blocks = self.data is not None and bool(self.data.dirty)
-        return dirty_blocks or self.data_gen != self.uploaded_data_gen
+        return (dirty_blocks or self.data_gen != self.uploaded_data_gen
+                or self.stream is not None)
 
     @property
     def needs_upload(self) -> bool:
@@ -187,10 +190,14 @@ class Node:
         return self.data_dirty or self.meta_gen != self.uploaded_meta_gen
 
     @property
+    def syncing(self) -> bool:
+        """An upload (or a rename or unlink holding uploads off) is working on this node."""
+        return self._sync_lock is not None and self._sync_lock.locked()
+
+    @property
     def busy(self) -> bool:
         """Local state a listing must not override."""
-        syncing = self._sync_lock is not None and self._sync_lock.locked()
-        return (self.open_count > 0 or self.needs_upload or syncing
+        return (self.open_count > 0 or self.needs_upload or self.syncing
                 or self.stream is not None)
 
     def listing_fresh(self, now: float, ttl: float) -> bool:

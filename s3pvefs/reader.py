@@ -122,7 +122,4 @@ def _explain(exc: StoreError, key: str) -> None:
         log.error("%s is in an archive storage class (GLACIER / DEEP_ARCHIVE) and not restored: "
                   "restore it first (aws s3api restore-object --bucket ... --key %s ...), then "
                   "read it again", key, key)
-    elif exc.errno == errno.ESTALE:
-        log.error("%s changed on S3 while its blocks were cached here; refusing to mix "
-                  "versions: the new one is read once the directory listing is refreshed "
-                  "(after dir_ttl)", key)
+

@@ -7,8 +7,10 @@ Failures become ``StoreError`` with the S3 error code, which ``errors.py`` maps 
 
 from __future__ import annotations
 
+import base64
 import collections
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -123,7 +125,7 @@ class ObjectStore(Protocol):
         end_inclusive: int, if_match: str | None = None,
     ) -> str: ...
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], size: int
     ) -> str: ...
     async def abort_multipart(self, key: str, upload_id: str) -> None: ...
     async def list_multipart_uploads(self, prefix: str) -> list[MultipartUploadInfo]: ...
@@ -139,6 +141,41 @@ def _unquote(etag: str) -> str:
 
 def _quote(etag: str) -> str:
     return f'"{_unquote(etag)}"'
+
+
+def _is_md5(etag: str) -> bool:
+    return len(etag) == 32 and all(c in "0123456789abcdef" for c in etag)
+
+
+def multipart_etag(part_etags: list[str]) -> str | None:
+    """The ETag S3 gives a completed multipart upload: the MD5 of the parts' MD5s, "-" and
+    their count. None when a part's ETag is not an MD5 (SSE-KMS, SSE-C)."""
+    parts = [_unquote(etag).lower() for etag in part_etags]
+    if not parts or not all(_is_md5(p) for p in parts):
+        return None
+    joined = b"".join(bytes.fromhex(p) for p in parts)
+    return f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+def _contradicts(etag: str, expected: str) -> bool:
+    """Whether an ETag of the form S3 uses proves the object is not what was sent (servers
+    with other forms of multipart ETags are judged by size alone)."""
+    digest, dash, count = etag.partition("-")
+    same_form = _is_md5(digest) and (count.isdigit() if dash else "-" not in expected)
+    return same_form and etag != expected
+
+
+async def _md5(data: bytes) -> bytes:
+    """MD5 of a body, in a worker thread for large ones (hashlib releases the GIL)."""
+    if len(data) < 1024 * 1024:
+        return hashlib.md5(data, usedforsecurity=False).digest()
+    return await trio.to_thread.run_sync(
+        lambda: hashlib.md5(data, usedforsecurity=False).digest())
+
+
+def _unverified(operation: str, key: str, message: str) -> StoreError:
+    """S3 answered, but not with what was sent: the upload failed (and is retried)."""
+    return StoreError(operation, key, "UploadNotVerified", message)
 
 
 def _ns(timestamp: dt.datetime) -> int:
@@ -252,6 +289,12 @@ class ObjectOptions:
                             "CopySourceSSECustomerKey": customer_key}
         return cls(config.prefix, config.storage_class, dict(config.storage_class_by_dir),
                    on_create, sse_c, sse_c_source)
+
+    @property
+    def etags_are_md5(self) -> bool:
+        """Whether S3 makes a PUT's or a part's ETag the MD5 of its body (not under SSE-C or
+        SSE-KMS)."""
+        return not self.sse_c and self.on_create.get("ServerSideEncryption") != "aws:kms"
 
     def storage_class(self, key: str) -> str | None:
         """The class a new object at `key` gets (None: the server's default)."""
@@ -538,13 +581,20 @@ class S3Store:
         self, key: str, data: bytes, metadata: dict[str, str], *,
         storage_class: str | None = None,
     ) -> str:
-        """PUT one object; `storage_class` overrides the configured one (s3pvefs check)."""
+        """PUT one object; `storage_class` overrides the configured one (s3pvefs check).
+
+        Returns the ETag once S3 has shown that it stored exactly these bytes: it checked the
+        body against its Content-MD5, and the ETag it answers is the body's MD5 (where the
+        answer has none, or another, a HEAD decides)."""
+        digest = await _md5(data)
         response = await self._call(
             "PutObject", key, Key=key, Body=data, Metadata=metadata,
+            ContentMD5=base64.b64encode(digest).decode(),
             **self.options.for_create(key, storage_class),
         )
         self.stats.bytes_sent += len(data)  # counted once accepted: failures are no progress
-        return _unquote(response["ETag"])
+        expected = digest.hex() if self.options.etags_are_md5 else None
+        return await self._confirm("PutObject", key, response, expected, len(data))
 
     async def delete(self, key: str) -> None:
         await self._call("DeleteObject", key, Key=key)
@@ -603,7 +653,8 @@ class S3Store:
         # S3 gives a copy the class and encryption asked for, not the source's.
         params.update(self.options.for_create(dst_key), **self.options.sse_c_source)
         response = await self._call("CopyObject", src_key, **params)
-        return _unquote(response["CopyObjectResult"]["ETag"])
+        etag = _unquote(response.get("CopyObjectResult", {}).get("ETag") or "")
+        return etag or (await self.head(dst_key)).etag  # no ETag in the answer: ask
 
     # -- multipart --
 
@@ -615,12 +666,21 @@ class S3Store:
         return response["UploadId"]  # type: ignore[no-any-return]
 
     async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part)."""
+        digest = await _md5(data)
         response = await self._call(
             "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data,
-            **self.options.sse_c,
+            ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c,
         )
         self.stats.bytes_sent += len(data)
-        return _unquote(response["ETag"])
+        etag = _unquote(response.get("ETag") or "")
+        if not etag:
+            raise _unverified("UploadPart", key, f"part {part_number}: no ETag in the answer")
+        if self.options.etags_are_md5 and etag.lower() != digest.hex():
+            raise _unverified("UploadPart", key, f"part {part_number}: the server answered "
+                                                 f"ETag {etag} for a body whose MD5 is "
+                                                 f"{digest.hex()}")
+        return etag
 
     async def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
@@ -638,18 +698,48 @@ class S3Store:
         if if_match is not None:
             params["CopySourceIfMatch"] = _quote(if_match)
         response = await self._call("UploadPartCopy", src_key, **params)
-        return _unquote(response["CopyPartResult"]["ETag"])
+        etag = _unquote(response.get("CopyPartResult", {}).get("ETag") or "")
+        if not etag:
+            raise _unverified("UploadPartCopy", key, f"part {part_number}: no ETag in the answer")
+        return etag
 
     async def complete_multipart(
-        self, key: str, upload_id: str, parts: list[tuple[int, str]]
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], size: int
     ) -> str:
+        """Complete an upload of ``size`` bytes; returns the object's ETag once S3 has shown
+        that the object is made of these parts: the answer's ETag is the MD5 of the parts'
+        MD5s, "-" and their count, or else (Ceph RGW 16.2 answers an empty one) a HEAD shows
+        the size and the ETag that later conditional requests must use."""
         ordered = [{"PartNumber": number, "ETag": _quote(etag)} for number, etag in sorted(parts)]
         response = await self._call(
             "CompleteMultipartUpload", key,
             Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered},
             **self.options.sse_c,  # AWS wants the SSE-C key here when a bucket policy asks
         )
-        return _unquote(response["ETag"])
+        expected = (multipart_etag([etag for _, etag in sorted(parts)])
+                    if self.options.etags_are_md5 else None)
+        return await self._confirm("CompleteMultipartUpload", key, response, expected, size)
+
+    async def _confirm(self, operation: str, key: str, response: dict[str, Any],
+                       expected: str | None, size: int) -> str:
+        """The ETag of an object just written: the answer's when it is the one expected;
+        otherwise a HEAD's, once it shows the size sent and an ETag that does not contradict
+        what was sent (a multipart ETag of another form than S3's is judged by size)."""
+        answered = _unquote(response.get("ETag") or "")
+        if answered and (expected is None or answered.lower() == expected):
+            return answered
+        info = await self.head(key)
+        found = info.etag
+        if info.size != size:
+            raise _unverified(operation, key, f"the object holds {info.size} bytes where "
+                                              f"{size} were sent")
+        if not found or (answered and found != answered):
+            raise _unverified(operation, key, f"the server answered ETag {answered!r}, "
+                                              f"a HEAD shows {found!r}")
+        if expected is not None and _contradicts(found.lower(), expected):
+            raise _unverified(operation, key, f"the object's ETag is {found}, the data sent "
+                                              f"gives {expected}")
+        return found
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         await self._call("AbortMultipartUpload", key, Key=key, UploadId=upload_id)

@@ -125,7 +125,11 @@ class Streamer:
             return
         stream = node.stream
         if stream is None:
-            if data.base_valid_len or not self._filled(node, 0, self._part_size(0, data)):
+            # Not while an upload of the whole file runs (under cache pressure): it may
+            # make an object of what was written so far, and the stream would then upload
+            # over it. Once that upload is done the file has an object and never streams.
+            if (data.base_valid_len or node.syncing
+                    or not self._filled(node, 0, self._part_size(0, data))):
                 return
             stream = node.stream = Stream(node)
             data.pinned_blocks = len(data.blocks(0, self._part_size(0, data)))
@@ -136,6 +140,13 @@ class Streamer:
             self.nursery.start_soon(self._pump, stream)
         stream.wakeup.set()
 
+    def first_part_pending(self, node: Node) -> bool:
+        """A file being written from the start, with nothing on S3 behind it, that will
+        stream once its first part is full: it holds less than that part so far."""
+        data = node.data
+        return (node.write_handles > 0 and node.stream is None and data is not None
+                and not data.base_valid_len and data.dirty_bytes <= self.allowance(node))
+
     def under_pressure(self) -> None:
         """Writers wait for cache space: let pumps upload parts with holes (as zeros)."""
         self.pressure_until = trio.current_time() + 2.0
@@ -143,9 +154,16 @@ class Streamer:
             stream.wakeup.set()
 
     def allowance(self, node: Node) -> int:
-        """What a file being written may add past the cache limit: its next part."""
-        next_offset = node.stream.next_offset if node.stream is not None else 0
-        return self._part_size(next_offset, node.data)
+        """What a file being written may hold past the cache limit besides its dirty
+        blocks: its next part, less the uploaded blocks that cannot be evicted yet (their
+        journal record is on its way to the disk, or an earlier part still uploads). Under
+        load that wait grows; not counting those blocks broke the bound."""
+        stream, data = node.stream, node.data
+        if stream is None:
+            return self._part_size(0, data)
+        settling = data.blocks(data.streamed_len, stream.next_offset - data.streamed_len)
+        waiting = sum(data.charges.get(b, 0) for b in settling if b not in data.dirty)
+        return self._part_size(stream.next_offset, data) - waiting
 
     def _part_size(self, offset: int, data) -> int:
         return stream_part_size(offset, self.min_part, data.block_size)
@@ -231,6 +249,7 @@ class Streamer:
                 data.mark_clean(snapshot)
                 await self.uploader.checkpoint(stream.node, durable=True)
                 data.streamed_len = stream.contiguous_end
+                data.cache.space_freed()  # evictable now: a writer may go on
         except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
@@ -297,7 +316,8 @@ class Streamer:
         await self._upload_remaining(stream, uploads)
         parts = sorted((n, etag) for n, (_, _, etag) in stream.parts.items() if n < number)
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
-            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
+            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts,
+                                                       size)
             self.completed(node, stream, etag, size, min(size, data.low_water))
             await self.uploader.upload_ended(stream.upload_id)
         return etag
@@ -415,7 +435,8 @@ class Streamer:
         parts = stream.contiguous_parts()
         length = stream.contiguous_end
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
-            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts)
+            etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts,
+                                                       length)
             self.completed(node, stream, etag, length, length)
             await self.uploader.upload_ended(stream.upload_id)
         return etag, length

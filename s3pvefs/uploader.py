@@ -8,7 +8,6 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import math
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,7 +21,7 @@ from .nodes import Node, RemoteObject
 from .reader import BlockReader
 from .attrindex import PENDING
 from .streaming import Streamer
-from .store import ObjectStore
+from .store import ObjectStore, multipart_etag
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +136,22 @@ class Uploader:
     def relieve_pressure(self) -> None:
         """The cache is full of dirty data: upload files now, even those still open.
 
-        Streaming files are left alone: their parts are already on the way.
+        Streaming files are left alone: their parts are already on the way. So is a file
+        being written that has not filled its first part yet: it streams once it has (an
+        upload of what it holds so far would be replaced at once, and would keep it from
+        ever streaming), and until then it holds no more than its allowance.
         """
         self.streamer.under_pressure()
         for node in self.dirty_nodes():
+            if node.ino in self._running:
+                continue
+            if node.stream is None:
+                self.streamer.after_write(node)  # holes count as written now
             stream = node.stream
-            stalled = stream is not None and (stream.failure is not None or stream.closing)
-            if (stream is None or stalled) and node.ino not in self._running:
+            if stream is None:
+                if not self.streamer.first_part_pending(node):
+                    self.schedule(node)
+            elif stream.failure is not None or stream.closing:
                 self.schedule(node)
 
     async def drain(self, nodes: list[Node]) -> None:
@@ -176,6 +184,13 @@ class Uploader:
                 await trio.sleep(0.05)  # a rename or unlink is changing where it goes
                 continue
             await self.sync(node)
+
+    async def settled(self, node: Node) -> None:
+        """Wait until no upload of the node is running (the one running may replace its
+        object)."""
+        if node.syncing:
+            async with node.sync_lock:
+                pass
 
     @asynccontextmanager
     async def held(self, *nodes: Node):
@@ -425,12 +440,15 @@ class Uploader:
         larger than the cache, re-uploaded after a few blocks changed)."""
         part_size = choose_part_size(size, self.min_part)
         progress = self._in_flight.get(node.ino)
+        base, copied_from_base = node.base, []
 
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             etag = None
             if self._unchanged_in_base(node, offset, length):
-                etag = await self._copy_part_from_base(node.base, key, upload_id, number,
+                etag = await self._copy_part_from_base(base, key, upload_id, number,
                                                        offset, length)
+                if etag is not None:
+                    copied_from_base.append(number)
             if etag is None:
                 body = await self._compose(node, offset, length)
                 etag = await self.store.upload_part(key, upload_id, number, body)
@@ -438,7 +456,21 @@ class Uploader:
                 progress.done += length
             return etag
 
-        return await self._run_multipart(key, size, part_size, metadata, send_part)
+        async def check_source() -> None:
+            if copied_from_base:
+                await self._check_copy_source(base)
+
+        return await self._run_multipart(key, size, part_size, metadata, send_part,
+                                         check_source)
+
+    async def _check_copy_source(self, source: RemoteObject) -> None:
+        """Parts were copied from ``source`` on the server. They asked for its ETag, but
+        some servers (Ceph RGW) ignore that condition: a HEAD after the copies shows that
+        they all read the version this file is based on, or the upload fails."""
+        found = (await self.store.head(source.key)).etag
+        if found.lower() != source.etag.lower():
+            raise FsError(errno.ESTALE, f"{source.key} changed on S3 while parts were copied "
+                                        f"from it (ETag {found}, expected {source.etag})")
 
     def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
         """The object behind the file holds exactly these bytes (no block in the range was
@@ -471,8 +503,10 @@ class Uploader:
 
         return await self._run_multipart(key, size, part_size, metadata, send_part)
 
-    async def _run_multipart(self, key, size, part_size, metadata, send_part) -> str:
-        """One multipart upload, parts in parallel under ``part_slots``; aborted on failure."""
+    async def _run_multipart(self, key, size, part_size, metadata, send_part,
+                             before_complete=None) -> str:
+        """One multipart upload, parts in parallel under ``part_slots``; aborted on failure
+        (also when ``before_complete`` raises: the parts are not what they must be)."""
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
         upload_id = await self.start_multipart(key, metadata)
@@ -490,7 +524,10 @@ class Uploader:
                     for number, offset in enumerate(range(0, size, part_size), start=1):
                         await self.part_slots.acquire()
                         nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
-            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()))
+            if before_complete is not None:
+                await before_complete()
+            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()),
+                                                       size)
             await self.upload_ended(upload_id)
             return etag
         except BaseException:
@@ -556,7 +593,8 @@ class Uploader:
                 dest_key, upload_id, number, source.key, offset, offset + length - 1,
                 if_match=source.etag)
 
-        return await self._run_multipart(dest_key, source.size, part_size, metadata, copy_part)
+        return await self._run_multipart(dest_key, source.size, part_size, metadata, copy_part,
+                                         lambda: self._check_copy_source(source))
 
     async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata) -> str:
         metadata = await self._metadata_of(source, metadata)
@@ -606,14 +644,10 @@ async def _no_checkpoint(node: Node, durable: bool = False) -> None:
 
 
 def _is_completion_of(etag: str, stream) -> bool:
-    """Whether a multipart ETag is that of the stream's contiguous parts: S3 makes it the MD5
-    of their MD5s, "-" and their count (when part ETags are not MD5s, as with SSE-KMS or
-    SSE-C, only the count can be compared)."""
-    parts = [part_etag.strip('"') for _, part_etag in stream.contiguous_parts()]
-    digest, _, count = etag.strip('"').partition("-")
-    if count != str(len(parts)):
-        return False
-    if not all(len(p) == 32 and all(c in "0123456789abcdef" for c in p) for p in parts):
-        return True
-    joined = b"".join(bytes.fromhex(p) for p in parts)
-    return hashlib.md5(joined, usedforsecurity=False).hexdigest() == digest
+    """Whether a multipart ETag is that of the stream's contiguous parts (when part ETags are
+    not MD5s, as with SSE-KMS or SSE-C, only the count can be compared)."""
+    parts = [part_etag for _, part_etag in stream.contiguous_parts()]
+    expected = multipart_etag(parts)
+    if expected is None:
+        return etag.strip('"').partition("-")[2] == str(len(parts))
+    return etag.strip('"').lower() == expected

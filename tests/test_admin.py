@@ -91,10 +91,10 @@ async def test_check_cleans_up_after_a_failure(store: S3Store, store_config, s3_
                                                monkeypatch) -> None:
     real_complete = store.complete_multipart
 
-    async def complete_fails_for_the_part_copy(key, upload_id, parts):
+    async def complete_fails_for_the_part_copy(key, upload_id, parts, size):
         if key.endswith(".part-copy"):
             raise StoreError("CompleteMultipartUpload", key, "InternalError", "injected")
-        return await real_complete(key, upload_id, parts)
+        return await real_complete(key, upload_id, parts, size)
 
     monkeypatch.setattr(store, "complete_multipart", complete_fails_for_the_part_copy)
     named = by_name(await admin.run_checks(store, store_config))

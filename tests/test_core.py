@@ -490,7 +490,8 @@ async def test_cache_evicts_closed_clean_files(make_core, store, s3_client, buck
 async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core, s3_client,
                                                                        bucket) -> None:
     """A restore right after a backup larger than the cache: the parts that left the cache
-    are on S3 only inside an unfinished multipart upload."""
+    are on S3 only inside an unfinished multipart upload. Read while the writer still has
+    the file open, they are completed as an object first (as a write there does)."""
     core = await make_core(cache_size=2 * PART)
     data = payload(5 * PART, seed=21)
     dump = await inode(core, "dump")
@@ -500,12 +501,15 @@ async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core
         while not node.data.unreadable(second_part):  # uploaded as a part, then evicted
             await trio.sleep(0.05)
     reader, _ = await core.open(node.ino, os.O_RDONLY)
-    # the writer may still change the file: nothing can complete its upload yet
-    await fails_with(errno.EIO, core.read, reader, PART, BLOCK)
+    # the writer still has it open: the parts uploaded so far become the file's object
+    with trio.fail_after(TIMEOUT):
+        assert await core.read(reader, PART, BLOCK) == data[PART:PART + BLOCK]
+    assert node.stream is None and node.base is not None and node.needs_upload
     await core.release(fh)
     with trio.fail_after(TIMEOUT):
         assert await core.read(reader, 0, len(data)) == data
     await core.release(reader)
+    await drain(core)
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data
 
 
@@ -1430,3 +1434,106 @@ async def test_statfs_with_default_capacity(make_core) -> None:
     core = await make_core()
     info = core.statfs()
     assert info.blocks > 0 and info.blocks_free > 0 and info.blocks_free <= info.blocks
+
+
+# -- durability under concurrency (the file is on S3 only once S3 shows all of it) ----------
+
+
+class SlowAnswers(FaultInjectingStore):
+    """PUTs and completions whose answer arrives ``answer_delay`` seconds after S3 stored
+    the object: in between S3 holds the new version and the mount does not know it yet."""
+
+    answer_delay = 0.0
+
+    async def put(self, key, data, metadata):
+        etag = await super().put(key, data, metadata)
+        await trio.sleep(self.answer_delay)
+        return etag
+
+    async def complete_multipart(self, key, upload_id, parts, size):
+        etag = await super().complete_multipart(key, upload_id, parts, size)
+        await trio.sleep(self.answer_delay)
+        return etag
+
+
+async def test_an_upload_of_a_file_being_written_keeps_it_from_streaming(
+        make_core, store, s3_client, bucket) -> None:
+    """The cause of acknowledged data lost under concurrency: an upload of what a file held
+    so far (cache pressure) ran while its writer filled the first part. A stream started
+    then; its parts made every block clean, the upload marked its generation uploaded, and
+    with a size at a part boundary the file looked on S3 while S3 held only the prefix."""
+    slow = SlowAnswers(store)
+    slow.answer_delay = 1.0
+    core = await make_core(slow)
+    data = payload(2 * PART, seed=41)
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "disk.raw", data[:PART // 2], release=False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(core.uploader.sync, node)  # what pressure relief used to start
+        await wait_for(lambda: node.syncing)
+        for offset in range(PART // 2, len(data), 128 * KiB):
+            await core.write(fh, offset, data[offset:offset + 128 * KiB])
+        assert node.stream is None  # never while that upload runs
+    await core.release(fh)
+    await drain(core)
+    assert not node.needs_upload
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/disk.raw") == data
+    assert s3_uploads(s3_client, bucket) == []
+
+
+async def test_a_stream_whose_parts_are_all_uploaded_is_not_on_s3_until_completed(
+        make_core, s3_client, bucket) -> None:
+    core = await make_core()
+    data = payload(2 * PART, seed=42)
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "disk.raw", data, release=False)
+    await wait_for(lambda: node.stream is not None and len(node.stream.parts) == 2
+                   and not node.data.dirty)
+    assert node.needs_upload and node in core.dirty_nodes()
+    assert core.status()["dirty_files"] == 1
+    assert await core.sync_path("dump/disk.raw") == {}  # `s3pvefs sync FILE` completes it
+    assert not node.needs_upload and node.stream is None
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/disk.raw") == data
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/disk.raw") == data
+    assert s3_uploads(s3_client, bucket) == []
+
+
+async def test_pressure_relief_leaves_a_file_filling_its_first_part_to_its_stream(
+        make_core) -> None:
+    core = await make_core(start_uploader=False)
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "new.raw", payload(PART // 2, seed=43),
+                                release=False)
+    core.uploader.relieve_pressure()
+    assert node.ino not in core.uploader._queue
+    await core.release(fh)
+    core.uploader.relieve_pressure()  # closed: nothing will stream it any more
+    assert node.ino in core.uploader._queue
+
+
+async def test_reads_while_the_own_upload_replaces_the_object_get_the_data(
+        make_core, store, s3_client, bucket) -> None:
+    """A read of evicted blocks asks for the object's ETag; the mount's own new upload may
+    replace the object before it knows the new ETag. That is no change for the reader."""
+    slow = SlowAnswers(store)
+    core = await make_core(slow, cache_size=2 * PART)
+    data = payload(3 * PART, seed=44)
+    dump = await inode(core, "dump")
+    _, node = await write_file(core, dump, "disk.raw", data)
+    await drain(core)
+    await core.cache.evict(core.cache.used_bytes)
+    assert node.data.needs_fetch(node.data.blocks(2 * PART, 1)[0])
+    slow.answer_delay = 1.5
+    fh, _ = await core.open(node.ino, os.O_RDWR)
+    await core.write(fh, 0, b"new")
+    await core.release(fh)  # the upload starts
+    expected = b"new" + data[3:]
+    await wait_for(lambda: slow.stats.requests["CompleteMultipartUpload"] >= 2
+                   or slow.stats.requests["PutObject"] >= 2)
+    await trio.sleep(0.3)  # S3 has the new version, the mount waits for the answer
+    with trio.fail_after(TIMEOUT):
+        assert await read_file(core, node.ino, 2 * PART, PART) == expected[2 * PART:]
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/disk.raw") == expected

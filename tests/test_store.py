@@ -17,7 +17,7 @@ from s3pvefs.bridge import AsyncioThread, LoopStoppedError
 from s3pvefs.config import MiB, Config
 from s3pvefs.errors import StoreError
 from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.store import S3Store, open_s3_store
+from s3pvefs.store import S3Store, multipart_etag, open_s3_store
 
 PART = 5 * MiB  # S3's (and moto's) minimum size of a part that is not the last
 
@@ -120,6 +120,75 @@ async def test_get_retries_a_body_cut_off_mid_stream(
     assert store.stats.requests["GetObject"] == 2 and store.stats.errors["GetObject"] == 1
 
 
+# -- what S3 answers must show it holds what was sent ---------------------------------------
+
+
+def answer_with(store: S3Store, monkeypatch, operation: str, etag: str) -> None:
+    """Replace the ETag in S3's answers to ``operation`` (the request itself goes through)."""
+    real = store._call_in_loop
+
+    async def changed(name, params):
+        response = await real(name, params)
+        if name == operation:
+            response["ETag"] = etag
+        return response
+
+    monkeypatch.setattr(store, "_call_in_loop", changed)
+
+
+async def test_a_completion_answered_without_an_etag_is_confirmed_by_head(
+        store: S3Store, monkeypatch) -> None:
+    """Ceph RGW 16.2 answers CompleteMultipartUpload with an empty ETag: the one later
+    conditional GETs use comes from a HEAD."""
+    answer_with(store, monkeypatch, "CompleteMultipartUpload", "")
+    upload_id = await store.create_multipart("big", {})
+    part = await store.upload_part("big", upload_id, 1, b"x" * 100)
+    etag = await store.complete_multipart("big", upload_id, [(1, part)], 100)
+    assert etag == multipart_etag([part]) and store.stats.requests["HeadObject"] == 1
+    assert await store.get("big", 0, 10, if_match=etag) == b"x" * 10
+
+
+async def test_a_completion_of_another_size_fails(store: S3Store, monkeypatch) -> None:
+    answer_with(store, monkeypatch, "CompleteMultipartUpload", "")
+    upload_id = await store.create_multipart("big", {})
+    part = await store.upload_part("big", upload_id, 1, b"x" * 100)
+    with pytest.raises(StoreError) as info:
+        await store.complete_multipart("big", upload_id, [(1, part)], 101)
+    assert info.value.code == "UploadNotVerified" and "100 bytes" in str(info.value)
+
+
+@pytest.mark.parametrize("operation", ["PutObject", "UploadPart", "CompleteMultipartUpload"])
+async def test_an_etag_that_is_not_of_what_was_sent_fails_the_upload(
+        store: S3Store, monkeypatch, operation: str) -> None:
+    other = '"0123456789abcdef0123456789abcdef' + ('-1"' if "Complete" in operation else '"')
+    answer_with(store, monkeypatch, operation, other)
+    with pytest.raises(StoreError) as info:
+        if operation == "PutObject":
+            await store.put("f", b"data", {})
+        else:
+            upload_id = await store.create_multipart("big", {})
+            part = await store.upload_part("big", upload_id, 1, b"data")
+            await store.complete_multipart("big", upload_id, [(1, part)], 4)
+    assert info.value.code == "UploadNotVerified" and info.value.errno == errno.EIO
+
+
+async def test_uploads_carry_the_md5_of_their_body(store: S3Store) -> None:
+    """Content-MD5 on every PUT and part: the server refuses a body damaged on the way."""
+    sent = []
+    real = store._call_in_loop
+
+    async def recording(name, params):
+        sent.append((name, params.get("ContentMD5")))
+        return await real(name, params)
+
+    store._call_in_loop = recording
+    await store.put("f", b"data", {})
+    upload_id = await store.create_multipart("big", {})
+    await store.upload_part("big", upload_id, 1, b"data")
+    assert [(n, md5) for n, md5 in sent if n in ("PutObject", "UploadPart")] == [
+        ("PutObject", "jXd/OF09/siBXSD3SWAm3A=="), ("UploadPart", "jXd/OF09/siBXSD3SWAm3A==")]
+
+
 # -- multipart ------------------------------------------------------------------------------
 
 
@@ -131,7 +200,7 @@ async def test_multipart_upload_with_part_copy(store: S3Store, s3_client, bucket
         "big", upload_id, 1, "source", 0, PART - 1, if_match=source_etag
     )
     part2 = await store.upload_part("big", upload_id, 2, b"tail")
-    etag = await store.complete_multipart("big", upload_id, [(2, part2), (1, part1)])
+    etag = await store.complete_multipart("big", upload_id, [(2, part2), (1, part1)], PART + 4)
     assert etag.endswith("-2")
     info = await store.head("big")
     assert info.size == PART + 4 and info.metadata == {"mode": "7"} and info.etag == etag
@@ -430,7 +499,7 @@ async def exercise_every_object_request(store: S3Store, key: str = "enc/obj") ->
     upload_id = await store.create_multipart("enc/big", {})
     first = await store.upload_part_copy("enc/big", upload_id, 1, key, 0, PART - 1)
     second = await store.upload_part("enc/big", upload_id, 2, b"tail")
-    await store.complete_multipart("enc/big", upload_id, [(1, first), (2, second)])
+    await store.complete_multipart("enc/big", upload_id, [(1, first), (2, second)], PART + 4)
     await store.copy(key, "enc/copied")
     await store.list_page("enc/")
     await store.delete("enc/copied")
@@ -478,7 +547,7 @@ async def test_storage_class_per_content_directory(options_config, s3_client, bu
             await store.put(key, b"data", {})
         upload_id = await store.create_multipart("pve/dump/big.vma", {})
         etag = await store.upload_part("pve/dump/big.vma", upload_id, 1, b"part")
-        await store.complete_multipart("pve/dump/big.vma", upload_id, [(1, etag)])
+        await store.complete_multipart("pve/dump/big.vma", upload_id, [(1, etag)], 4)
         await store.copy("pve/snippets/hook.pl", "pve/template/cache/moved.tar.gz")
         await store.copy("pve/template/iso/debian.iso", "pve/dump/copied", metadata={"m": "1"})
     expected |= {"pve/dump/big.vma": "GLACIER_IR", "pve/template/cache/moved.tar.gz": "STANDARD",
@@ -631,7 +700,7 @@ async def test_expiring_credentials_are_refreshed_during_an_upload(
         etags = [(n, await store.upload_part("rotating/big", upload_id, n, bytes([n]) * PART))
                  for n in (1, 2)]
         etags.append((3, await store.upload_part("rotating/big", upload_id, 3, b"end")))
-        await store.complete_multipart("rotating/big", upload_id, etags)
+        await store.complete_multipart("rotating/big", upload_id, etags, 2 * PART + 3)
     key_ids = [headers["authorization"].split("Credential=")[1].split("/")[0]
                for _op, headers in sent]
     tokens = [headers["x-amz-security-token"] for _op, headers in sent]
