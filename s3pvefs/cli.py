@@ -281,8 +281,11 @@ def _error(message: str, log_file_active: bool = False) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    import dataclasses
+    import shutil
+
     from . import preflight
-    from .config import load_config
+    from .config import Config, load_config
     from .logsetup import setup_logging
 
     try:
@@ -305,21 +308,29 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     local = None
+    demo_cache: Path | None = None
     try:
         if config.endpoint_url is None and config.bucket is None:
-            from .embedded import start_local_s3
+            from .embedded import demo_cache_dir, start_local_s3
 
             try:
                 local = start_local_s3()
+                if args.cache_dir is None and config.cache_dir == Config().cache_dir:
+                    # Throw-away data stays out of the production cache (and its journal).
+                    demo_cache = demo_cache_dir()
+                    config = dataclasses.replace(config, cache_dir=demo_cache)
+                    preflight.check_local_paths(mountpoint, config.cache_dir, config.log_file)
             except ConfigError as exc:
                 _error(str(exc), to_file)
                 return EXIT_CONFIG
             config = local.configure(config)
+            where = (f"its cache {demo_cache} is removed at exit too" if demo_cache else
+                     f"cache {config.cache_dir}")
             print(
                 "s3pvefs: no endpoint or bucket configured: using an EMBEDDED LOCAL S3 "
                 f"(moto at {config.endpoint_url}, bucket {config.bucket}).\n"
                 "s3pvefs: it is a throw-away store: everything written to "
-                f"{mountpoint} is LOST at unmount.\n"
+                f"{mountpoint} is LOST at unmount ({where}).\n"
                 "s3pvefs: configure a real endpoint with --endpoint-url/--bucket or --config FILE.",
                 file=sys.stderr,
                 flush=True,
@@ -336,6 +347,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     finally:
         if local is not None:
             local.stop()
+        if demo_cache is not None:
+            shutil.rmtree(demo_cache, ignore_errors=True)
 
 
 def _where(config: Any) -> str:
