@@ -291,10 +291,11 @@ class _Checker:
             return (f"a copy of the probe with the condition on another ETag was refused "
                     f"({exc.code or 'error'})")
         raise CheckWarning(
-            "the server ignores x-amz-copy-source-if-match (as Ceph RGW): a rename or partial "
-            "rewrite of a file that another node replaced meanwhile copies that node's version "
-            "instead of failing with ESTALE; it matters only when two nodes write the same file, "
-            "which is not supported anyway (docs/multi-node.md)")
+            "the server ignores x-amz-copy-source-if-match (as Ceph RGW): a rename of a file "
+            "that another node replaced meanwhile copies that node's version instead of failing "
+            "with ESTALE (parts copied for rewrites and large renames are checked with a HEAD); "
+            "it matters only when two nodes write the same file, which is not supported anyway "
+            "(docs/multi-node.md)")
 
     async def _check_latency(self) -> str:
         samples = []
