@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -453,29 +454,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_UPLOAD_FAILED if status.get("errors") else 0
 
 
+STATUS_WAITING_SHOWN = 20  # dirty files not uploading listed by name; the rest are counted
+
+
+def _percent(done: int, total: int) -> str:
+    """Rounded down: 100.0% only when all of it is done."""
+    if not total:
+        return "100.0%" if done >= total else "0.0%"
+    return f"{math.floor(1000 * done / total) / 10:5.1f}%"
+
+
 def _format_status(mountpoint: Path, status: dict) -> str:
     uploads = status.get("uploads") or []
     errors = status.get("errors") or []
+    waiting = [file for file in status.get("files") or [] if not file.get("uploading")]
     lines = [
         f"{mountpoint}",
         f"  not on S3 yet:  {status.get('dirty_files', 0)} file(s), "
-        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache",
+        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache, "
+        f"{human_size(status.get('uploaded_bytes', 0))} uploaded in parts not completed yet",
         f"  cache:          {human_size(status.get('cache_used_bytes', 0))} used of "
         f"{human_size(status.get('cache_limit_bytes', 0))}",
         f"  uploading:      {len(uploads)} file(s)",
     ]
     for upload in uploads:
         total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
-        percent = 100.0 * done / total if total else 100.0
         rate = upload.get("bytes_per_second", 0) / 1024**2
-        lines.append(f"    {upload.get('path')}  {percent:5.1f}% of {human_size(total)}  "
-                     f"{rate:.1f} MiB/s")
+        lines.append(f"    {upload.get('path')}  {_percent(done, total)} uploaded "
+                     f"({human_size(done)} of {human_size(total)}), "
+                     f"{human_size(upload.get('bytes_dirty', 0))} dirty  {rate:.1f} MiB/s")
+    if waiting:
+        lines.append(f"  waiting:        {len(waiting)} file(s)")
+        for file in waiting[:STATUS_WAITING_SHOWN]:
+            why = f" ({file['waiting']})" if file.get("waiting") else ""
+            lines.append(f"    {file.get('path')}  {human_size(file.get('bytes_dirty', 0))} "
+                         f"dirty of {human_size(file.get('bytes_total', 0))}{why}")
+        if len(waiting) > STATUS_WAITING_SHOWN:
+            lines.append(f"    ... and {len(waiting) - STATUS_WAITING_SHOWN} more (--json "
+                         "lists them all)")
     lines.append(f"  upload errors:  {len(errors)}")
     for error in errors:
         lines.append(f"    {error.get('path')}: {error.get('error')}")
     return "\n".join(lines) + "\n"
-
-
 
 
 # -- admin commands: talk to the bucket directly ----------------------------------------------

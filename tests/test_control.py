@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -389,4 +390,72 @@ def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, buc
     assert result.returncode == 0, result.stderr
     assert (dump / "from-node-b.log").read_bytes() == b"hello"  # the kernel forgot too
     assert os.listdir(dump) == ["from-node-b.log"]
+    assert mount.unmount() == 0
+
+
+def _consistent(status: dict) -> None:
+    """`s3pvefs status --json` is one picture: per file, dirty and uploaded bytes fit in its
+    size; the totals are the sums of the files'; every upload is one of the files."""
+    files = status["files"]
+    for file in files:
+        assert file["bytes_done"] + file["bytes_dirty"] <= file["bytes_total"], file
+    assert status["dirty_bytes"] == sum(file["bytes_dirty"] for file in files)
+    assert status["uploaded_bytes"] == sum(file["bytes_done"] for file in files)
+    by_path = {file["path"]: file for file in files}
+    for upload in status["uploads"]:
+        file = by_path[upload["path"]]
+        assert file["uploading"]
+        for key in ("bytes_total", "bytes_done", "bytes_dirty"):
+            assert upload[key] == file[key], (key, upload, file)
+
+
+@needs_fuse
+def test_status_is_one_consistent_picture(faulty_mount, proxy):
+    """A closed file whose parts are all on S3 and whose completion fails: 100% uploaded and
+    nothing dirty (the cache still holds its blocks until the upload completes); a file
+    written behind its upload: its new data is dirty, and it is not shown at 100%."""
+    mount = faulty_mount()
+    proxy.error503(methods="POST", match="uploadId=")  # every CompleteMultipartUpload
+    done_path = mount.path / "dump" / "done.raw"
+    done_path.write_bytes(os.urandom(12 * MiB))
+    open_path = mount.path / "dump" / "open.raw"
+    with open(open_path, "wb") as f:
+        f.write(os.urandom(11 * MiB))
+        f.flush()
+        status = None
+        for _ in range(300):
+            status = mount.status()
+            uploads = {upload["path"]: upload for upload in status["uploads"]}
+            if (uploads.get("dump/done.raw", {}).get("bytes_done") == 12 * MiB
+                    and uploads.get("dump/open.raw", {}).get("bytes_done") == 10 * MiB):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the parts were not all uploaded: {status}\n{mount.log()[-4000:]}")
+        # 12 + 10 MiB uploaded of 23 MiB written: 1 MiB at most can be dirty
+        assert status["dirty_bytes"] == 1 * MiB, status
+        _consistent(status)
+        files = {file["path"]: file for file in status["files"]}
+        assert files["dump/done.raw"]["bytes_dirty"] == 0
+        assert files["dump/done.raw"]["uploading"] and not files["dump/done.raw"]["waiting"]
+        assert files["dump/open.raw"]["bytes_dirty"] == 1 * MiB  # the tail, not a part yet
+        assert files["dump/open.raw"]["waiting"] == "open for writing"
+        assert status["uploaded_bytes"] == 22 * MiB
+        text = mount.cli("status", mount.path).stdout
+        assert "2 file(s), 1.0 MiB dirty in the cache, 22.0 MiB uploaded in parts" in text
+        assert "dump/done.raw  100.0% uploaded (12.0 MiB of 12.0 MiB), 0 B dirty" in text
+        assert " 90.9% uploaded (10.0 MiB of 11.0 MiB), 1.0 MiB dirty" in text
+        # Rewriting uploaded parts makes them dirty again: no longer counted as uploaded.
+        f.seek(0)
+        f.write(os.urandom(1 * MiB))
+        f.flush()
+        status = mount.status()
+        _consistent(status)
+        files = {file["path"]: file for file in status["files"]}
+        assert files["dump/open.raw"]["bytes_dirty"] >= 2 * MiB
+        assert files["dump/open.raw"]["bytes_done"] <= 6 * MiB
+        proxy.passthrough()
+    assert mount.cli("sync", mount.path).returncode == 0
+    status = mount.status()
+    assert status["files"] == [] and status["dirty_bytes"] == status["uploaded_bytes"] == 0
     assert mount.unmount() == 0
