@@ -18,8 +18,8 @@ def pvesm_contents(path: Path) -> list[set[str]]:
 
 def test_every_pvesm_line_recommends_the_same_content():
     """README, docs/proxmox-setup.md, docs/multi-node.md and examples/storage.cfg recommend the
-    same content;
-    images and rootdir are left out (slow on one node, unsafe when shared) as the docs warn."""
+    same content; images and rootdir are left out (slow on one node, unsafe when shared), as
+    the docs warn."""
     found = {name: pvesm_contents(REPO / name)
              for name in ("README.md", "docs/proxmox-setup.md", "docs/multi-node.md",
                           "examples/storage.cfg")}
