@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -297,7 +298,9 @@ class FsCore:
 
     def _upload_figures(self, node: Node) -> tuple[int, int]:
         """(bytes in the parts S3 confirmed of the file's upload in flight that still hold what
-        the file holds there, bytes written that no such part holds)."""
+        the file holds there, bytes the cache holds that neither such a part nor the file's
+        object has: dirty blocks, and clean ones past the object, e.g. parts of a stream that
+        was dropped)."""
         size, data = node.size, node.data
         parts: list[tuple[int, int, dict[int, int]]] = []  # offset, length, generations read
         if node.stream is not None:
@@ -309,6 +312,9 @@ class FsCore:
         parts.sort()
         dirty = data.dirty if data is not None else {}
         block_size = data.block_size if data is not None else 1
+        past_object = set() if data is None else {
+            block for block in data.cached
+            if block not in dirty and block * block_size >= data.base_valid_len}
         starts = [offset for offset, _, _ in parts]
 
         def part_of(block: int) -> int | None:
@@ -324,7 +330,7 @@ class FsCore:
         done = sum(max(0, min(offset + length, size) - offset)
                    for index, (offset, length, _) in enumerate(parts) if index not in stale)
         pending = sum(max(0, min((block + 1) * block_size, size) - block * block_size)
-                      for block in dirty
+                      for block in itertools.chain(dirty, past_object)
                       if (index := part_of(block)) is None or index in stale)
         return done, pending
 
