@@ -257,11 +257,11 @@ class FsCore:
         """What `s3pvefs status` shows: dirty data, uploads in flight, failures.
 
         One picture: per file, ``bytes_dirty`` (only in the cache: in neither the file's object
-        nor a part S3 confirmed) and
-        ``bytes_done`` (in the parts S3 confirmed of the upload in flight, still what the file
-        holds there) never add up to more than its size; ``dirty_bytes`` and
-        ``uploaded_bytes`` are their sums over the files. A file shows 100% only when all of
-        it is in confirmed parts (the upload then only waits for its completion).
+        nor a part S3 confirmed) and ``bytes_done`` (in the parts S3 confirmed of the upload in
+        flight, still what the file holds there) never add up to more than its size;
+        ``dirty_bytes`` and ``uploaded_bytes`` are their sums over the files. A file shows 100%
+        only when all of it is in confirmed parts (the upload then only waits for its
+        completion).
         """
         dirty = self.dirty_nodes()
         uploads = self.uploader.progress()
