@@ -392,14 +392,16 @@ class FsCore:
         await self.checkpoint(node)
 
     async def _truncate_stream(self, node: Node, size: int) -> None:
-        """Cutting into the streamed part of a file drops its streaming upload."""
+        """Cutting into the streamed part of a file ends its streaming upload: dropped when
+        the cache holds what is left, otherwise completed with the parts uploaded so far (as
+        a write into an evicted part does), so that the rest can be read back from S3."""
         stream = node.stream
         if stream is None or size >= stream.next_offset:
             return
         if any(node.data.unreadable(b) for b in node.data.blocks(0, size)):
-            raise FsError(errno.EIO, f"{node.path()}: cannot truncate into the part of the file "
-                                     "that was already uploaded and left the cache")
-        await self.streamer.abort(node)
+            await self.uploader.complete_stream_early(node)
+        else:
+            await self.streamer.abort(node)
 
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)

@@ -1537,3 +1537,23 @@ async def test_reads_while_the_own_upload_replaces_the_object_get_the_data(
         assert await read_file(core, node.ino, 2 * PART, PART) == expected[2 * PART:]
     await drain(core)
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/disk.raw") == expected
+
+
+async def test_truncating_into_evicted_streamed_parts_keeps_what_is_left(
+        make_core, s3_client, bucket) -> None:
+    """A restore cutting an image it writes (larger than the cache) back into parts that were
+    uploaded and evicted: the parts become the file's object, and what is left reads back."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(5 * PART, seed=45)
+    dump = await inode(core, "dump")
+    fh, node = await write_file(core, dump, "big.raw", data, release=False)
+    second_part = PART // BLOCK  # the first part stays cached (pinned) while streaming
+    await wait_for(lambda: node.data.unreadable(second_part))
+    with trio.fail_after(TIMEOUT):
+        await core.setattr(node.ino, size=2 * PART + 7)
+    assert node.stream is None and node.size == 2 * PART + 7
+    await core.release(fh)
+    await drain(core)
+    assert await read_file(core, node.ino) == data[:2 * PART + 7]
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data[:2 * PART + 7]
+    assert s3_uploads(s3_client, bucket) == []
