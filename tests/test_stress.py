@@ -29,6 +29,7 @@ from workload import (
     check_bucket,
     describe_difference,
     env_int,
+    hang_evidence,
     names_in,
     read_all,
     report,
@@ -48,9 +49,10 @@ PART = 5 * MiB
 MOUNT_ARGS = ("--cache-size", "24MiB", "--part-size", "5MiB", "--multipart-threshold", "5MiB",
               "--dir-ttl", "2")
 SEEDS = seeds("S3PVEFS_STRESS_SEEDS", [1, 2, 3])
-WRITERS = env_int("S3PVEFS_STRESS_WRITERS", 6)
-READERS = env_int("S3PVEFS_STRESS_READERS", 3)
+WRITERS = env_int("S3PVEFS_STRESS_WRITERS", 8)
+READERS = env_int("S3PVEFS_STRESS_READERS", 4)
 JOBS = env_int("S3PVEFS_STRESS_JOBS", 6)
+HANG_AFTER = env_int("S3PVEFS_STRESS_HANG_AFTER", 240)  # seconds: writers not done = a hang
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -60,10 +62,20 @@ def test_parallel_writers_and_direct_readers(seed, mount_s3pvefs, s3_client, buc
     run.oplog.note("test", f"seed {seed}: {WRITERS} writers x {JOBS} jobs, {READERS} readers, "
                            f"mount {' '.join(MOUNT_ARGS)}")
     started = time.monotonic()
-    run.wait(run.start(WRITERS, READERS))
-    wrote = time.monotonic() - started
+    evidence = []
 
-    problems = list(run.problems)
+    def on_hang():
+        run.killed.set()  # what fails from here on is the kill's doing
+        evidence.append(hang_evidence(mount))
+        run.oplog.note("test", "kill -9 of the stuck mount")
+        mount.kill()
+
+    finished = run.wait(run.start(WRITERS, READERS), HANG_AFTER, on_hang)
+    wrote = time.monotonic() - started
+    problems = list(run.problems) + evidence
+    if not finished:
+        fail(seed, problems, run, mount, tmp_path)
+
     expected, unknown = run.expected()
     run.oplog.note("test", f"writers done after {wrote:.1f} s: {run.bytes_written} bytes, "
                            f"{run.reads} reads verified; s3pvefs sync")
@@ -89,7 +101,10 @@ def test_parallel_writers_and_direct_readers(seed, mount_s3pvefs, s3_client, buc
     problems += [f"after unmount: {problem}" for problem in
                  check_bucket(s3_client, bucket, expected, PREFIX, PART, ignore=unknown)]
     if problems:
-        text = report(f"stress seed {seed}", seed, problems, run.oplog, [mount],
-                      names_in(problems))
-        (tmp_path / "report.txt").write_text(text)
-        pytest.fail(text, pytrace=False)
+        fail(seed, problems, run, mount, tmp_path)
+
+
+def fail(seed, problems, run, mount, tmp_path):
+    text = report(f"stress seed {seed}", seed, problems, run.oplog, [mount], names_in(problems))
+    (tmp_path / "report.txt").write_text(text)
+    pytest.fail(text, pytrace=False)

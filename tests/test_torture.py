@@ -41,9 +41,11 @@ from workload import (
     AlignedBuffer,
     MiB,
     OpLog,
+    Watchdog,
     check_bucket,
     describe_difference,
     env_int,
+    hang_evidence,
     payload,
     read_range,
     report,
@@ -62,6 +64,7 @@ pytestmark = [
 PART = 5 * MiB
 CACHE = 16 * MiB
 MAX_FILE = 3 * CACHE
+STEP_TIMEOUT = env_int("S3PVEFS_TORTURE_STEP_TIMEOUT", 120)  # seconds: a call that hangs
 MACHINE_ARGS = ("--cache-size", "16MiB", "--part-size", "5MiB", "--multipart-threshold",
                 "5MiB", "--dir-ttl", "2")
 NAMES = ["images/100/vm-100-disk-0.raw", "images/100/vm-100-disk-1.qcow2", "dump/data.bin",
@@ -148,10 +151,14 @@ class FsMachine(RuleBasedStateMachine):
         self.steps += 1
         entry = self.oplog.start("fs", op, detail)
         try:
-            result = fn(*args)
+            with Watchdog(self.mount, STEP_TIMEOUT) as watchdog:
+                result = fn(*args)
         except OSError as exc:
             code = errno.errorcode.get(exc.errno, str(exc.errno))
             self.oplog.end(entry, code)
+            if watchdog.fired:
+                hang = f"HANG: {op} {detail} did not return within {STEP_TIMEOUT} s"
+                self.fail([hang + "; the mount was killed", watchdog.evidence])
             if expect_errno is not None and exc.errno == expect_errno:
                 return None
             self.fail([f"{op} {detail} failed: {code} {exc.strerror}"])
@@ -473,6 +480,7 @@ FSX_SIZE = 48 * MiB
 FSX_SEEDS = seeds("S3PVEFS_FSX_SEEDS", [1])
 FSX_OPS = env_int("S3PVEFS_FSX_OPS", 120)
 FSX_THREADS = env_int("S3PVEFS_FSX_THREADS", 4)
+FSX_HANG_AFTER = env_int("S3PVEFS_FSX_HANG_AFTER", 300)  # seconds
 
 
 class Fsx:
@@ -613,12 +621,22 @@ def test_parallel_fsx(seed, mount_s3pvefs, s3_client, bucket):
     oplog.note("test", f"seed {seed}: {FSX_THREADS} threads x {FSX_OPS} ops on "
                        f"{FSX_SIZE} bytes each, mount {' '.join(FSX_ARGS)}")
     workers = [Fsx(n, seed, mount.path, oplog, problems) for n in range(FSX_THREADS)]
-    threads = [threading.Thread(target=worker.run, name=worker.who) for worker in workers]
+    threads = [threading.Thread(target=worker.run, name=worker.who, daemon=True)
+               for worker in workers]
     started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(max(0.0, started + FSX_HANG_AFTER - time.monotonic()))
+    if any(thread.is_alive() for thread in threads):
+        stuck = oplog.running()
+        problems.append(f"HANG: the threads were not done after {FSX_HANG_AFTER} s; "
+                        f"{len(stuck)} call(s) never returned:\n      " + "\n      ".join(stuck))
+        problems.append(hang_evidence(mount))
+        mount.kill()
+        for thread in threads:
+            thread.join(60)
+        pytest.fail(report(f"fsx seed {seed}", seed, problems, oplog, [mount]), pytrace=False)
     oplog.note("test", f"workers done after {time.monotonic() - started:.1f} s; s3pvefs sync")
     expected = {w.name: bytes(w.model) for w in workers if not w.broken}
     unknown = {w.name for w in workers if w.broken}

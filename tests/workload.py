@@ -32,6 +32,7 @@ INDEX_MARK = "/.s3pvefs-attrs."  # per-directory attribute index objects (docs/d
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 DIRECT_ALIGN = 4096
 SYNC_TIMEOUT = 180  # seconds `s3pvefs sync` may take before a test calls it a hang
+MOUNT_GONE = (errno.ENOTCONN, errno.ECONNABORTED)  # what calls fail with once the mount died
 
 
 # -- seeds ------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class OpLog:
         self.t0 = time.monotonic()
         self.wall0 = time.time()
         self.entries: deque[list] = deque(maxlen=keep)
+        self.inflight: dict[int, list] = {}  # calls not returned, even once out of entries
         self.lock = threading.Lock()
 
     def now(self) -> float:
@@ -133,11 +135,14 @@ class OpLog:
         entry = [self.now(), None, who, op, detail, "..."]
         with self.lock:
             self.entries.append(entry)
+            self.inflight[id(entry)] = entry
         return entry
 
     def end(self, entry: list, outcome: str = "ok") -> None:
         entry[1] = self.now()
         entry[5] = outcome
+        with self.lock:
+            self.inflight.pop(id(entry), None)
 
     def note(self, who: str, text: str) -> None:
         self.end(self.start(who, "note", text), "")
@@ -155,6 +160,12 @@ class OpLog:
             raise
         self.end(entry, "ok" if result is None else f"-> {result}")
         return result
+
+    def running(self) -> list[str]:
+        """The operations that have not returned, as op-log lines."""
+        with self.lock:
+            return [self._line(entry) for entry in
+                    sorted(self.inflight.values(), key=lambda entry: entry[0])]
 
     @staticmethod
     def _line(entry: list) -> str:
@@ -401,6 +412,43 @@ def status_problems(mount) -> list[str]:
     return problems
 
 
+def hang_evidence(mount) -> str:
+    """`s3pvefs status --json` of a mount that seems stuck (uploads, cache, dirty files)."""
+    try:
+        result = mount.cli("status", "--json", mount.path, timeout=30)
+        return f"status at the hang: {result.stdout.strip() or result.stderr.strip()}"
+    except Exception as exc:  # noqa: BLE001
+        return f"status at the hang: failed: {exc!r}"
+
+
+class Watchdog:
+    """Kills the mount if the block it guards runs longer than ``seconds`` (a call that never
+    returns then fails with ENOTCONN); ``evidence`` is the mount's status at that moment."""
+
+    def __init__(self, mount, seconds: float):
+        self.mount = mount
+        self.seconds = seconds
+        self.evidence: str | None = None
+        self.timer: threading.Timer | None = None
+
+    def _fire(self) -> None:
+        self.evidence = hang_evidence(self.mount)
+        self.mount.kill()
+
+    def __enter__(self):
+        self.timer = threading.Timer(self.seconds, self._fire)
+        self.timer.daemon = True
+        self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.timer.cancel()
+
+    @property
+    def fired(self) -> bool:
+        return self.evidence is not None
+
+
 def unmount_problems(mount) -> list[str]:
     try:
         code = mount.unmount()
@@ -545,20 +593,39 @@ class Run:
 
     def start(self, writers: int, readers: int) -> list[threading.Thread]:
         self.writers = [Writer(self, number) for number in range(writers)]
-        threads = [threading.Thread(target=writer, name=writer.who) for writer in self.writers]
-        threads += [threading.Thread(target=reader, args=(self, n), name=f"r{n}")
+        # Daemon threads: an interrupted test run must not wait for them forever.
+        threads = [threading.Thread(target=writer, name=writer.who, daemon=True)
+                   for writer in self.writers]
+        threads += [threading.Thread(target=reader, args=(self, n), name=f"r{n}", daemon=True)
                     for n in range(readers)]
         for thread in threads:
             thread.start()
         return threads
 
-    def wait(self, threads: list[threading.Thread]) -> None:
-        for thread in threads:
-            if thread.name.startswith("w"):
-                thread.join()
+    def wait(self, threads: list[threading.Thread], deadline: float | None = None,
+             on_hang=None) -> bool:
+        """Wait for the writers, then stop the readers. If the writers are not done within
+        ``deadline`` seconds: a HANG problem listing the calls that never returned, then
+        ``on_hang()`` (which kills the mount, so that every call returns) and the wait goes on.
+        Returns False after a hang."""
+        writers = [thread for thread in threads if thread.name.startswith("w")]
+        end = None if deadline is None else time.monotonic() + deadline
+        for thread in writers:
+            thread.join(None if end is None else max(0.0, end - time.monotonic()))
+        hung = any(thread.is_alive() for thread in writers)
+        if hung:
+            stuck = self.oplog.running()
+            self.fail(f"HANG: the writers were not done after {deadline:.0f} s; "
+                      f"{len(stuck)} call(s) never returned:\n      "
+                      + "\n      ".join(stuck))
+            if on_hang is not None:
+                on_hang()
+            for thread in writers:
+                thread.join(60)
         self.stop.set()
         for thread in threads:
-            thread.join()
+            thread.join(60)
+        return not hung
 
 
 class Killed(Exception):
@@ -782,6 +849,8 @@ class Writer:
                               f"{self.current.name if self.current else '?'}: {what}")
                 if self.current is not None:
                     self.current.uncertain = True  # its content is unknown now
+                if isinstance(exc, OSError) and exc.errno in MOUNT_GONE:
+                    return
 
 
 def reader(run: Run, number: int) -> None:
@@ -805,6 +874,8 @@ def reader(run: Run, number: int) -> None:
             try:
                 if not (file.gone or file.uncertain or file.writing):
                     read_one(run, who, rng, file, buffer)
+            except OSError:  # the mount is gone (MOUNT_GONE): nothing left to read
+                return
             finally:
                 file.lock.release()
     finally:
@@ -837,6 +908,8 @@ def read_one(run: Run, who: str, rng: random.Random, file: File, buffer: Aligned
         if not run.killed.is_set():
             run.fail(f"{who}: {how} read of {what} of a closed file failed: {code} "
                      f"{exc.strerror}")
+        if exc.errno in MOUNT_GONE:
+            raise
         return
     expected = want[offset:] if length is None else want[offset:offset + length]
     run.reads += 1
