@@ -149,13 +149,23 @@ def expectations(run: Run) -> tuple[dict[str, Expect], list[tuple[str, str]], li
             add(file.temporary, Expect(may_be_absent=True, why=f"{name} never renamed here: "
                                        "NOTHING may appear under this name"))
             continue
+        if file.patch is not None:  # a rewrite in place of a closed file
+            offset, length = file.patch
+            add(name, Expect(exact=[file.stable, file.data],
+                             patched=(file.stable, file.data, offset, length),
+                             why=f"rewrite in place [{offset}, +{length}) in flight at the "
+                                 "kill: old or new bytes in that range, the rest unchanged"))
+            continue
         accepted = [file.stable] if file.stable is not None else []
         if pending == "close":
             accepted.append(file.data)
-        add(name, Expect(exact=accepted, prefix_of=file.data, min_len=0, may_be_absent=True,
+        add(name, Expect(exact=accepted, prefix_of=file.data, min_len=0,
+                         may_be_absent=file.stable is None,
                          why=f"being written at the kill ({file.acked} of {len(file.data)} "
-                             f"bytes acknowledged, {pending or 'between calls'}): absent, "
-                             "the previous version or a prefix"))
+                             f"bytes acknowledged, {pending or 'between calls'}): "
+                             + ("absent or " if file.stable is None else
+                                "the previous version or ")
+                             + "a prefix of the new content"))
     return expected, pairs, actions
 
 

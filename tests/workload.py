@@ -326,12 +326,21 @@ class Expect:
     min_len: int = 0
     may_be_absent: bool = False
     why: str = ""
+    # A rewrite in place cut short: ``old`` with each byte of the range either old or new.
+    patched: tuple[bytes, bytes, int, int] | None = None  # (old, new, offset, length)
 
     def accepts(self, got: bytes | None) -> bool:
         if got is None:
             return self.may_be_absent
         if any(got == want for want in self.exact):
             return True
+        if self.patched is not None:
+            old, new, offset, length = self.patched
+            end = offset + length
+            if (len(got) == len(old) and got[:offset] == old[:offset]
+                    and got[end:] == old[end:]):
+                return all(g in (o, n) for g, o, n in zip(got[offset:end], old[offset:end],
+                                                            new[offset:end]))
         return (self.prefix_of is not None and self.min_len <= len(got) <= len(self.prefix_of)
                 and self.prefix_of.startswith(got))
 
@@ -538,6 +547,7 @@ class File:
     stable: bytes | None = None  # content as of the last close() that returned
     writing: bool = False  # open for a rewrite that has not been closed
     acked: int = 0  # bytes of ``data`` acknowledged by write() since the open
+    patch: tuple[int, int] | None = None  # (offset, length) a rewrite in place changes
     pending: str = ""  # the call in progress: open, write, close, cp, rename:<new>, unlink
 
 
@@ -673,15 +683,30 @@ class Writer:
         fd = self.step(file, "open", f"{name} flags={flags:#o}", os.open, self.run.path(name),
                        os.O_WRONLY | flags, 0o644)
         file.writing, file.acked, file.data = True, 0, data
+        # One op-log entry for all the write() calls of the file (the tail stays readable);
+        # file.acked follows every call that returned.
+        entry = self.run.oplog.start(self.who, "write", f"{name} [0, +{len(data)}) in write()s "
+                                     f"of ~{sizes[1]} bytes")
         try:
             view = memoryview(data)
             pieces = iter(sizes)
             while file.acked < len(data):
-                piece = view[file.acked:file.acked + next(pieces)]
-                written = self.step(file, "write", f"{name} [{file.acked}, +{len(piece)})",
-                                    os.write, fd, piece)
+                if self.run.killed.is_set():
+                    raise Killed("write")
+                file.pending = "write"
+                written = os.write(fd, view[file.acked:file.acked + next(pieces)])
+                file.pending = ""
                 file.acked += written
                 self.run.bytes_written += written
+                if self.run.on_step is not None:
+                    self.run.on_step(self, "write", file)
+        except BaseException as exc:
+            what = (errno.errorcode.get(exc.errno, exc.errno) if isinstance(exc, OSError)
+                    else type(exc).__name__)
+            self.run.oplog.end(entry, f"{what} after {file.acked} bytes acknowledged")
+            raise
+        else:
+            self.run.oplog.end(entry, f"{file.acked} bytes ok")
         finally:
             self.step(file, "close", name, os.close, fd)
         file.writing, file.stable = False, data
@@ -803,14 +828,13 @@ class Writer:
         with file.lock:
             fd = self.step(file, "open", f"{file.name} O_RDWR", os.open,
                            self.run.path(file.name), os.O_RDWR)
-            file.writing, file.acked, file.data = True, offset, changed
+            file.writing, file.patch, file.data = True, (offset, length), changed
             try:
                 self.step(file, "write", f"{file.name} pwrite [{offset}, +{length})",
                           write_all, fd, new, None, offset)
-                file.acked = size
             finally:
                 self.step(file, "close", file.name, os.close, fd)
-            file.writing, file.stable = False, changed
+            file.writing, file.patch, file.stable = False, None, changed
         self.run.publish(file)
 
     def job_rename(self, j: int) -> None:
