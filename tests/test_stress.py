@@ -52,7 +52,7 @@ SEEDS = seeds("S3PVEFS_STRESS_SEEDS", [1, 2, 3])
 WRITERS = env_int("S3PVEFS_STRESS_WRITERS", 8)
 READERS = env_int("S3PVEFS_STRESS_READERS", 4)
 JOBS = env_int("S3PVEFS_STRESS_JOBS", 6)
-HANG_AFTER = env_int("S3PVEFS_STRESS_HANG_AFTER", 240)  # seconds: writers not done = a hang
+HANG_AFTER = env_int("S3PVEFS_STRESS_HANG_AFTER", 150)  # seconds: writers not done = a hang
 
 
 @pytest.mark.parametrize("seed", SEEDS)
