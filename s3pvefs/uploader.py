@@ -33,6 +33,11 @@ DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for
 DRAIN_RETRY_MAX = 2.0  # seconds between attempts while a shutdown waits (not minutes)
 
 
+def retry_delay(failures: int, longest: float) -> float:
+    """Seconds before the next attempt after ``failures`` in a row: doubling, capped."""
+    return min(longest, RETRY_MIN * 2 ** min(failures - 1, 30))
+
+
 def choose_part_size(size: int, min_part: int) -> int:
     """The smallest MiB-multiple part size >= min_part that fits ``size`` in 10,000 parts."""
     needed = math.ceil(size / MAX_PARTS)
@@ -119,8 +124,7 @@ class Uploader:
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
-            delay = min(DRAIN_RETRY_MAX if self.draining else RETRY_MAX,
-                        RETRY_MIN * 2 ** (failures - 1))
+            delay = retry_delay(failures, DRAIN_RETRY_MAX if self.draining else RETRY_MAX)
             log.error("upload of %s failed (attempt %d), retrying in %.0f s: %s",
                       node.path(), failures, delay, exc)
             self.schedule(node, delay)
@@ -143,8 +147,8 @@ class Uploader:
         """
         self.streamer.under_pressure()
         for node in self.dirty_nodes():
-            if node.ino in self._running:
-                continue
+            if node.ino in self._running or node.ino in self._not_before:
+                continue  # uploading, or waiting to retry or for its rename: not sooner
             if node.stream is None:
                 self.streamer.after_write(node)  # holes count as written now
             stream = node.stream

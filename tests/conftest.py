@@ -1,4 +1,28 @@
-"""Shared fixtures: a moto S3 server process, fresh buckets, and a store configured for them."""
+"""Shared fixtures: the S3 server (moto, or a real Ceph RGW), fresh buckets, a store and mounts
+configured for them.
+
+Two servers, one set of fixtures
+--------------------------------
+``s3_server`` is the S3 server a test talks to (``.kind`` is "moto" or "rgw", ``.endpoint_url``),
+and ``s3_client``, ``bucket``, ``store_config``, ``store``, ``mount_s3pvefs``, ``proxy`` and
+``faulty_mount`` all follow it. By default it is the moto server. A test (or a whole module,
+``pytestmark = pytest.mark.real_server``) marked ``real_server`` runs twice, on moto and on a
+single-node Ceph RGW (tests/cephrgw.py): ``pytest_generate_tests`` parametrizes ``s3_server``
+with "moto" and "rgw", so the ids read ``test_x[moto]`` and ``test_x[rgw]``; unmarked tests
+keep their ids. Rules for a marked test:
+
+- use ``s3_server`` and the fixtures above, never ``moto_server`` (that is an error at
+  collection: a marked test would otherwise check RGW's work on moto);
+- anything moto-specific (``/moto-api/``, storage classes moto accepts and RGW does not, ...)
+  stays in an unmarked test, with a comment saying why.
+
+The servers are session fixtures, started at the first test that needs them and stopped at the
+end of the session: ``moto_server`` and ``rgw_server``. ``s3_server`` only looks one up, so the
+order the tests run in never starts a server twice. If the RGW cannot start (Ceph not installed,
+a daemon that dies, no answer within the timeout) every ``[rgw]`` test fails with the reason and
+the daemons' log tails: CI never skips the real-server tier silently. Developers turn it off with
+``S3PVEFS_TEST_RGW=0`` (the ``[rgw]`` tests are then skipped, with that reason in the summary).
+"""
 
 from __future__ import annotations
 
@@ -25,12 +49,50 @@ from s3pvefs.store import S3Store, open_s3_store
 
 MOTO_START_TIMEOUT = 30.0
 REGION = "us-east-1"
+RGW_ENABLED = os.environ.get("S3PVEFS_TEST_RGW", "1") != "0"
+RGW_TIMES: dict[str, float] = {}  # start and stop seconds of this session's RGW, for the summary
+RGW_LOGS: list[Path] = []  # where the RGW's logs were kept (a test failed)
 
 
 @dataclass(frozen=True)
 class MotoServer:
     endpoint_url: str
     process: subprocess.Popen[bytes]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    kind: str  # "moto" or "rgw"
+    endpoint_url: str
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_server: also run the test on a real Ceph RGW, not only on moto "
+        "(see tests/conftest.py)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Marked tests that use the S3 server run once per server (see the module docstring)."""
+    if ("s3_server" not in metafunc.fixturenames
+            or metafunc.definition.get_closest_marker("real_server") is None):
+        return
+    if "moto_server" in metafunc.fixturenames:
+        raise ValueError(f"{metafunc.definition.nodeid} is marked real_server but uses "
+                         "moto_server: use s3_server (or leave the test unmarked)")
+    skip_rgw = pytest.mark.skip(reason="S3PVEFS_TEST_RGW=0: the Ceph RGW tier is off")
+    metafunc.parametrize("s3_server", [
+        pytest.param("moto", id="moto"),
+        pytest.param("rgw", id="rgw", marks=[] if RGW_ENABLED else [skip_rgw]),
+    ], indirect=True)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if RGW_TIMES:
+        terminalreporter.write_line("Ceph RGW: " + ", ".join(
+            f"{what} in {seconds:.1f} s" for what, seconds in RGW_TIMES.items()))
+    for logs in RGW_LOGS:
+        terminalreporter.write_line(f"Ceph RGW: a test failed, its daemons' logs are in {logs}")
 
 
 def free_port() -> int:
@@ -102,6 +164,45 @@ def moto_server(
         _stop(process)
 
 
+@pytest.fixture(scope="session")
+def rgw_server(request: pytest.FixtureRequest, aws_test_env: None,
+               tmp_path_factory: pytest.TempPathFactory):  # -> CephRGW
+    """A single-node Ceph cluster with a RADOS Gateway on a free loopback port (cephrgw.py),
+    whose user has the keys testing / testing; removed with its directory at the end, but for
+    the daemons' logs if a test failed (the summary says where)."""
+    from cephrgw import CephRGW, RGWError
+
+    rgw = CephRGW(tmp_path_factory.mktemp("rgw"))
+    rgw.die_with_parent = True  # a killed pytest does not leave the daemons running
+    began = time.monotonic()
+    try:
+        rgw.start()
+    except RGWError as error:
+        rgw.remove()
+        pytest.fail(f"the Ceph RGW for the real-server tests did not start "
+                    f"(S3PVEFS_TEST_RGW=0 skips them): {error}", pytrace=False)
+    RGW_TIMES["started"] = time.monotonic() - began
+    try:
+        yield rgw
+    finally:
+        began = time.monotonic()
+        keep_logs = request.session.testsfailed > 0
+        rgw.remove(keep_logs=keep_logs)
+        RGW_TIMES["stopped and removed"] = time.monotonic() - began
+        if keep_logs:
+            RGW_LOGS.append(rgw.root / "log")
+
+
+@pytest.fixture
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """The S3 server of this test: moto, or the Ceph RGW for the ``[rgw]`` run of a test
+    marked ``real_server``."""
+    kind = getattr(request, "param", "moto")
+    if kind == "rgw":
+        return S3Server("rgw", request.getfixturevalue("rgw_server").endpoint_url)
+    return S3Server("moto", request.getfixturevalue("moto_server").endpoint_url)
+
+
 @pytest.fixture
 def unreachable_endpoint_url() -> str:
     """A loopback URL where nothing listens (connections are refused at once)."""
@@ -109,10 +210,10 @@ def unreachable_endpoint_url() -> str:
 
 
 @pytest.fixture
-def s3_client(moto_server: MotoServer):  # -> botocore S3 client
-    """A plain boto3 client on the moto server, for setting up and checking state."""
+def s3_client(s3_server: S3Server):  # -> botocore S3 client
+    """A plain boto3 client on the test's S3 server, for setting up and checking state."""
     return boto3.client(
-        "s3", endpoint_url=moto_server.endpoint_url, region_name=REGION,
+        "s3", endpoint_url=s3_server.endpoint_url, region_name=REGION,
         aws_access_key_id="testing", aws_secret_access_key="testing",
     )
 
@@ -126,9 +227,9 @@ def bucket(s3_client) -> str:
 
 
 @pytest.fixture
-def store_config(moto_server: MotoServer, bucket: str) -> Config:
+def store_config(s3_server: S3Server, bucket: str) -> Config:
     return Config(
-        endpoint_url=moto_server.endpoint_url,
+        endpoint_url=s3_server.endpoint_url,
         region=REGION,
         bucket=bucket,
         connect_timeout=2.0,
@@ -145,11 +246,11 @@ async def store(store_config: Config) -> AsyncIterator[S3Store]:
 
 
 @pytest.fixture
-def mount_s3pvefs(tmp_path: Path, moto_server: MotoServer, bucket: str):
+def mount_s3pvefs(tmp_path: Path, s3_server: S3Server, bucket: str):
     """Call it to mount the test bucket for real; every mount is unmounted and reaped after."""
     from mounting import MountFactory
 
-    factory = MountFactory(tmp_path, moto_server.endpoint_url, bucket)
+    factory = MountFactory(tmp_path, s3_server.endpoint_url, bucket)
     try:
         yield factory
     finally:
@@ -157,11 +258,11 @@ def mount_s3pvefs(tmp_path: Path, moto_server: MotoServer, bucket: str):
 
 
 @pytest.fixture
-def proxy(moto_server: MotoServer):
-    """A fault-injecting HTTP proxy in front of the moto server (see faultproxy.py)."""
+def proxy(s3_server: S3Server):
+    """A fault-injecting HTTP proxy in front of the test's S3 server (see faultproxy.py)."""
     from faultproxy import FaultProxy
 
-    proxy = FaultProxy(moto_server.endpoint_url).start()
+    proxy = FaultProxy(s3_server.endpoint_url).start()
     try:
         yield proxy
     finally:

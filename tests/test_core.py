@@ -1557,3 +1557,20 @@ async def test_truncating_into_evicted_streamed_parts_keeps_what_is_left(
     assert await read_file(core, node.ino) == data[:2 * PART + 7]
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == data[:2 * PART + 7]
     assert s3_uploads(s3_client, bucket) == []
+
+
+def test_retry_delays_double_up_to_their_cap_however_many_failures() -> None:
+    from s3pvefs.uploader import retry_delay
+
+    assert [retry_delay(n, 300.0) for n in (1, 2, 3, 9, 10)] == [1, 2, 4, 256, 300]
+    assert retry_delay(100_000, 2.0) == 2.0  # 2 ** 100_000 overflowed a float: the mount died
+
+
+async def test_pressure_relief_keeps_the_backoff_of_a_failed_upload(make_core) -> None:
+    """Pressure relief used to reschedule failing uploads at once: a retry storm."""
+    core = await make_core(start_uploader=False)
+    dump = await inode(core, "dump")
+    _, node = await write_file(core, dump, "disk.raw", payload(PART // 2, seed=46))
+    core.uploader.schedule(node, delay=60.0)  # as after a failure
+    core.uploader.relieve_pressure()
+    assert core.uploader._not_before[node.ino] > trio.current_time() + 50

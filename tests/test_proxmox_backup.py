@@ -1,5 +1,6 @@
 """Proxmox conformance: vzdump backups, their listing, "show configuration", restore and prune,
-replayed through a real mount on a moto server exactly as ../shared/proxmox-io.md describes.
+replayed through a real mount on moto and on a Ceph RGW exactly as ../shared/proxmox-io.md
+describes.
 
 Each file must end up as one plain S3 object under `pve/dump/`; vzdump's temporary names
 (`*.dat`, `<basename>.tmp/`, `*.notes.tmp.<pid>`) must never be left on S3.
@@ -22,7 +23,7 @@ from proxmox_sequences import (
     write_notes, write_sizes, zstd_compress,
 )
 
-pytestmark = [needs_fuse, needs_tools("zstd", "tar", "perl", "gzip")]
+pytestmark = [needs_fuse, needs_tools("zstd", "tar", "perl", "gzip"), pytest.mark.real_server]
 
 PROMPT = 10.0  # seconds "show configuration" may take on a loaded test machine, at most
 DUMP = PREFIX + "dump/"

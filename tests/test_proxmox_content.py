@@ -1,5 +1,5 @@
 """Proxmox conformance: ISO images (download from URL, GUI upload), container templates and
-snippets (hook scripts), replayed through a real mount on a moto server."""
+snippets (hook scripts), replayed through a real mount on moto and on a Ceph RGW."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from proxmox_sequences import (
     object_bytes, object_sha256, open_uploads, run, sha256, sync, unlink_errno,
 )
 
-pytestmark = [needs_fuse]
+pytestmark = [needs_fuse, pytest.mark.real_server]
 
 ISO = PREFIX + "template/iso/"
 

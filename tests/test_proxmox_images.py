@@ -1,7 +1,7 @@
-"""Proxmox conformance: VM disk images in images/<vmid>/ through a real mount on a moto server,
-with QEMU's own tools: qemu-img create/info/check/convert, qemu-io with O_DIRECT (cache=none,
-QEMU's default in Proxmox) on the thread pool, io_uring and Linux AIO, dd with O_DIRECT, sparse
-raw images whose holes read as zeros, linked clones with a relative backing path,
+"""Proxmox conformance: VM disk images in images/<vmid>/ through a real mount on moto and on a
+Ceph RGW, with QEMU's own tools: qemu-img create/info/check/convert, qemu-io with O_DIRECT
+(cache=none, QEMU's default in Proxmox) on the thread pool, io_uring and Linux AIO, dd with
+O_DIRECT, sparse raw images whose holes read as zeros, linked clones with a relative backing path,
 fallocate (works or EOPNOTSUPP) and chattr (fails cleanly)."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from proxmox_sequences import (
     object_sha256, open_uploads, run, sha256, sync,
 )
 
-pytestmark = [needs_fuse, needs_tools("qemu-img", "qemu-io")]
+pytestmark = [needs_fuse, needs_tools("qemu-img", "qemu-io"), pytest.mark.real_server]
 
 IMAGES = PREFIX + "images/"
 DISK_SIZE = 32 * MiB

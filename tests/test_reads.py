@@ -38,6 +38,7 @@ def pct_archive() -> tuple[bytes, bytes]:
     return zstd(buffer.getvalue()), conf
 
 
+@pytest.mark.real_server
 def test_show_configuration_fetches_at_most_one_mebibyte(mount_s3pvefs, s3_client, bucket):
     tar_zst, conf = pct_archive()
     vma_zst = zstd(b"VMA\x00" + os.urandom(12 * MiB))
@@ -62,6 +63,7 @@ def test_show_configuration_fetches_at_most_one_mebibyte(mount_s3pvefs, s3_clien
     assert mount.unmount() == 0
 
 
+@pytest.mark.real_server
 def test_random_reads_match_ranges_fetched_directly(mount_s3pvefs, s3_client, bucket):
     data = os.urandom(20 * MiB + 12345)
     s3_client.put_object(Bucket=bucket, Key="pve/template/iso/random.iso", Body=data)
@@ -82,6 +84,8 @@ def test_random_reads_match_ranges_fetched_directly(mount_s3pvefs, s3_client, bu
     assert mount.unmount() == 0
 
 
+# moto only: RGW 16.2 has no GLACIER storage class unless its placement defines one (a PUT with
+# it is refused) and no archive tier whose GET fails until a restore.
 def test_archived_object_gives_a_clear_error(mount_s3pvefs, s3_client, bucket):
     s3_client.put_object(Bucket=bucket, Key="pve/dump/old.vma.zst", Body=b"z" * 1000,
                          StorageClass="GLACIER")
@@ -97,6 +101,7 @@ def gets(mount) -> int:
     return mount.status()["requests"].get("GetObject", 0)
 
 
+@pytest.mark.real_server
 def test_cached_data_survives_a_remount_unless_the_object_changed(mount_s3pvefs, s3_client,
                                                                   bucket, tmp_path):
     cache = tmp_path / "cache"

@@ -15,7 +15,8 @@ CACHE = 16 * MiB
 PART = 5 * MiB
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+pytestmark = [pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+              pytest.mark.real_server]
 
 
 def disk_usage(path) -> int:
