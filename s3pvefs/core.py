@@ -743,13 +743,24 @@ class FsCore:
         node = handle.node
         if offset + len(buf) > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
+        # A write that fills a part and goes past it lands in two steps: the part fills (and
+        # its upload starts) before the write waits for room for what follows. In one step a
+        # full cache would keep it waiting for an upload that only its own bytes could start.
+        split = self.streamer.part_end(node, offset)
+        if split is not None and split < offset + len(buf):
+            view = memoryview(buf)
+            head = await self._write(node, offset, bytes(view[:split - offset]))
+            return head + await self._write(node, split, bytes(view[split - offset:]))
+        return await self._write(node, offset, buf)
+
+    async def _write(self, node: Node, offset: int, buf: bytes) -> int:
         data = self._data(node)
         if self.streamer.rewrites_evicted_part(node, offset, len(buf)):
             await self.uploader.complete_stream_early(node)
         self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail
-            await self.cache.reserve(data, new_blocks, self.streamer.allowance(node),
+            await self.cache.reserve(data, new_blocks, lambda: self.streamer.allowance(node),
                                      can_wait=not node.unlinked)
         with data.in_use(offset, len(buf)):
             edges = self._partly_written_blocks(data, offset, len(buf))

@@ -142,6 +142,17 @@ class Streamer:
             self.nursery.start_soon(self._pump, stream)
         stream.wakeup.set()
 
+    def part_end(self, node: Node, offset: int) -> int | None:
+        """The end of the next part to launch, when a write at ``offset`` fills it, for a
+        file that streams or may start to (written from the start, nothing on S3 behind
+        it); None otherwise."""
+        data, stream = node.data, node.stream
+        if data is None or (stream is None and data.base_valid_len):
+            return None
+        start = stream.next_offset if stream is not None else 0
+        end = start + self._part_size(start, data)
+        return end if start <= offset < end else None
+
     def first_part_pending(self, node: Node) -> bool:
         """A file being written from the start, with nothing on S3 behind it, that will
         stream once its first part is full: it holds less than that part so far."""

@@ -1602,3 +1602,26 @@ async def test_a_read_sharing_a_cancelled_readahead_fetches_again(make_core, sto
         for scope in list(scopes):
             scope.cancel()
     assert got == [data[BLOCK:2 * BLOCK]]
+
+
+async def test_a_write_filling_a_part_of_a_full_cache_does_not_wait_for_itself(
+        make_core, s3_client, bucket) -> None:
+    """Several files each just short of their first part fill the cache; a write that
+    completes one's part and goes past it must not wait for room that only the upload of
+    that very part can make (the stress tier hung here)."""
+    core = await make_core(cache_size=2 * PART)
+    dump = await inode(core, "dump")
+    datas, handles = {}, {}
+    for n in range(3):
+        datas[n] = payload(2 * PART, seed=50 + n)
+        handles[n], _ = await write_file(core, dump, f"f{n}.raw", datas[n][:PART - BLOCK],
+                                         release=False)
+    assert core.cache.used_bytes > core.cache.size_limit
+    with trio.fail_after(TIMEOUT):
+        for n in range(3):
+            await core.write(handles[n], PART - BLOCK, datas[n][PART - BLOCK:PART + BLOCK])
+            await core.write(handles[n], PART + BLOCK, datas[n][PART + BLOCK:])
+            await core.release(handles[n])
+    await drain(core)
+    for n in range(3):
+        assert s3_body(s3_client, bucket, f"{PREFIX}dump/f{n}.raw") == datas[n]
