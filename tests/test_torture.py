@@ -259,6 +259,8 @@ class FsMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _apply(inode: bytearray, offset: int, data: bytes) -> None:
+        if not data:
+            return  # writing or copying nothing changes nothing, not even the size
         if offset > len(inode):
             inode.extend(bytes(offset - len(inode)))
         inode[offset:offset + len(data)] = data
