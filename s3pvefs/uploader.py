@@ -241,18 +241,19 @@ class Uploader:
         complete the multipart upload with the parts done so far, and let that object back
         the file from now on (the file stays dirty; its next upload is a whole one). Only for
         a stream at the file's own key: an archive streamed to the name vzdump will rename
-        it to must never appear there half-written."""
+        it to must never appear there half-written. Once renamed there, it may (its writer
+        closed it, and the kernel's RELEASE may still be on its way)."""
         async with node.sync_lock:
             stream = node.stream
             if stream is None:
                 return
             key = node.key(self.prefix)
-            if stream.predicted or stream.key != key:
-                raise FsError(errno.EIO, f"{node.path()}: cannot rewrite a part that was "
-                                         "uploaded and left the cache (its upload goes to "
-                                         f"{stream.key})")
-            log.info("%s: rewritten behind its streaming upload; completing the parts uploaded "
-                     "so far so that evicted ones can be read back", node.path())
+            if stream.key != key:  # streamed to a name it has not been renamed to (yet)
+                raise FsError(errno.EIO, f"{node.path()}: parts of it were uploaded and left "
+                                         "the cache; they can be read back once it is renamed "
+                                         f"to {stream.key}, where its upload goes")
+            log.info("%s: written or read behind its streaming upload; completing the parts "
+                     "uploaded so far so that evicted ones can be read back", node.path())
             await self.streamer.complete_prefix(node)  # node.base is that object now
             await self.checkpoint(node, durable=True)  # a restart reads them from there too
 

@@ -1625,3 +1625,22 @@ async def test_a_write_filling_a_part_of_a_full_cache_does_not_wait_for_itself(
     await drain(core)
     for n in range(3):
         assert s3_body(s3_client, bucket, f"{PREFIX}dump/f{n}.raw") == datas[n]
+
+
+async def test_an_archive_renamed_before_its_release_reads_back_at_once(
+        make_core, s3_client, bucket) -> None:
+    """vzdump closes `X.vma.dat` and renames it; the kernel's RELEASE may come after the
+    rename, and a restore may read first: the parts that left the cache are read back."""
+    core = await make_core(cache_size=2 * PART)
+    data = b"\x28\xb5\x2f\xfd" + payload(5 * PART, seed=48)  # zstd magic: .vma.zst predicted
+    dump = await inode(core, "dump")
+    name = "vzdump-qemu-100-2026_11_21-02_00_00"
+    fh, node = await write_file(core, dump, f"{name}.vma.dat", data, release=False)
+    await wait_for(lambda: node.data.unreadable(PART // BLOCK))
+    await core.rename(dump, f"{name}.vma.dat", dump, f"{name}.vma.zst")
+    with trio.fail_after(TIMEOUT):
+        assert await read_file(core, node.ino, PART, PART) == data[PART:2 * PART]
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/{name}.vma.zst") == data
+    assert f"{PREFIX}dump/{name}.vma.dat" not in s3_keys(s3_client, bucket)
