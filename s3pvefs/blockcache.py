@@ -26,6 +26,7 @@ import os
 import uuid
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -207,17 +208,18 @@ class BlockCache:
         self._space_freed.set()
         self._space_freed = trio.Event()
 
-    async def reserve(self, data: CachedFile, new_blocks: int, allowance: int,
+    async def reserve(self, data: CachedFile, new_blocks: int, allowance: Callable[[], int],
                       can_wait: bool = True) -> None:
         """Wait until ``new_blocks`` more blocks fit.
 
-        ``allowance`` is how many bytes the file may add past the limit (one part for a file
-        being written, so that its next part can always fill up and upload). ``can_wait`` is
-        False for a file no upload will ever empty (deleted while open): ENOSPC instead.
+        ``allowance()`` is how many bytes of dirty blocks the file may hold past the limit
+        (one part for a file being written, so that its next part can always fill up and
+        upload); asked again at every check, as uploads change it. ``can_wait`` is False for
+        a file no upload will ever empty (deleted while open): ENOSPC instead.
         """
         need = new_blocks * self.block_size
         while self.used_bytes + need > self.size_limit:
-            if data.dirty_bytes + need <= allowance:
+            if data.dirty_bytes + need <= allowance():
                 return
             if await self.evict(self.used_bytes + need - self.size_limit):
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -203,11 +204,15 @@ def _add_admin_parsers(sub: Any) -> None:
         help="check the endpoint, credentials, bucket and S3 features a mount needs",
         description=(
             "Connect with the same settings as a mount (--config FILE and/or flags) and check: "
-            "the credentials, that the bucket exists and can be listed, a PUT, GET, ranged GET "
-            "and delete of a probe object under the prefix, the configured encryption and "
-            "storage classes, multipart uploads, UploadPartCopy, and the round-trip latency. "
-            "Every probe object and upload is removed afterwards. Exit status: 0 all checks "
-            "passed; 1 a check failed (one line per failure on stderr); 2 configuration error."
+            "the credentials, that the bucket exists and can be listed (with --create-bucket "
+            "it is created if missing, as a mount would), a PUT, GET, ranged GET and delete of "
+            "a probe object under the prefix, the configured encryption and storage classes, "
+            "multipart uploads, the ETag in the CompleteMultipartUpload answer, UploadPartCopy, "
+            "x-amz-copy-source-if-match, and the round-trip latency. What s3pvefs works "
+            "without is a warning (WARN) that says what it costs. Every probe object and "
+            "upload is removed afterwards. Exit status: 0 all checks passed, with or without "
+            "warnings (one line per warning on stderr); 1 a check failed: the storage would not "
+            "work (one line per failure on stderr); 2 configuration error."
         ),
     )
     _add_config_arguments(check)
@@ -277,8 +282,11 @@ def _error(message: str, log_file_active: bool = False) -> None:
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    import dataclasses
+    import shutil
+
     from . import preflight
-    from .config import load_config
+    from .config import Config, load_config
     from .logsetup import setup_logging
 
     try:
@@ -301,21 +309,29 @@ def cmd_mount(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     local = None
+    demo_cache: Path | None = None
     try:
         if config.endpoint_url is None and config.bucket is None:
-            from .embedded import start_local_s3
+            from .embedded import demo_cache_dir, start_local_s3
 
             try:
                 local = start_local_s3()
+                if args.cache_dir is None and config.cache_dir == Config().cache_dir:
+                    # Throw-away data stays out of the production cache (and its journal).
+                    demo_cache = demo_cache_dir()
+                    config = dataclasses.replace(config, cache_dir=demo_cache)
+                    preflight.check_local_paths(mountpoint, config.cache_dir, config.log_file)
             except ConfigError as exc:
                 _error(str(exc), to_file)
                 return EXIT_CONFIG
             config = local.configure(config)
+            where = (f"its cache {demo_cache} is removed at exit too" if demo_cache else
+                     f"cache {config.cache_dir}")
             print(
                 "s3pvefs: no endpoint or bucket configured: using an EMBEDDED LOCAL S3 "
                 f"(moto at {config.endpoint_url}, bucket {config.bucket}).\n"
                 "s3pvefs: it is a throw-away store: everything written to "
-                f"{mountpoint} is LOST at unmount.\n"
+                f"{mountpoint} is LOST at unmount ({where}).\n"
                 "s3pvefs: configure a real endpoint with --endpoint-url/--bucket or --config FILE.",
                 file=sys.stderr,
                 flush=True,
@@ -332,6 +348,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     finally:
         if local is not None:
             local.stop()
+        if demo_cache is not None:
+            shutil.rmtree(demo_cache, ignore_errors=True)
 
 
 def _where(config: Any) -> str:
@@ -436,29 +454,48 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_UPLOAD_FAILED if status.get("errors") else 0
 
 
+STATUS_WAITING_SHOWN = 20  # dirty files not uploading listed by name; the rest are counted
+
+
+def _percent(done: int, total: int) -> str:
+    """Rounded down: 100.0% only when all of it is done."""
+    if not total:
+        return "100.0%" if done >= total else "0.0%"
+    return f"{math.floor(1000 * done / total) / 10:5.1f}%"
+
+
 def _format_status(mountpoint: Path, status: dict) -> str:
     uploads = status.get("uploads") or []
     errors = status.get("errors") or []
+    waiting = [file for file in status.get("files") or [] if not file.get("uploading")]
     lines = [
         f"{mountpoint}",
         f"  not on S3 yet:  {status.get('dirty_files', 0)} file(s), "
-        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache",
+        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache, "
+        f"{human_size(status.get('uploaded_bytes', 0))} uploaded in parts not completed yet",
         f"  cache:          {human_size(status.get('cache_used_bytes', 0))} used of "
         f"{human_size(status.get('cache_limit_bytes', 0))}",
         f"  uploading:      {len(uploads)} file(s)",
     ]
     for upload in uploads:
         total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
-        percent = 100.0 * done / total if total else 100.0
         rate = upload.get("bytes_per_second", 0) / 1024**2
-        lines.append(f"    {upload.get('path')}  {percent:5.1f}% of {human_size(total)}  "
-                     f"{rate:.1f} MiB/s")
+        lines.append(f"    {upload.get('path')}  {_percent(done, total)} uploaded "
+                     f"({human_size(done)} of {human_size(total)}), "
+                     f"{human_size(upload.get('bytes_dirty', 0))} dirty  {rate:.1f} MiB/s")
+    if waiting:
+        lines.append(f"  waiting:        {len(waiting)} file(s)")
+        for file in waiting[:STATUS_WAITING_SHOWN]:
+            why = f" ({file['waiting']})" if file.get("waiting") else ""
+            lines.append(f"    {file.get('path')}  {human_size(file.get('bytes_dirty', 0))} "
+                         f"dirty of {human_size(file.get('bytes_total', 0))}{why}")
+        if len(waiting) > STATUS_WAITING_SHOWN:
+            lines.append(f"    ... and {len(waiting) - STATUS_WAITING_SHOWN} more (--json "
+                         "lists them all)")
     lines.append(f"  upload errors:  {len(errors)}")
     for error in errors:
         lines.append(f"    {error.get('path')}: {error.get('error')}")
     return "\n".join(lines) + "\n"
-
-
 
 
 # -- admin commands: talk to the bucket directly ----------------------------------------------
@@ -520,6 +557,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 130
     print(admin.format_checks(config, results), end="", flush=True)
     failed = [result for result in results if result.ok is False]
+    for result in results:
+        if result.ok and result.warning:
+            print(f"s3pvefs: check warning: {result.name}: {result.detail}", file=sys.stderr)
     for result in failed:
         print(f"s3pvefs: check failed: {result.name}: {result.detail}", file=sys.stderr)
     return EXIT_CHECK_FAILED if failed else 0

@@ -6,7 +6,9 @@ ints; failures are FsError with the errno to answer.
 
 from __future__ import annotations
 
+import bisect
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -252,15 +254,40 @@ class FsCore:
         return node
 
     def status(self) -> dict:
-        """What `s3pvefs status` shows: dirty data, uploads in flight, failures."""
+        """What `s3pvefs status` shows: dirty data, uploads in flight, failures.
+
+        One picture: per file, ``bytes_dirty`` (only in the cache: in neither the file's object
+        nor a part S3 confirmed) and ``bytes_done`` (in the parts S3 confirmed of the upload in
+        flight, still what the file holds there) never add up to more than its size;
+        ``dirty_bytes`` and ``uploaded_bytes`` are their sums over the files. A file shows 100%
+        only when all of it is in confirmed parts (the upload then only waits for its
+        completion).
+        """
         dirty = self.dirty_nodes()
+        uploads = self.uploader.progress()
+        uploading = {upload["ino"] for upload in uploads}
+        files = []
+        for node in dirty + [n for n in map(self.inodes.get, uploading)
+                             if n is not None and not n.needs_upload]:
+            done, pending = self._upload_figures(node)
+            files.append({"path": node.path(), "bytes_total": node.size, "bytes_done": done,
+                          "bytes_dirty": pending, "uploading": node.ino in uploading,
+                          "waiting": _waiting_for(node)})
+        figures = {file["path"]: file for file in files}
+        for upload in uploads:
+            upload.pop("ino")
+            upload.update({key: figures[upload["path"]][key]
+                           for key in ("bytes_total", "bytes_done", "bytes_dirty")}
+                          if upload["path"] in figures else {})
         return {
             "dirty_files": len(dirty),
-            "dirty_bytes": self.cache.dirty_bytes,
+            "dirty_bytes": sum(file["bytes_dirty"] for file in files),
+            "uploaded_bytes": sum(file["bytes_done"] for file in files),
             "cache_used_bytes": self.cache.used_bytes,
             "cache_peak_bytes": self.cache.peak_used_bytes,
             "cache_limit_bytes": self.cache.size_limit,
-            "uploads": self.uploader.progress(),
+            "uploads": uploads,
+            "files": files,
             "errors": [
                 {"path": node.path(), "error": node.last_error}
                 for node in dirty if node.last_error
@@ -269,6 +296,44 @@ class FsCore:
             "bytes_sent": self.store.stats.bytes_sent,
             "bytes_received": self.store.stats.bytes_received,
         }
+
+    def _upload_figures(self, node: Node) -> tuple[int, int]:
+        """(bytes in the parts S3 confirmed of the file's upload in flight that still hold what
+        the file holds there, bytes the cache holds that neither such a part nor the file's
+        object has: dirty blocks, and clean ones past the object, e.g. parts of a stream that
+        was dropped)."""
+        size, data = node.size, node.data
+        parts: list[tuple[int, int, dict[int, int]]] = []  # offset, length, generations read
+        if node.stream is not None:
+            stream = node.stream
+            parts = [(offset, length, stream.part_snapshots.get(number, {}))
+                     for number, (offset, length, _) in stream.parts.items()]
+        elif (progress := self.uploader.in_flight(node)) is not None:
+            parts = [(offset, length, progress.snapshot) for offset, length in progress.parts]
+        parts.sort()
+        dirty = data.dirty if data is not None else {}
+        block_size = data.block_size if data is not None else 1
+        past_object = set() if data is None else {
+            block for block in data.cached
+            if block not in dirty and block * block_size >= data.base_valid_len}
+        starts = [offset for offset, _, _ in parts]
+
+        def part_of(block: int) -> int | None:
+            index = bisect.bisect_right(starts, block * block_size) - 1
+            if index >= 0 and block * block_size < parts[index][0] + parts[index][1]:
+                return index
+            return None
+
+        # A part is stale once a block in it was written after the part was read.
+        stale = {index for block, generation in dirty.items()
+                 if (index := part_of(block)) is not None
+                 and parts[index][2].get(block) != generation}
+        done = sum(max(0, min(offset + length, size) - offset)
+                   for index, (offset, length, _) in enumerate(parts) if index not in stale)
+        pending = sum(max(0, min((block + 1) * block_size, size) - block * block_size)
+                      for block in itertools.chain(dirty, past_object)
+                      if (index := part_of(block)) is None or index in stale)
+        return done, pending
 
     # -- lookups and attributes -------------------------------------------------------------
 
@@ -324,7 +389,10 @@ class FsCore:
         return node
 
     async def setattr(self, ino: int, *, mode=None, uid=None, gid=None, size=None,
-                      mtime_ns=None) -> Node:
+                      mtime_ns=None, atime_ns=None) -> Node:
+        """chmod, chown, truncate, utimensat. The atime is kept in memory only: publishing it
+        would rewrite the object's metadata (a copy of the whole object) for a value that
+        nothing on a Proxmox storage reads."""
         node = await self.getattr(ino)
         if size is not None and node.is_file and size == node.size:
             size = None  # nothing to change; a no-op truncate must not force a re-upload
@@ -339,6 +407,8 @@ class FsCore:
         if mtime_ns is not None:
             node.mtime_ns = mtime_ns
             node.mtime_explicit = True
+        if atime_ns is not None:
+            node.atime_ns = atime_ns
         node.ctime_ns = now_ns()
         if any(v is not None for v in (mode, uid, gid, mtime_ns)):
             await self._publish_attributes(node)
@@ -387,7 +457,7 @@ class FsCore:
         async with data.write_lock:
             await data.truncate(node.size, size)
             node.size = size
-        node.mtime_ns = now_ns()
+        node.mtime_ns = node.ctime_ns = now_ns()
         node.data_changed()
         await self.checkpoint(node)
 
@@ -559,8 +629,13 @@ class FsCore:
             raise FsError(errno.EISDIR)
         if not node.is_file:
             raise FsError(errno.EINVAL)
-        if flags & os.O_TRUNC and (flags & os.O_ACCMODE) != os.O_RDONLY and node.size:
-            await self._truncate(node, 0)
+        if flags & os.O_TRUNC:
+            # As on ext4 and tmpfs: the kernel checked the write permission, and the times
+            # change even when the file was empty already (or opened O_RDONLY).
+            if node.size:
+                await self._truncate(node, 0)
+            node.mtime_ns = node.ctime_ns = now_ns()
+            node.touch()
         keep_cache = node.kernel_version == node.data_version
         node.kernel_version = node.data_version
         return self._open_handle(node, flags), keep_cache
@@ -668,13 +743,24 @@ class FsCore:
         node = handle.node
         if offset + len(buf) > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
+        # A write that fills a part and goes past it lands in two steps: the part fills (and
+        # its upload starts) before the write waits for room for what follows. In one step a
+        # full cache would keep it waiting for an upload that only its own bytes could start.
+        split = self.streamer.part_end(node, offset)
+        if split is not None and split < offset + len(buf):
+            view = memoryview(buf)
+            head = await self._write(node, offset, bytes(view[:split - offset]))
+            return head + await self._write(node, split, bytes(view[split - offset:]))
+        return await self._write(node, offset, buf)
+
+    async def _write(self, node: Node, offset: int, buf: bytes) -> int:
         data = self._data(node)
         if self.streamer.rewrites_evicted_part(node, offset, len(buf)):
             await self.uploader.complete_stream_early(node)
         self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail
-            await self.cache.reserve(data, new_blocks, self.streamer.allowance(node),
+            await self.cache.reserve(data, new_blocks, lambda: self.streamer.allowance(node),
                                      can_wait=not node.unlinked)
         with data.in_use(offset, len(buf)):
             edges = self._partly_written_blocks(data, offset, len(buf))
@@ -958,6 +1044,15 @@ class FsCore:
         used_blocks = min(total - 1, -(-used // STATFS_BLOCK))
         files = len(self.inodes)
         return StatFs(STATFS_BLOCK, total, total - used_blocks, files + 1_000_000, 1_000_000)
+
+
+def _waiting_for(node: Node) -> str | None:
+    """Why a dirty file is not uploading (None when nothing holds it back)."""
+    if node.write_handles:
+        return "open for writing"
+    if node.waiting_for_rename:
+        return f"to be renamed to {node.waiting_for_rename}"
+    return None
 
 
 def _still_at(node: Node, parent: Node, name: str) -> None:

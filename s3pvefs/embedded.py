@@ -200,6 +200,20 @@ class LocalS3:
         )
 
 
+DEMO_CACHE_PARENT = Path("/var/tmp")  # on disk, unlike a tmpfs /tmp: demo files can be large
+
+
+def demo_cache_dir(parent: Path = DEMO_CACHE_PARENT) -> Path:
+    """A fresh cache directory for a mount on the embedded S3 (its caller removes it at exit):
+    its throw-away blocks and journal stay out of the production cache /var/cache/s3pvefs,
+    where a later real mount would find them."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="s3pvefs-embedded-cache-", dir=parent))
+    except OSError as exc:
+        raise ConfigError(f"cannot create a cache directory for the embedded local S3 in "
+                          f"{parent}: {exc.strerror or exc} (give one with --cache-dir)") from None
+
+
 def start_local_s3(state_dir: Path | None = None, timeout: float = START_TIMEOUT) -> LocalS3:
     """Start a local S3 and return it (stop it with .stop() or use it in a `with` block)."""
     return LocalS3(state_dir).start(timeout)

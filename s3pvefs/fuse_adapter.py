@@ -72,14 +72,14 @@ class FuseOperations(pyfuse3.Operations):
         entry.entry_timeout = self.attr_timeout
         entry.attr_timeout = self.attr_timeout
         entry.st_mode = node.mode
-        entry.st_nlink = 2 if node.is_dir else 1
+        entry.st_nlink = node.nlink
         entry.st_uid = node.uid
         entry.st_gid = node.gid
         entry.st_rdev = 0
         entry.st_size = node.size
         entry.st_blksize = 128 * 1024
         entry.st_blocks = -(-node.size // 512)
-        entry.st_atime_ns = node.mtime_ns
+        entry.st_atime_ns = node.mtime_ns if node.atime_ns is None else node.atime_ns
         entry.st_mtime_ns = node.mtime_ns
         entry.st_ctime_ns = node.ctime_ns
         return entry
@@ -129,6 +129,7 @@ class FuseOperations(pyfuse3.Operations):
             gid=attr.st_gid if fields.update_gid else None,
             size=attr.st_size if fields.update_size else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
         )
         return self._entry(node)
 

@@ -1,15 +1,25 @@
 """Logging for the mount process: stderr (journald under systemd) or a log file.
 
-Records carry the level and the logger name. Secret strings are replaced by "***" in every
-formatted record, whichever library logged them, so credentials never reach a log: those of the
-configuration, those of the environment (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), and those the
-AWS credential chain resolved (the store adds them with `add_secret`).
+Records carry the level and the logger name. Secrets are replaced by "***" in every formatted
+record, whichever library logged them, so credentials never reach a log, in two ways:
+
+- where a secret is printed: the value after a secret's name (``secret_access_key = ...``,
+  ``'SessionToken': '...'``, ``token='...'``, ``AWS_SECRET_ACCESS_KEY=...``, ``--session-token
+  ...``) and the request headers that carry one (``Authorization``, ``x-amz-security-token``,
+  the SSE-C key headers), whatever its value;
+- anywhere, the known secrets long enough not to occur by chance: those of the configuration,
+  of the environment (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN), and those the AWS credential
+  chain resolved (the store adds them with `add_secret`).
+
+A short secret (a test key "test", MinIO's "minioadmin") is masked only where it is printed as
+a secret: replacing every occurrence of "test" would turn "pjdfstest" into "pjdfs***".
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -23,13 +33,58 @@ _installed: list[logging.Handler] = []
 
 # Environment variables of the AWS credential chain whose values are secret.
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-# Shorter strings are not masked: replacing every "ab" in the logs would hide more than a
-# secret (real secret keys and tokens are 40 characters and more).
-MIN_SECRET_LEN = 4
+# Secrets at least this long are masked wherever they appear: an AWS or Ceph secret key has 40
+# characters, a session token hundreds, an SSE-C key 44 (base64); no log line holds one by
+# chance. Shorter ones are masked only where they are printed as secrets (_SECRET_FIELD).
+UNAMBIGUOUS_SECRET_LEN = 16
+MASK = "***"
+
+# Names whose value is a secret, as configuration keys, environment variables, botocore
+# parameters, credential reprs (ReadOnlyCredentials(..., secret_key=, token=)), JSON of a
+# credential_process or STS answer, and HTTP headers. "-" and "_" between words are alike.
+_SEP = r"[-_]?"
+_SECRET_NAMES = "|".join([
+    rf"(?:aws{_SEP})?secret{_SEP}(?:access{_SEP})?key",
+    rf"(?:aws{_SEP}|x-amz-)?(?:session|security){_SEP}token",
+    r"token",
+    rf"(?:copy{_SEP}source{_SEP})?sse{_SEP}customer{_SEP}key",
+    r"x-amz-(?:copy-source-)?server-side-encryption-customer-key",
+    r"authorization",
+])
+# The name (not the end of a longer word), an optional closing quote, ":" or "=" (or a space
+# after a --flag), then the value: quoted (up to the same quote, b'' included) or bare.
+_SECRET_FIELD = re.compile(
+    rf"""(?<![A-Za-z0-9_])(?P<flag>--)?(?P<name>{_SECRET_NAMES})(?![A-Za-z0-9_-])
+        (?P<sep>['"]?[ \t]*[:=][ \t]*|(?(flag)[ \t]+|(?!)))
+        (?:(?P<prefix>b?)(?P<quote>['"])(?P<quoted>.*?)(?P=quote)
+          |(?P<bare>[^\s'",;)}}\]]+))""",
+    re.IGNORECASE | re.VERBOSE,
+)
+# An HTTP header line "Authorization: AWS4-HMAC-SHA256 Credential=..., Signature=...": all of it.
+_AUTHORIZATION_LINE = re.compile(r"(?im)^(?P<head>[ \t]*authorization[ \t]*:[ \t]*)\S.*$")
+
+
+def _mask_field(match: re.Match) -> str:
+    start = match.group("flag") or ""
+    head = start + match.group("name") + match.group("sep")
+    if match.group("quote") is not None:
+        quote = match.group("quote")
+        return f"{head}{match.group('prefix')}{quote}{MASK}{quote}"
+    return head + MASK
+
+
+def mask_secrets(text: str, secrets: list[str] = ()) -> str:
+    """``text`` with every secret printed as one, and every long known secret, masked."""
+    text = _AUTHORIZATION_LINE.sub(lambda m: m.group("head") + MASK, text)
+    text = _SECRET_FIELD.sub(_mask_field, text)
+    for secret in secrets:
+        if len(secret) >= UNAMBIGUOUS_SECRET_LEN and secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 class SecretMaskingFormatter(logging.Formatter):
-    """A Formatter that replaces each known secret by *** in the final text."""
+    """A Formatter that masks secrets (see the module's docstring) in the final text."""
 
     def __init__(self, fmt: str, secrets: list[str], datefmt: str | None = None):
         super().__init__(fmt, datefmt)
@@ -37,16 +92,14 @@ class SecretMaskingFormatter(logging.Formatter):
         self.add(secrets)
 
     def add(self, secrets: list[str]) -> None:
-        # Longest first so that a secret containing another is masked whole.
-        known = set(self._secrets) | {s for s in secrets if s and len(s) >= MIN_SECRET_LEN}
+        # Longest first so that a secret containing another is masked whole. Short ones are
+        # left to the field masking: found everywhere, they would hide ordinary words.
+        known = set(self._secrets) | {s for s in secrets
+                                      if s and len(s) >= UNAMBIGUOUS_SECRET_LEN}
         self._secrets = sorted(known, key=len, reverse=True)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return mask_secrets(super().format(record), self._secrets)
 
 
 def setup_logging(config: Config) -> logging.Handler:

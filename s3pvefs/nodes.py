@@ -42,7 +42,7 @@ class Node:
 
     # Slots, and locks made on first use: a listed entry costs about 0.9 KiB, not 3.
     __slots__ = (
-        "ino", "parent", "name", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "size",
+        "ino", "parent", "name", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "atime_ns", "size",
         "lookups", "changed_seq", "unlinked", "meta_loaded", "mtime_explicit", "children",
         "listed_at", "_listing_lock", "removed", "base", "data", "open_count", "write_handles",
         "data_gen", "meta_gen", "uploaded_data_gen", "uploaded_meta_gen", "remote_maybe",
@@ -60,6 +60,8 @@ class Node:
         self.gid = attrs.gid
         self.mtime_ns = attrs.mtime_ns
         self.ctime_ns = attrs.mtime_ns
+        # Set by utimensat only, and kept in memory only (not on S3): None shows the mtime.
+        self.atime_ns: int | None = None
         self.size = 0
         self.lookups = 0  # the kernel's references (lookup, create, readdirplus minus forget)
         self.changed_seq = next_change()
@@ -145,6 +147,16 @@ class Node:
         if self.is_dir:
             return prefix + path + "/" if path else prefix
         return prefix + path
+
+    @property
+    def nlink(self) -> int:
+        """0 once unlinked (fstat of an open, deleted file); a directory counts "." and its
+        subdirectories' ".." (those this mount has listed), like a local filesystem."""
+        if self.unlinked:
+            return 0
+        if not self.is_dir:
+            return 1
+        return 2 + sum(1 for child in self.children.values() if child.is_dir)
 
     def attributes(self) -> Attributes:
         return Attributes(self.mode, self.uid, self.gid, self.mtime_ns)

@@ -20,6 +20,8 @@ from .store import ObjectStore
 
 log = logging.getLogger(__name__)
 
+SHARED_FETCH_ROUNDS = 3  # see ensure_cached
+
 class BlockReader:
     def __init__(self, store: ObjectStore, max_parallel: int, max_range: int = 16 * MiB):
         self.store = store
@@ -36,19 +38,23 @@ class BlockReader:
             await trio.sleep_forever()
 
     async def ensure_cached(self, data: CachedFile, base: RemoteObject, blocks: list[int]) -> None:
-        """Make every block in ``blocks`` cached, fetching the missing ones in parallel."""
-        missing = [b for b in blocks if data.needs_fetch(b)]
-        if not missing:
-            return
-        runs, waits = self._claim(data, missing)
-        with first_fs_error():
-            async with trio.open_nursery() as nursery:
-                for run, event in runs:
-                    nursery.start_soon(self._fetch, data, base, run, event)
-                for event in waits:
-                    nursery.start_soon(event.wait)
-        # A shared fetch that failed elsewhere leaves the block missing: report it here too.
-        if any(data.needs_fetch(b) for b in missing):
+        """Make every block in ``blocks`` cached, fetching the missing ones in parallel.
+
+        A fetch this call shares with another reader can end without the block: a readahead
+        cancelled when its handle closed, or a failure reported to that reader. Such blocks
+        are asked for again, a few times, before the read fails."""
+        for _ in range(SHARED_FETCH_ROUNDS):
+            missing = [b for b in blocks if data.needs_fetch(b)]
+            if not missing:
+                return
+            runs, waits = self._claim(data, missing)
+            with first_fs_error():
+                async with trio.open_nursery() as nursery:
+                    for run, event in runs:
+                        nursery.start_soon(self._fetch, data, base, run, event)
+                    for event in waits:
+                        nursery.start_soon(event.wait)
+        if any(data.needs_fetch(b) for b in blocks):
             raise FsError(errno.EIO, f"could not read {base.key} from S3 (see log)")
 
     def prefetch(self, data: CachedFile, base: RemoteObject, offset: int, length: int,

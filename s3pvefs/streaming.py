@@ -53,6 +53,8 @@ class Stream:
         self.created = trio.Event()  # the multipart upload exists
         self.settled = trio.Event()  # creating it succeeded or gave up
         self.parts: dict[int, tuple[int, int, str]] = {}  # number -> (offset, length, etag)
+        self.part_snapshots: dict[int, dict[int, int]] = {}  # number -> dirty blocks' generations
+        # when the part was read (for `s3pvefs status`: a block written since is not on S3)
         self.launched: dict[int, tuple[int, int]] = {}  # number -> (offset, length)
         self.next_offset = 0
         self.next_number = 1
@@ -139,6 +141,17 @@ class Streamer:
             stream.running = 1
             self.nursery.start_soon(self._pump, stream)
         stream.wakeup.set()
+
+    def part_end(self, node: Node, offset: int) -> int | None:
+        """The end of the next part to launch, when a write at ``offset`` fills it, for a
+        file that streams or may start to (written from the start, nothing on S3 behind
+        it); None otherwise."""
+        data, stream = node.data, node.stream
+        if data is None or (stream is None and data.base_valid_len):
+            return None
+        start = stream.next_offset if stream is not None else 0
+        end = start + self._part_size(start, data)
+        return end if start <= offset < end else None
 
     def first_part_pending(self, node: Node) -> bool:
         """A file being written from the start, with nothing on S3 behind it, that will
@@ -243,6 +256,7 @@ class Streamer:
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
                     stream, f"part {number}")
                 stream.parts[number] = (offset, length, etag)
+                stream.part_snapshots[number] = snapshot
                 # Clean now, but evictable only once streamed_len covers them, after the
                 # record that lists the part as on S3 (and its blocks as not cached) is on
                 # disk: a restart must neither lose the part nor take evicted holes for data.
@@ -344,9 +358,11 @@ class Streamer:
 
         async def one(number: int, offset: int, length: int) -> None:
             try:
+                snapshot = {b: data.dirty[b] for b in data.blocks(offset, length) if b in data.dirty}
                 body = await _read_guarded(data, offset, length)
                 etag = await self.store.upload_part(stream.key, stream.upload_id, number, body)
                 stream.parts[number] = (offset, length, etag)
+                stream.part_snapshots[number] = snapshot
             finally:
                 self.uploader.part_slots.release()
 
@@ -370,7 +386,8 @@ class Streamer:
 
     def progress(self, now: float) -> list[dict]:
         return [
-            {"path": s.node.path(), "bytes_total": s.node.size, "bytes_done": s.uploaded_bytes,
+            {"path": s.node.path(), "ino": s.node.ino, "bytes_total": s.node.size,
+             "bytes_done": s.uploaded_bytes,
              "seconds": round(now - s.started, 3),
              "bytes_per_second": int(s.uploaded_bytes / max(now - s.started, 1e-6)),
              "streaming_to": s.key}

@@ -268,7 +268,7 @@ class Uploader:
         node.remote_maybe = True
         if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
             await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
-        self._in_flight[node.ino] = _Progress(node, size, trio.current_time())
+        self._in_flight[node.ino] = _Progress(node, size, trio.current_time(), snapshot)
         try:
             if node.stream is not None:
                 streamed_meta_gen = node.stream.meta_gen
@@ -396,6 +396,10 @@ class Uploader:
             log.warning("could not delete %s (left by %s): %s", stale, node.path(), exc)
             raise
 
+    def in_flight(self, node: Node) -> _Progress | None:
+        """The whole-file upload of ``node`` running now, if any."""
+        return self._in_flight.get(node.ino)
+
     def progress(self) -> list[dict]:
         now = trio.current_time()
         # A streaming file's upload is reported by its stream (which counts its parts).
@@ -457,7 +461,7 @@ class Uploader:
                 body = await self._compose(node, offset, length)
                 etag = await self.store.upload_part(key, upload_id, number, body)
             if progress is not None:
-                progress.done += length
+                progress.part_done(offset, length)
             return etag
 
         async def check_source() -> None:
@@ -631,16 +635,23 @@ def _segments(data, offset: int, length: int):
 class _Progress:
     """One upload in flight, for `s3pvefs status`."""
 
-    def __init__(self, node: Node, total: int, started: float):
+    def __init__(self, node: Node, total: int, started: float, snapshot: dict[int, int]):
         self.node = node
         self.total = total
         self.done = 0
         self.started = started
+        self.snapshot = snapshot  # the dirty blocks' generations the parts were read at
+        self.parts: list[tuple[int, int]] = []  # (offset, length) of the parts S3 confirmed
+
+    def part_done(self, offset: int, length: int) -> None:
+        self.parts.append((offset, length))
+        self.done += length
 
     def report(self, now: float) -> dict:
         elapsed = max(now - self.started, 1e-6)
-        return {"path": self.node.path(), "bytes_total": self.total, "bytes_done": self.done,
-                "seconds": round(elapsed, 3), "bytes_per_second": int(self.done / elapsed)}
+        return {"path": self.node.path(), "ino": self.node.ino, "bytes_total": self.total,
+                "bytes_done": self.done, "seconds": round(elapsed, 3),
+                "bytes_per_second": int(self.done / elapsed)}
 
 
 async def _no_checkpoint(node: Node, durable: bool = False) -> None:

@@ -53,8 +53,13 @@ async def test_check_passes_and_leaves_nothing_behind(store_config, s3_client, b
     named = by_name(results)
     assert all(result.ok for result in results), admin.format_checks(config, results)
     assert list(named) == ["credentials", "bucket", "write", "read", "ranged GET", "encryption",
-                           "class STANDARD", "class STANDARD_IA", "multipart",
-                           "UploadPartCopy", "latency", "delete"]
+                           "class STANDARD", "class STANDARD_IA", "multipart", "Complete ETag",
+                           "UploadPartCopy", "copy-source-if-match", "latency", "delete"]
+    # moto, like Ceph RGW, ignores x-amz-copy-source-if-match: a warning, not a failure
+    assert [r.name for r in results if r.warning] == ["copy-source-if-match"]
+    assert named["copy-source-if-match"].status == "WARN"
+    assert "ESTALE" in named["copy-source-if-match"].detail
+    assert named["Complete ETag"].detail.startswith("the answer names the new object's ETag")
     assert "AES256" in named["encryption"].detail
     assert "Content-Range bytes 1000-2999/65536" in named["ranged GET"].detail
     assert "median" in named["latency"].detail and "over 5 HEAD requests" in named["latency"].detail
@@ -125,16 +130,93 @@ async def test_check_notices_a_class_the_server_does_not_keep(store_config, monk
     assert named["class GLACIER_IR"].detail == "asked for GLACIER_IR, the server stored STANDARD"
 
 
+async def test_check_warns_when_the_complete_answer_has_no_etag(store: S3Store, store_config,
+                                                               s3_client, bucket, monkeypatch):
+    """Ceph RGW 16.2 answers CompleteMultipartUpload with an empty <ETag></ETag>."""
+    real_call = store._call
+
+    async def empty_etag(operation, key, **params):
+        response = await real_call(operation, key, **params)
+        return {**response, "ETag": ""} if operation == "CompleteMultipartUpload" else response
+
+    monkeypatch.setattr(store, "_call", empty_etag)
+    results = await admin.run_checks(store, store_config)
+    named = by_name(results)
+    assert named["Complete ETag"].ok is True and named["Complete ETag"].status == "WARN"
+    assert "has no ETag (as Ceph RGW 16.2)" in named["Complete ETag"].detail
+    assert "HEAD" in named["Complete ETag"].detail
+    assert not any(r.ok is False for r in results)
+    assert all_keys(s3_client, bucket) == [] and open_uploads(s3_client, bucket) == []
+
+
+async def test_check_warns_without_upload_part_copy(store: S3Store, store_config, s3_client,
+                                                    bucket, monkeypatch):
+    async def not_implemented(key, upload_id, *args, **kwargs):
+        raise StoreError("UploadPartCopy", key, "NotImplemented", "not here")
+
+    monkeypatch.setattr(store, "upload_part_copy", not_implemented)
+    results = await admin.run_checks(store, store_config)
+    named = by_name(results)
+    assert named["UploadPartCopy"].ok is True and named["UploadPartCopy"].warning
+    assert "upload their data again" in named["UploadPartCopy"].detail
+    assert not any(r.ok is False for r in results)
+    text = admin.format_checks(store_config, results)
+    assert "  WARN  UploadPartCopy" in text and "checks passed, 2 with a warning" in text
+    assert all_keys(s3_client, bucket) == [] and open_uploads(s3_client, bucket) == []
+
+
+async def test_check_accepts_a_server_that_enforces_copy_source_if_match(
+        store: S3Store, store_config, monkeypatch):
+    real_copy = store.copy
+
+    async def enforcing(src_key, dst_key, metadata=None, if_match=None):
+        if if_match is not None and if_match != (await store.head(src_key)).etag:
+            raise StoreError("CopyObject", src_key, "PreconditionFailed", "At least one of the "
+                             "pre-conditions you specified did not hold")
+        return await real_copy(src_key, dst_key, metadata, if_match)
+
+    monkeypatch.setattr(store, "copy", enforcing)
+    named = by_name(await admin.run_checks(store, store_config))
+    assert named["copy-source-if-match"].status == "ok"
+    assert "refused (PreconditionFailed)" in named["copy-source-if-match"].detail
+
+
+def test_check_create_bucket_creates_a_missing_bucket(moto_server, s3_client, tmp_path):
+    """`check --create-bucket` (and create_bucket = true) creates the bucket in the region,
+    like a mount; without it a missing bucket fails the check."""
+    name = "made-by-check-" + os.urandom(4).hex()
+    args = ["--endpoint-url", moto_server.endpoint_url, "--bucket", name, "--max-attempts", "1",
+            "--region", "eu-central-1"]
+    assert run_cli("check", *args).returncode == 1
+    result = run_cli("check", *args, "--create-bucket")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"bucket '{name}' did not exist: created it in region eu-central-1" in result.stdout
+    assert s3_client.get_bucket_location(Bucket=name)["LocationConstraint"] == "eu-central-1"
+    assert all_keys(s3_client, name) == []
+
+    other = "made-by-config-" + os.urandom(4).hex()
+    config = tmp_path / "check.toml"
+    config.write_text(f'[s3]\nendpoint_url = "{moto_server.endpoint_url}"\nbucket = "{other}"\n'
+                      'create_bucket = true\nmax_attempts = 1\n')
+    result = run_cli("check", "--config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert s3_client.head_bucket(Bucket=other)
+
+
 def test_check_command_exit_status_and_table(moto_server, bucket, s3_client) -> None:
     result = run_cli("check", *s3_args(moto_server, bucket), "--sse", "AES256")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"s3pvefs check: s3://{bucket}/pve/ at ")
-    assert "all 10 checks passed" in result.stdout and result.stderr == ""
+    assert "all 12 checks passed, 1 with a warning" in result.stdout
+    assert "  WARN  copy-source-if-match" in result.stdout
+    assert result.stderr.startswith("s3pvefs: check warning: copy-source-if-match: the server "
+                                    "ignores x-amz-copy-source-if-match")
+    assert len(result.stderr.splitlines()) == 1
     failed = run_cli("check", *s3_args(moto_server, "missing-bucket-x"))
     assert failed.returncode == 1
     assert failed.stderr.splitlines() == [
         "s3pvefs: check failed: bucket: bucket 'missing-bucket-x' does not exist (create it, "
-        "or mount once with --create-bucket)"]
+        "or run check or mount once with --create-bucket)"]
     assert all_keys(s3_client, bucket) == []
 
 
@@ -385,6 +467,20 @@ def test_no_secret_from_the_environment_in_a_failing_check(tmp_path, unreachable
                      env=env)
     assert result.returncode == 1 and "from environment" in result.stdout
     assert_no_secret(result.stdout, result.stderr, log_file.read_text())
+
+
+def test_a_short_secret_does_not_mask_other_words_in_the_log(tmp_path, unreachable_endpoint_url):
+    """The secret "test" of a test setup: the log still says "pjdfstest", and the secret is
+    masked where it is printed as one."""
+    log_file = tmp_path / "check.log"
+    env = {"AWS_ACCESS_KEY_ID": "AKIADISTINCTKEYID01", "AWS_SECRET_ACCESS_KEY": "test"}
+    result = run_cli("check", "--endpoint-url", unreachable_endpoint_url, "--bucket", "b1b",
+                     "--prefix", "pjdfstest", "--max-attempts", "1", "--log-level", "debug",
+                     "--log-file", str(log_file), env=env)
+    assert result.returncode == 1
+    log_text = log_file.read_text()
+    assert "'prefix': 'pjdfstest/'" in log_text
+    assert "pjdfs***" not in log_text + result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("flag", ["--secret-access-key", "--session-token", "--sse-customer-key"])

@@ -102,12 +102,12 @@ def test_world_readable_config_with_secret(mnt, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(
         '[s3]\nendpoint_url = "http://127.0.0.1:9"\nbucket = "b1b"\n'
-        '[credentials]\naccess_key_id = "AKIAEXAMPLE"\nsecret_access_key = "do-not-print-me"\n'
+        '[credentials]\naccess_key_id = "AKIAEXAMPLE"\nsecret_access_key = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"\n'
     )
     cfg.chmod(0o644)
     result = run_cli("mount", "--config", str(cfg), str(mnt))
     assert_refused(result, f"chmod 600 {cfg}")
-    assert "do-not-print-me" not in result.stderr + result.stdout
+    assert "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY" not in result.stderr + result.stdout
 
 
 def test_flag_overrides_bad_file_value(mnt, tmp_path):

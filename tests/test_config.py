@@ -351,33 +351,80 @@ def test_file_without_secret_may_be_world_readable(tmp_path):
 # ---- secrets stay out of logs -----------------------------------------------------------------
 
 
+# Realistic credentials: an AWS-style secret key (40 characters) and a session token.
+SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+SESSION_TOKEN = "IQoJb3JpZ2luX2VjEXAMPLE//////////wEaCXVzLWVhc3QtMSJHMEUCIQD"
+
+
 def test_redacted_and_repr_hide_secrets():
-    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": "topsecret!",
-                           "session_token": "token-123456"})
+    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": SECRET_KEY,
+                           "session_token": SESSION_TOKEN})
     red = c.redacted()
     assert red["secret_access_key"] == "***" and red["session_token"] == "***"
     assert red["access_key_id"] == "AKIA***"
     assert red["file_mode"] == "0644" and red["cache_dir"] == "/var/cache/s3pvefs"
     text = repr(c) + str(red)
-    assert "topsecret!" not in text and "token-123456" not in text and "AKIAEXAMPLE12345" not in text
+    assert SECRET_KEY not in text and SESSION_TOKEN not in text and "AKIAEXAMPLE12345" not in text
 
 
-def test_logging_masks_secrets(tmp_path):
+def _logged(tmp_path, secret: str, *records: tuple) -> str:
+    """The log file's text after logging ``records`` (format, args...) with ``secret`` as the
+    configuration's secret key."""
     log_file = tmp_path / "log" / "s3pvefs.log"
-    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": "topsecret!",
+    c = load_config(None, {"access_key_id": "AKIAEXAMPLE12345", "secret_access_key": secret,
                            "log_file": str(log_file), "log_level": "debug"})
     handler = setup_logging(c)
     try:
-        logging.getLogger("s3pvefs.test").info("signing with %s", "topsecret!")
+        for fmt, *args in records:
+            logging.getLogger("s3pvefs.test").info(fmt, *args)
         logging.getLogger("botocore.test").debug("hidden at debug")
         handler.flush()
-        text = log_file.read_text()
-        assert "signing with ***" in text and "topsecret!" not in text
-        assert "INFO s3pvefs.test:" in text
-        assert "hidden at debug" not in text
+        return log_file.read_text()
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+
+
+def test_logging_masks_secrets(tmp_path):
+    text = _logged(tmp_path, SECRET_KEY, ("signing with %s", SECRET_KEY),
+                   ("inside a longer word: x%sy", SECRET_KEY))
+    assert "signing with ***" in text and "inside a longer word: x***y" in text
+    assert SECRET_KEY not in text
+    assert "INFO s3pvefs.test:" in text
+    assert "hidden at debug" not in text
+
+
+def test_a_short_secret_is_masked_where_it_is_printed_not_in_other_words(tmp_path):
+    """A test secret "test" must not turn "pjdfstest" into "pjdfs***"; where a secret is
+    printed as one (a credentials repr, the headers botocore logs, an environment dump, a
+    key = value line, a --flag) it is masked whatever its length."""
+    headers = {"x-amz-security-token": b"test",
+               "Authorization": b"AWS4-HMAC-SHA256 Credential=AKIAEXAMPLE12345/20240501/"
+                                b"us-east-1/s3/aws4_request, SignedHeaders=host, Signature=ab12",
+               "X-Amz-Server-Side-Encryption-Customer-Key": "test",
+               "X-Amz-Server-Side-Encryption-Customer-Key-MD5": "digest"}
+    text = _logged(
+        tmp_path, "test",
+        ("ran pjdfstest on /mnt/test: %d tests", 5),
+        ("credentials: ReadOnlyCredentials(access_key='AKIA', secret_key='test', token='test')",),
+        ("headers=%r", headers),
+        ("environment: AWS_SECRET_ACCESS_KEY=test AWS_SESSION_TOKEN=test",),
+        ('config line: secret_access_key = "test"',),
+        ("argv: s3pvefs mount --secret-access-key test --session-token=test /mnt",),
+        ('process output: {"SecretAccessKey": "test", "SessionToken": "test"}',),
+        ("listing with next_token=abc, ContinuationToken=abc",),
+    )
+    assert "ran pjdfstest on /mnt/test: 5 tests" in text
+    assert "secret_key='***', token='***'" in text
+    assert "'x-amz-security-token': b'***'" in text and "'Authorization': b'***'" in text
+    assert "'X-Amz-Server-Side-Encryption-Customer-Key': '***'" in text
+    assert "'X-Amz-Server-Side-Encryption-Customer-Key-MD5': 'digest'" in text
+    assert "AWS_SECRET_ACCESS_KEY=*** AWS_SESSION_TOKEN=***" in text
+    assert 'secret_access_key = "***"' in text
+    assert "--secret-access-key *** --session-token=*** /mnt" in text
+    assert '{"SecretAccessKey": "***", "SessionToken": "***"}' in text
+    assert "Signature=ab12" not in text
+    assert "next_token=abc, ContinuationToken=abc" in text
 
 
 def test_unwritable_log_file_is_a_config_error(tmp_path):

@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -389,4 +390,111 @@ def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, buc
     assert result.returncode == 0, result.stderr
     assert (dump / "from-node-b.log").read_bytes() == b"hello"  # the kernel forgot too
     assert os.listdir(dump) == ["from-node-b.log"]
+    assert mount.unmount() == 0
+
+
+def test_status_text_adds_up():
+    from s3pvefs.cli import _format_status
+
+    status = {
+        "dirty_files": 3, "dirty_bytes": 3 * MiB, "uploaded_bytes": 22 * MiB,
+        "cache_used_bytes": 30 * MiB, "cache_limit_bytes": 64 * MiB,
+        "uploads": [
+            {"path": "dump/done.raw", "bytes_total": 12 * MiB, "bytes_done": 12 * MiB,
+             "bytes_dirty": 0, "bytes_per_second": 2 * MiB},
+            {"path": "dump/open.raw", "bytes_total": 11 * MiB, "bytes_done": 10 * MiB,
+             "bytes_dirty": 1 * MiB, "bytes_per_second": MiB},
+            {"path": "dump/almost.raw", "bytes_total": 10_000 * MiB,
+             "bytes_done": 10_000 * MiB - 1, "bytes_dirty": 1, "bytes_per_second": 0}],
+        "files": [{"path": "snippets/new.pl", "bytes_total": 2 * MiB, "bytes_done": 0,
+                   "bytes_dirty": 2 * MiB - 1, "uploading": False,
+                   "waiting": "open for writing"}],
+        "errors": [],
+    }
+    text = _format_status(Path("/mnt/pve/s3"), status)
+    assert text.splitlines() == [
+        "/mnt/pve/s3",
+        "  not on S3 yet:  3 file(s), 3.0 MiB dirty in the cache, 22.0 MiB uploaded in parts "
+        "not completed yet",
+        "  cache:          30.0 MiB used of 64.0 MiB",
+        "  uploading:      3 file(s)",
+        "    dump/done.raw  100.0% uploaded (12.0 MiB of 12.0 MiB), 0 B dirty  2.0 MiB/s",
+        "    dump/open.raw   90.9% uploaded (10.0 MiB of 11.0 MiB), 1.0 MiB dirty  1.0 MiB/s",
+        "    dump/almost.raw   99.9% uploaded (9.8 GiB of 9.8 GiB), 1 B dirty  0.0 MiB/s",
+        "  waiting:        1 file(s)",
+        "    snippets/new.pl  2.0 MiB dirty of 2.0 MiB (open for writing)",
+        "  upload errors:  0",
+    ]
+
+
+def _consistent(status: dict) -> None:
+    """`s3pvefs status --json` is one picture: per file, dirty and uploaded bytes fit in its
+    size; the totals are the sums of the files'; every upload is one of the files."""
+    files = status["files"]
+    for file in files:
+        assert file["bytes_done"] + file["bytes_dirty"] <= file["bytes_total"], file
+    assert status["dirty_bytes"] == sum(file["bytes_dirty"] for file in files)
+    assert status["uploaded_bytes"] == sum(file["bytes_done"] for file in files)
+    by_path = {file["path"]: file for file in files}
+    for upload in status["uploads"]:
+        file = by_path[upload["path"]]
+        assert file["uploading"]
+        for key in ("bytes_total", "bytes_done", "bytes_dirty"):
+            assert upload[key] == file[key], (key, upload, file)
+
+
+@needs_fuse
+def test_status_is_one_consistent_picture(faulty_mount, proxy):
+    """A closed file whose parts are all on S3 and whose completion fails: 100% uploaded and
+    nothing dirty (the cache still holds its blocks until the upload completes); a file
+    written behind its upload: its new data is dirty, and it is not shown at 100%."""
+    mount = faulty_mount()
+    proxy.error503(methods="POST", match="uploadId=")  # every CompleteMultipartUpload
+    done_path = mount.path / "dump" / "done.raw"
+    done_path.write_bytes(os.urandom(12 * MiB))
+    open_path = mount.path / "dump" / "open.raw"
+    with open(open_path, "wb") as f:
+        f.write(os.urandom(11 * MiB))
+        f.flush()
+        status = None
+        for _ in range(300):
+            status = mount.status()
+            uploads = {upload["path"]: upload for upload in status["uploads"]}
+            if (uploads.get("dump/done.raw", {}).get("bytes_done") == 12 * MiB
+                    and uploads.get("dump/open.raw", {}).get("bytes_done") == 10 * MiB):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"the parts were not all uploaded: {status}\n{mount.log()[-4000:]}")
+        # 12 + 10 MiB uploaded of 23 MiB written: 1 MiB at most can be dirty
+        assert status["dirty_bytes"] == 1 * MiB, status
+        _consistent(status)
+        files = {file["path"]: file for file in status["files"]}
+        assert files["dump/done.raw"]["bytes_dirty"] == 0
+        assert files["dump/done.raw"]["uploading"] and not files["dump/done.raw"]["waiting"]
+        assert files["dump/open.raw"]["bytes_dirty"] == 1 * MiB  # the tail, not a part yet
+        assert files["dump/open.raw"]["waiting"] == "open for writing"
+        assert status["uploaded_bytes"] == 22 * MiB
+        # (done.raw's upload fails and starts over meanwhile; open.raw stays as it is)
+        text = mount.cli("status", mount.path).stdout
+        assert "dump/open.raw   90.9% uploaded (10.0 MiB of 11.0 MiB), 1.0 MiB dirty" in text
+        # Rewriting uploaded parts makes them dirty again: no longer counted as uploaded.
+        f.seek(0)
+        f.write(os.urandom(1 * MiB))
+        f.flush()
+        status = mount.status()
+        _consistent(status)
+        files = {file["path"]: file for file in status["files"]}
+        assert files["dump/open.raw"]["bytes_dirty"] >= 2 * MiB
+        assert files["dump/open.raw"]["bytes_done"] <= 6 * MiB
+        for _ in range(20):  # done.raw, whatever its upload is doing: all of it is accounted
+            status = mount.status()
+            _consistent(status)
+            done = {file["path"]: file for file in status["files"]}["dump/done.raw"]
+            assert done["bytes_done"] + done["bytes_dirty"] == 12 * MiB, done
+            time.sleep(0.1)
+        proxy.passthrough()
+    assert mount.cli("sync", mount.path).returncode == 0
+    status = mount.status()
+    assert status["files"] == [] and status["dirty_bytes"] == status["uploaded_bytes"] == 0
     assert mount.unmount() == 0

@@ -1574,3 +1574,54 @@ async def test_pressure_relief_keeps_the_backoff_of_a_failed_upload(make_core) -
     core.uploader.schedule(node, delay=60.0)  # as after a failure
     core.uploader.relieve_pressure()
     assert core.uploader._not_before[node.ino] > trio.current_time() + 50
+
+
+async def test_a_read_sharing_a_cancelled_readahead_fetches_again(make_core, store) -> None:
+    """A reader waiting for blocks another handle's readahead was fetching: that handle
+    closes, its readahead is cancelled, and the blocks must still arrive (the stress tier
+    saw EIO here)."""
+    slow = FaultInjectingStore(store)
+    core = await make_core(slow)
+    data = payload(PART, seed=47)
+    dump = await inode(core, "dump")
+    _, node = await write_file(core, dump, "disk.raw", data)
+    await drain(core)
+    await core.cache.evict(core.cache.used_bytes)
+    slow.delay("GetObject", 0.5)
+    scopes: set[trio.CancelScope] = set()
+    core.reader.prefetch(node.data, node.base, 0, 4 * BLOCK, scopes)
+    got = []
+
+    async def read_and_keep():
+        got.append(await read_file(core, node.ino, BLOCK, BLOCK))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_and_keep)
+        await trio.sleep(0.1)
+        assert scopes
+        for scope in list(scopes):
+            scope.cancel()
+    assert got == [data[BLOCK:2 * BLOCK]]
+
+
+async def test_a_write_filling_a_part_of_a_full_cache_does_not_wait_for_itself(
+        make_core, s3_client, bucket) -> None:
+    """Several files each just short of their first part fill the cache; a write that
+    completes one's part and goes past it must not wait for room that only the upload of
+    that very part can make (the stress tier hung here)."""
+    core = await make_core(cache_size=2 * PART)
+    dump = await inode(core, "dump")
+    datas, handles = {}, {}
+    for n in range(3):
+        datas[n] = payload(2 * PART, seed=50 + n)
+        handles[n], _ = await write_file(core, dump, f"f{n}.raw", datas[n][:PART - BLOCK],
+                                         release=False)
+    assert core.cache.used_bytes > core.cache.size_limit
+    with trio.fail_after(TIMEOUT):
+        for n in range(3):
+            await core.write(handles[n], PART - BLOCK, datas[n][PART - BLOCK:PART + BLOCK])
+            await core.write(handles[n], PART + BLOCK, datas[n][PART + BLOCK:])
+            await core.release(handles[n])
+    await drain(core)
+    for n in range(3):
+        assert s3_body(s3_client, bucket, f"{PREFIX}dump/f{n}.raw") == datas[n]
