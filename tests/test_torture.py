@@ -519,6 +519,16 @@ REGRESSIONS = {
         ("pwrite", {"at": ("end", 0), "index": 2, "seed": 1683, "size": 1}),
         ("pwrite", {"at": ("end", -1048576), "index": 4, "seed": 16314, "size": 8388608}),
     ],
+    # A file read through a descriptor opened before its unlink, after a remount (nothing
+    # cached): the mount deleted the object and the read fails with ENOENT (da1274f; found by
+    # the derandomized CI run of test_model_based).
+    "read-after-unlink-of-an-open-file": [
+        ("first_file", {"name": "dump/data.bin", "seed": 1, "total": 21 * MiB + 1}),
+        ("remount_on_empty_cache", {}),
+        ("open_file", {"name": "dump/data.bin", "mode": "r+direct"}),
+        ("unlink", {"index": 0}),
+        ("read", {"index": 0, "at": 0, "size": MiB - 1}),
+    ],
     # ftruncate of a 40 MiB stream (parts evicted) to below its end: EIO (55d737b).
     "truncate-into-evicted-parts": [
         ("first_file", {"name": "images/100/vm-100-disk-1.qcow2", "seed": 57698,

@@ -738,7 +738,9 @@ class Writer:
         file.temporary = None
 
     def new_file(self, name: str, data: bytes, final: str | None = None) -> File:
-        file = File(self.number, name, data, temporary=final)
+        # Being written from now on: a kill before its first open returned leaves nothing
+        # that must exist.
+        file = File(self.number, name, data, temporary=final, writing=True)
         self.owned.append(file)
         self.current = file
         return file
