@@ -110,7 +110,7 @@ class BlockCache:
                    size: int) -> CachedFile:
         """Take over the cache file of an earlier run (crash recovery) of a ``size`` file."""
         cached_file = CachedFile(self, file_id)
-        if not cached_file.path.exists():
+        if (cached or dirty) and not cached_file.path.exists():  # an empty file has none
             raise FileNotFoundError(f"cache file {cached_file.path} is missing")
         for block in set(cached) | set(dirty):
             cached_file.charge(block, size - block * self.block_size)

@@ -1644,3 +1644,24 @@ async def test_an_archive_renamed_before_its_release_reads_back_at_once(
     await drain(core)
     assert s3_body(s3_client, bucket, f"{PREFIX}dump/{name}.vma.zst") == data
     assert f"{PREFIX}dump/{name}.vma.dat" not in s3_keys(s3_client, bucket)
+
+
+async def test_crash_after_closing_an_empty_file_keeps_it(make_core, store, s3_client, bucket,
+                                                          tmp_path) -> None:
+    """A 0-byte file closed (so journaled) before a kill: it has no cache file, and the
+    restart used to drop it as "cache file missing" (found by the crash-point tier)."""
+    slow = FaultInjectingStore(store)
+    core = await make_core(slow)
+    slow.fail("PutObject", store_error("PutObject", "ServiceUnavailable"))  # S3 unreachable
+    dump = await inode(core, "dump")
+    fh, node = await core.create(dump, "empty.vma.dat", FILE_MODE, WRITE_FLAGS, UID, GID)
+    await core.flush(fh)
+    assert node.journal_id is not None and not node.data.path.exists()
+    crashed = tmp_path / "crashed-cache"
+    shutil.copytree(core.cache.cache_dir, crashed)  # kill -9 now
+    (crashed / "lock").unlink()
+    restarted = await make_core(cache_dir=crashed)
+    await recover(restarted)
+    await drain(restarted)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/empty.vma.dat") == b""
+
