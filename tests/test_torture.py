@@ -46,6 +46,7 @@ from workload import (
     describe_difference,
     env_int,
     hang_evidence,
+    known_defect,
     payload,
     read_range,
     report,
@@ -498,6 +499,8 @@ def machine_class(mount_s3pvefs, s3_client, bucket):
     return Machine
 
 
+@known_defect("a file unlinked while open reads ENOENT once its blocks left the cache "
+              "(the object is deleted at unlink)")
 def test_model_based(mount_s3pvefs, s3_client, bucket):
     run_state_machine_as_test(machine_class(mount_s3pvefs, s3_client, bucket),
                               settings=torture_settings())
@@ -546,7 +549,17 @@ REGRESSIONS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(REGRESSIONS))
+OPEN_DEFECTS = {
+    "rewrite-behind-stream-hangs": "a large pwrite across a part boundary behind a stream, "
+                                   "on a cache twice the part size, never returns",
+    "read-after-unlink-of-an-open-file": "a file unlinked while open reads ENOENT once its "
+                                         "blocks left the cache",
+}
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=[known_defect(OPEN_DEFECTS[name])] if name in OPEN_DEFECTS else [])
+    for name in sorted(REGRESSIONS)])
 def test_model_regression(name, mount_s3pvefs, s3_client, bucket):
     machine_type = machine_class(mount_s3pvefs, s3_client, bucket)
     machine_type.step_timeout = min(STEP_TIMEOUT, 60)

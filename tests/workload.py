@@ -49,6 +49,18 @@ def seeds(env_name: str, default: Iterable[int]) -> list[int]:
     return list(range(1, int(value) + 1))
 
 
+KNOWN_DEFECTS = os.environ.get("S3PVEFS_KNOWN_DEFECTS") == "1"
+
+
+def known_defect(what: str):
+    """A test that fails on a product defect not fixed yet (listed in docs/testing.md): kept,
+    run with S3PVEFS_KNOWN_DEFECTS=1, left out of the default run until the fix lands."""
+    import pytest
+
+    return pytest.mark.skipif(not KNOWN_DEFECTS, reason=f"known defect: {what} "
+                                                        "(S3PVEFS_KNOWN_DEFECTS=1 runs it)")
+
+
 def env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "").strip()
     return int(value) if value else default
