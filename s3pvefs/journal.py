@@ -21,6 +21,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+import uuid
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,22 @@ class Journal:
 
     # -- multipart uploads in flight ---------------------------------------------------------
 
-    def upload_started(self, key: str, upload_id: str) -> None:
+    def upload_intended(self, key: str) -> str:
+        """Note, durably, that a multipart upload of ``key`` is about to be created: a crash
+        before its ID is listed must not leave an upload nobody aborts. Returns a token for
+        ``upload_started``."""
+        token = uuid.uuid4().hex
+        self._replace(self.uploads_dir / f"intent-{token}.json",
+                      {"key": key, "intent": token, "since_ns": time.time_ns()}, True)
+        return token
+
+    def upload_started(self, key: str, upload_id: str, intent: str | None = None) -> None:
         self._replace(self._upload_path(upload_id), {"key": key, "upload_id": upload_id}, False)
+        if intent is not None:
+            self.intent_done(intent)
+
+    def intent_done(self, intent: str) -> None:
+        (self.uploads_dir / f"intent-{intent}.json").unlink(missing_ok=True)
 
     def upload_ended(self, upload_id: str) -> None:
         try:
@@ -79,6 +95,8 @@ class Journal:
             pass
 
     def uploads(self) -> list[dict]:
+        """Uploads listed ({key, upload_id}) and intents left by a crash ({key, intent,
+        since_ns}: an upload of key may have been created then)."""
         found = []
         for path in self.uploads_dir.glob("*.json"):
             try:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 
+import trio
+
 from .errors import FsError
 from .journal import expand_runs
 from .names import Attributes
@@ -118,10 +120,34 @@ async def _directory(core, names: list[str]) -> Node:
     return directory
 
 
+INTENT_CLOCK_SLACK_NS = 60 * 10**9  # S3's clock may be behind this host's by up to this
+
+
 async def _abort_orphaned_uploads(core, needed: set[str]) -> None:
-    for upload in core.journal.uploads():
-        if upload["upload_id"] in needed:
-            continue
-        log.info("aborting multipart upload of %s left by a crash", upload["key"])
-        await core.uploader.abort_quietly(upload["key"], upload["upload_id"])
+    listed = core.journal.uploads()
+    known = needed | {upload["upload_id"] for upload in listed if "upload_id" in upload}
+    for upload in listed:
+        if "intent" in upload:
+            await _abort_created_before_listed(core, upload, known)
+        elif upload["upload_id"] not in needed:
+            log.info("aborting multipart upload of %s left by a crash", upload["key"])
+            await core.uploader.abort_quietly(upload["key"], upload["upload_id"])
+
+
+async def _abort_created_before_listed(core, intent: dict, known: set[str]) -> None:
+    """A crash between CreateMultipartUpload and listing its ID: abort the uploads of that
+    key S3 holds from then on that this cache directory does not know."""
+    key = intent["key"]
+    try:
+        uploads = await core.store.list_multipart_uploads(key)
+    except FsError as exc:  # S3 away: the next mount looks again
+        log.warning("cannot list the multipart uploads of %s (%s); the next mount looks "
+                    "again for one a crash may have left", key, exc)
+        return
+    for upload in uploads:
+        if (upload.key == key and upload.upload_id not in known
+                and upload.initiated_ns >= intent["since_ns"] - INTENT_CLOCK_SLACK_NS):
+            log.info("aborting multipart upload of %s created just before a crash", key)
+            await core.uploader.abort_quietly(key, upload.upload_id)
+    await trio.to_thread.run_sync(core.journal.intent_done, intent["intent"])
 

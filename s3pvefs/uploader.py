@@ -549,14 +549,25 @@ class Uploader:
         unlink cancels uploads): an upload S3 created that nobody knows of is never
         aborted."""
         with trio.CancelScope(shield=True):
-            upload_id = await self.store.create_multipart(key, metadata)
-            await self.upload_started(key, upload_id)
+            intent = await self._upload_intended(key)
+            try:
+                upload_id = await self.store.create_multipart(key, metadata)
+            except BaseException:
+                if intent is not None:  # S3 answered: no upload was created
+                    await trio.to_thread.run_sync(self.journal.intent_done, intent)
+                raise
+            await self.upload_started(key, upload_id, intent)
         return upload_id
 
-    async def upload_started(self, key: str, upload_id: str) -> None:
+    async def _upload_intended(self, key: str) -> str | None:
+        if self.journal is None:
+            return None
+        return await trio.to_thread.run_sync(self.journal.upload_intended, key)
+
+    async def upload_started(self, key: str, upload_id: str, intent: str | None = None) -> None:
         """List a multipart upload so that a restart after a crash can abort it."""
         if self.journal is not None:
-            await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id)
+            await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id, intent)
 
     async def upload_ended(self, upload_id: str) -> None:
         if self.journal is not None:
