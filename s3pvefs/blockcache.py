@@ -337,8 +337,11 @@ class CachedFile:
             self.dirty[block] = generation
         self.last_used = time.monotonic()
 
-    def dirty_snapshot(self) -> dict[int, int]:
-        return dict(self.dirty)
+    def dirty_snapshot(self, offset: int = 0, length: int | None = None) -> dict[int, int]:
+        """Generations of the dirty blocks (of the whole file, or of one range)."""
+        if length is None:
+            return dict(self.dirty)
+        return {b: self.dirty[b] for b in self.blocks(offset, length) if b in self.dirty}
 
     def mark_clean(self, snapshot: dict[int, int]) -> None:
         """Blocks not written since ``snapshot`` was taken are now safe on S3."""

@@ -250,7 +250,7 @@ class Streamer:
         data = stream.node.data
         try:
             with stream.cancellable():
-                snapshot = {b: data.dirty[b] for b in data.blocks(offset, length) if b in data.dirty}
+                snapshot = data.dirty_snapshot(offset, length)
                 body = await _read_guarded(data, offset, length)
                 etag = await self._retrying(
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
@@ -358,7 +358,7 @@ class Streamer:
 
         async def one(number: int, offset: int, length: int) -> None:
             try:
-                snapshot = {b: data.dirty[b] for b in data.blocks(offset, length) if b in data.dirty}
+                snapshot = data.dirty_snapshot(offset, length)
                 body = await _read_guarded(data, offset, length)
                 etag = await self.store.upload_part(stream.key, stream.upload_id, number, body)
                 stream.parts[number] = (offset, length, etag)
