@@ -362,13 +362,23 @@ def _session(config: Config) -> AioSession:
     return AioSession()  # the standard chain: env, shared files, instance metadata, ...
 
 
+def open_s3_client(config: Config, session: AioSession | None = None) -> Any:
+    """An aiobotocore S3 client with the mount's settings (endpoint, region, addressing style,
+    timeouts, retries, connection pool, TLS, checksum mode, credentials), as an async context
+    manager to enter in an asyncio loop.
+
+    Every S3 client s3pvefs makes comes from here: the mount's store, and the direct client
+    that `s3pvefs bench` measures the mount against, so that both talk to S3 alike.
+    ``session`` is the one to ask for the credentials afterwards (default: a new one).
+    """
+    return (session or _session(config)).create_client("s3", **_client_kwargs(config))
+
+
 async def _open_client(config: Config) -> tuple[AsyncExitStack, Any, CredentialInfo]:
     stack = AsyncExitStack()
     session = _session(config)
     # create_client resolves the credentials (chain or explicit) before it returns.
-    client = await stack.enter_async_context(
-        session.create_client("s3", **_client_kwargs(config))
-    )
+    client = await stack.enter_async_context(open_s3_client(config, session))
     try:
         credentials = await _credentials_in_use(session, config)
     except BaseException:
