@@ -1,8 +1,11 @@
-"""Typed errors and the one place where S3 failures become errno values."""
+"""Typed errors, the one place where S3 failures become errno values, and the line a command
+prints for an error it stops on."""
 
 from __future__ import annotations
 
 import errno
+import logging
+import sys
 from contextlib import contextmanager
 
 # S3 error codes (and HTTP statuses as strings) -> errno. Anything unknown is EIO.
@@ -128,3 +131,11 @@ class RenamePending(FsError):
     def __init__(self, path: str, final_key: str):
         super().__init__(errno.EAGAIN, f"{path}: waiting to be renamed to {final_key}, where "
                                        "its data was streamed")
+
+
+def print_error(message: str, log: logging.Logger | None = None) -> None:
+    """`s3pvefs: error: MESSAGE` on stderr, the form every command uses; also into ``log``
+    when the command logs to a file (the admin may only read that)."""
+    print(f"s3pvefs: error: {message}", file=sys.stderr, flush=True)
+    if log is not None:
+        log.error("%s", message)

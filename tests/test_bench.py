@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from s3pvefs import bench
+from s3pvefs.bench import command, measure, profiling, report
+from s3pvefs.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_TIMEOUT = 240  # seconds; the run below usually takes about 15
@@ -31,19 +32,19 @@ def test_small_run_reports_mount_baseline_and_ratio(tmp_path: Path) -> None:
     header = next(line for line in done.stdout.splitlines() if line.startswith("workload"))
     assert "ratio" in header
 
-    report = json.loads(out.read_text())
-    assert set(report["workloads"]) == {"W1", "W3", "W5"}
-    for key, workload in report["workloads"].items():
+    figures = json.loads(out.read_text())
+    assert set(figures["workloads"]) == {"W1", "W3", "W5"}
+    for key, workload in figures["workloads"].items():
         assert "error" not in workload, (key, workload)
         complete = [m for m in workload["metrics"]
                     if m["mount"] is not None and m["baseline"] is not None
                     and m["ratio"] is not None]
         assert complete, (key, workload["metrics"])
-    assert report["server"]["local"] is True and report["server"]["moto_version"]
-    assert {"nproc", "memory_bytes", "kernel", "python"} <= set(report["machine"])
-    assert report["settings"]["size_bytes"] == 32 * 1024 * 1024
+    assert figures["server"]["local"] is True and figures["server"]["moto_version"]
+    assert {"nproc", "memory_bytes", "kernel", "python"} <= set(figures["machine"])
+    assert figures["settings"]["size_bytes"] == 32 * 1024 * 1024
 
-    w1 = {m["name"]: m for m in report["workloads"]["W1"]["metrics"]}
+    w1 = {m["name"]: m for m in figures["workloads"]["W1"]["metrics"]}
     assert w1["bytes uploaded per source byte"]["mount"] > 0  # counted, not estimated
     assert w1["server-side copy requests (must be 0)"]["mount"] == 0
     # Only its own mountpoints and cache directories were used, and they are gone.
@@ -51,11 +52,10 @@ def test_small_run_reports_mount_baseline_and_ratio(tmp_path: Path) -> None:
 
 
 def test_table_has_mount_baseline_and_ratio_columns() -> None:
-    result = bench.WorkloadResult("W2", "direct ranged GETs")
+    result = report.WorkloadResult("W2", "direct ranged GETs")
     result.add("cold sequential read", "MiB/s", 50.0, 100.0, "higher")
     result.add("CPU seconds per GiB (mount)", "s/GiB", 3.0, None)
-    report = {"workloads": {"W2": result.as_dict()}}
-    lines = bench.format_table(report).splitlines()
+    lines = report.format_table({"workloads": {"W2": result.as_dict()}}).splitlines()
     assert lines[0].split() == ["workload", "figure", "unit", "mount", "baseline", "ratio",
                                 "better"]
     row = next(line for line in lines if "cold sequential read" in line)
@@ -69,11 +69,11 @@ def test_counter_deltas_leave_out_what_came_before() -> None:
               "bytes_received": 5}
     after = {"requests": {"PutObject": 7, "ListObjectsV2": 3, "GetObject": 2},
              "bytes_sent": 100, "bytes_received": 2053}
-    d = bench.delta(after, before)
+    d = measure.delta(after, before)
     assert d == {"requests": {"GetObject": 2, "ListObjectsV2": 1}, "bytes_sent": 0,
                  "bytes_received": 2048}
-    assert bench.total_requests(d) == 3
-    assert bench.requests_of(d, "CopyObject", "UploadPartCopy") == 0
+    assert measure.total_requests(d) == 3
+    assert measure.requests_of(d, "CopyObject", "UploadPartCopy") == 0
 
 
 def test_profile_summary_counts_work_not_waits(tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_profile_summary_counts_work_not_waits(tmp_path: Path) -> None:
         "<module> (s3pvefs/__main__.py:7);read (/x/s3pvefs/core.py:10);"
         "_pread (/x/s3pvefs/blockcache.py:80) 10\n"
     )
-    summary = bench.summarize_profile(raw)
+    summary = profiling.summarize_profile(raw)
     assert summary["samples"] == 40
     assert summary["self"][0] == ["_pwrite (s3pvefs/blockcache.py)", 30]
     assert ["read (s3pvefs/core.py)", 10] in summary["s3pvefs_inclusive"]
@@ -92,6 +92,6 @@ def test_profile_summary_counts_work_not_waits(tmp_path: Path) -> None:
 
 
 def test_workload_list_is_checked() -> None:
-    assert bench._workloads("w3, W1,W3") == ["W1", "W3"]
-    with pytest.raises(bench.ConfigError):
-        bench._workloads("W7")
+    assert command.parse_workloads("w3, W1,W3") == ["W1", "W3"]
+    with pytest.raises(ConfigError):
+        command.parse_workloads("W7")
