@@ -38,7 +38,8 @@ STOP_TIMEOUT = 10.0
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on the loopback address that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -55,9 +56,16 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 class LocalS3:
-    """One moto server process on a free loopback port. Use as a context manager."""
+    """One moto server process on a free loopback port. Use as a context manager.
 
-    def __init__(self, state_dir: Path | None = None):
+    The test suite runs its moto server through it too: with ``bucket=None`` no bucket is
+    created, and ``env`` adds moto settings to the server's environment.
+    """
+
+    def __init__(self, state_dir: Path | None = None, bucket: str | None = LOCAL_BUCKET,
+                 env: dict[str, str] | None = None):
+        self.bucket = bucket
+        self.extra_env = env or {}
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir) if state_dir else Path(tempfile.mkdtemp(prefix="s3pvefs-local-s3-"))
         self.log_path = self.state_dir / "moto-server.log"
@@ -80,12 +88,13 @@ class LocalS3:
                 "does), or give --endpoint-url and --bucket"
             )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
+        self.port = free_port()
         env = dict(os.environ)
         # The server must not pick up the admin's AWS settings or proxies.
         for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
             env.pop(name, None)
         env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        env.update(self.extra_env)
         with open(self.log_path, "ab") as logfh:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
@@ -98,7 +107,8 @@ class LocalS3:
             )
         try:
             self._wait_ready(timeout)
-            self._create_bucket()
+            if self.bucket is not None:
+                self._create_bucket()
         except BaseException:
             self.stop()
             raise
@@ -126,7 +136,9 @@ class LocalS3:
                     f"(pip install 's3pvefs[local]'){self._log_tail()}"
                 )
             try:
-                with _opener.open(self.endpoint_url + "/", timeout=2) as resp:
+                # moto's own API: no S3 request, which moto would count against
+                # INITIAL_NO_AUTH_ACTION_COUNT.
+                with _opener.open(self.endpoint_url + "/moto-api/", timeout=2) as resp:
                     resp.read()
                 return
             except urllib.error.HTTPError:
@@ -144,14 +156,14 @@ class LocalS3:
 
     def _create_bucket(self) -> None:
         # moto's server accepts unsigned requests; a path-style PUT creates the bucket.
-        req = urllib.request.Request(f"{self.endpoint_url}/{LOCAL_BUCKET}", method="PUT", data=b"")
+        req = urllib.request.Request(f"{self.endpoint_url}/{self.bucket}", method="PUT", data=b"")
         try:
             with _opener.open(req, timeout=10) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
             if exc.code != 409:  # BucketAlreadyOwnedByYou
                 raise ConfigError(
-                    f"the embedded local S3 refused to create bucket {LOCAL_BUCKET}: "
+                    f"the embedded local S3 refused to create bucket {self.bucket}: "
                     f"HTTP {exc.code}{self._log_tail()}"
                 ) from None
         except (urllib.error.URLError, OSError) as exc:

@@ -27,12 +27,8 @@ the daemons' log tails: CI never skips the real-server tier silently. Developers
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -45,19 +41,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from s3pvefs.config import Config
+from s3pvefs.embedded import LocalS3, free_port
 from s3pvefs.store import S3Store, open_s3_store
 
-MOTO_START_TIMEOUT = 30.0
 REGION = "us-east-1"
 RGW_ENABLED = os.environ.get("S3PVEFS_TEST_RGW", "1") != "0"
 RGW_TIMES: dict[str, float] = {}  # start and stop seconds of this session's RGW, for the summary
 RGW_LOGS: list[Path] = []  # where the RGW's logs were kept (a test failed)
-
-
-@dataclass(frozen=True)
-class MotoServer:
-    endpoint_url: str
-    process: subprocess.Popen[bytes]
 
 
 @dataclass(frozen=True)
@@ -95,12 +85,6 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"Ceph RGW: a test failed, its daemons' logs are in {logs}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session", autouse=True)
 def aws_test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Fake credentials for the whole session; the developer's own AWS files stay out of it."""
@@ -117,51 +101,14 @@ def aws_test_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
 
 
-def _wait_until_answering(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-    deadline = time.monotonic() + MOTO_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/moto-api/", timeout=1):
-                return
-        except urllib.error.HTTPError:
-            return  # an HTTP answer of any kind means it is serving
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"moto server did not answer within {MOTO_START_TIMEOUT} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="session")
 def moto_server(
     aws_test_env: None, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[MotoServer]:
-    """A real moto S3 server process on a free loopback port."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "server.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=os.environ.copy(),
-        )
-    try:
-        endpoint_url = f"http://127.0.0.1:{port}"
-        _wait_until_answering(process, endpoint_url, log)
-        yield MotoServer(endpoint_url, process)
-    finally:
-        _stop(process)
+) -> Iterator[LocalS3]:
+    """A real moto S3 server process on a free loopback port (``.endpoint_url``), the one the
+    embedded local S3 starts, without its bucket."""
+    with LocalS3(tmp_path_factory.mktemp("moto"), bucket=None) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

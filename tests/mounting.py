@@ -4,67 +4,33 @@ admin commands (`s3pvefs sync`, `status`, ...) the way an admin does."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from s3pvefs.mountproc import MountProcess, child_env
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 60.0
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment plus ``env``, importing s3pvefs from this checkout."""
-    full = {**os.environ, **(env or {})}
-    paths = full.get("PYTHONPATH", "").split(os.pathsep)
-    if str(REPO) not in paths:
-        full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), *paths]))
-    return full
-
-
 def run_cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | None = REPO,
             timeout: float = 150) -> subprocess.CompletedProcess[str]:
     """`python -m s3pvefs ARGS`, with its output as text (the timeout only stops a hang)."""
     return subprocess.run([sys.executable, "-m", "s3pvefs", *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=cli_env(env),
+                          capture_output=True, text=True, timeout=timeout, env=child_env(env),
                           cwd=cwd, stdin=subprocess.DEVNULL)
 
 
-def is_mounted(path: Path) -> bool:
-    target = str(path)
-    with open("/proc/self/mountinfo") as mounts:
-        return any(line.split()[4] == target for line in mounts)
-
-
-class Mount:
-    """One s3pvefs process serving one mountpoint."""
+class Mount(MountProcess):
+    """One s3pvefs process serving one mountpoint (s3pvefs.mountproc starts and stops it),
+    with what a test does to it as an admin would."""
 
     def __init__(self, path: Path, args: list[str], log_path: Path, env: dict[str, str]):
-        self.path = path
-        self.args = args
+        super().__init__(path, args, log_path, env, MOUNT_TIMEOUT, EXIT_TIMEOUT)
         self.log_path = log_path
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Mount:
-        self.path.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "s3pvefs", "mount", *self.args, str(self.path)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
-            )
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while not is_mounted(self.path):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"s3pvefs exited with {self.process.returncode}:\n{self.log()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"s3pvefs did not mount within {MOUNT_TIMEOUT} s:\n{self.log()}")
-            time.sleep(0.05)
-        return self
 
     def cli(self, *args: str | Path, timeout: float = 150) -> subprocess.CompletedProcess[str]:
         """An admin command in this mount's environment."""
@@ -73,9 +39,6 @@ class Mount:
     def status(self) -> dict:
         """`s3pvefs status --json` of this mount."""
         return json.loads(self.cli("status", "--json", self.path).stdout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
     def unmount(self) -> int:
         """Unmount like an admin (fusermount3 -u); returns the process's exit code."""
@@ -91,28 +54,6 @@ class Mount:
             return self.process.wait(timeout=EXIT_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"s3pvefs did not exit:\n{self.log()}") from None
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-        if is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
-
-    def stop(self) -> None:
-        """Teardown: never leave a mount or a process behind, whatever state the test left."""
-        if self.process is None:
-            return
-        if self.process.poll() is None and is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], check=False,
-                           stderr=subprocess.DEVNULL)
-            try:
-                self.process.wait(timeout=EXIT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.process.poll() is None:
-            self.kill()
-        if is_mounted(self.path):
-            subprocess.run(["fusermount3", "-u", "-z", str(self.path)], check=False)
 
 
 class MountFactory:
@@ -138,7 +79,7 @@ class MountFactory:
         cache_dir = cache_dir or self.tmp_path / f"cache{self.count}"
         mountpoint = mountpoint or self.tmp_path / f"mnt{self.count}"
         mount = Mount(mountpoint, [*self.options(cache_dir, prefix), *extra],
-                      self.tmp_path / f"mount{self.count}.log", cli_env(env))
+                      self.tmp_path / f"mount{self.count}.log", child_env(env))
         self.mounts.append(mount)
         return mount.start()
 

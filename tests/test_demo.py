@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from mounting import REPO, Mount, cli_env
+from s3pvefs.mountproc import child_env
+from mounting import REPO, Mount
 
 RUN_SCRIPT = REPO / "scripts" / "run"
 
@@ -56,7 +57,7 @@ def test_embedded_demo_keeps_its_blocks_out_of_the_production_cache(tmp_path, ow
     pytest.importorskip("moto")
     given = tmp_path / "given-cache"
     args = ["--log-level", "debug", *(["--cache-dir", str(given)] if own_cache else [])]
-    env = cli_env({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
+    env = child_env({"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""})
     mount = Mount(tmp_path / "mnt", args, tmp_path / "mount.log", env)
     try:
         mount.start()

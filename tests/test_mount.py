@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from mounting import is_mounted
+from s3pvefs.mountproc import MountProcessError
+from s3pvefs.preflight import is_mounted
 
 MiB = 1024 * 1024
 PROXMOX_DIRS = ["dump", "images", "private", "snippets", "import", "template/iso",
@@ -228,7 +229,7 @@ def test_truncate_append_and_overwrite(mount_s3pvefs, s3_client, bucket):
 
 
 def test_missing_bucket_fails_clearly(mount_s3pvefs, tmp_path):
-    with pytest.raises(RuntimeError) as excinfo:
+    with pytest.raises(MountProcessError) as excinfo:
         mount_s3pvefs("--bucket", "no-such-bucket-here")
     message = str(excinfo.value)
     assert "does not exist" in message and "--create-bucket" in message
@@ -243,7 +244,7 @@ def test_create_bucket_option(mount_s3pvefs, s3_client):
 
 
 def test_unreachable_endpoint_fails_clearly(mount_s3pvefs, unreachable_endpoint_url, tmp_path):
-    with pytest.raises(RuntimeError) as excinfo:
+    with pytest.raises(MountProcessError) as excinfo:
         mount_s3pvefs("--endpoint-url", unreachable_endpoint_url, "--connect-timeout", "1")
     assert "cannot reach" in str(excinfo.value)
     assert unreachable_endpoint_url in str(excinfo.value)
@@ -253,24 +254,11 @@ def test_unreachable_endpoint_fails_clearly(mount_s3pvefs, unreachable_endpoint_
 @pytest.fixture
 def authenticating_server(tmp_path):
     """A moto server that checks credentials after its first request (the bucket creation)."""
-    import subprocess
-    import sys
+    from s3pvefs.embedded import LocalS3
 
-    from conftest import _stop, _wait_until_answering, free_port
-
-    port = free_port()
-    log = tmp_path / "moto-auth.log"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "1"}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, env=env)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until_answering(process, url, log)
-        yield url
-    finally:
-        _stop(process)
+    with LocalS3(tmp_path / "moto-auth", bucket=None,
+                 env={"INITIAL_NO_AUTH_ACTION_COUNT": "1"}) as server:
+        yield server.endpoint_url
 
 
 def test_wrong_credentials_fail_clearly(mount_s3pvefs, authenticating_server, tmp_path):
@@ -278,7 +266,7 @@ def test_wrong_credentials_fail_clearly(mount_s3pvefs, authenticating_server, tm
 
     client = boto3.client("s3", endpoint_url=authenticating_server, region_name="us-east-1")
     client.create_bucket(Bucket="guarded")
-    with pytest.raises(RuntimeError) as excinfo:
+    with pytest.raises(MountProcessError) as excinfo:
         mount_s3pvefs("--endpoint-url", authenticating_server, "--bucket", "guarded",
                       env={"AWS_ACCESS_KEY_ID": "AKIAWRONGKEY", "AWS_SECRET_ACCESS_KEY": "wrong"})
     message = str(excinfo.value)

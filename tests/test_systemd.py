@@ -23,8 +23,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from mounting import is_mounted
 from s3pvefs import mount as mount_module
+from s3pvefs.preflight import is_mounted
 from s3pvefs.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
