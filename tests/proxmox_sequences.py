@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import keys
+
 MiB = 1024 * 1024
 KiB = 1024
 REPO = Path(__file__).resolve().parent.parent
@@ -32,8 +34,6 @@ INDEX_MARK = "/.s3pvefs-attrs."  # per-directory attribute index objects (docs/d
 WHEN = "2026_11_21-01_00_00"
 TOOL_TIMEOUT = 120  # seconds: a tool that hangs on the mount fails the test instead of CI
 
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
 
 def needs_tools(*tools: str):
     missing = [tool for tool in tools if shutil.which(tool) is None]
@@ -43,19 +43,10 @@ def needs_tools(*tools: str):
 # -- S3 state ---------------------------------------------------------------------------------
 
 
-def keys(s3_client, bucket: str, prefix: str = "") -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-
-
 def data_keys(s3_client, bucket: str, prefix: str) -> set[str]:
     """Keys below ``prefix`` without directory markers and s3pvefs attribute indexes."""
     return {key for key in keys(s3_client, bucket, prefix)
             if not key.endswith("/") and INDEX_MARK not in "/" + key}
-
-
-def object_bytes(s3_client, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def object_sha256(s3_client, bucket: str, key: str) -> str:
@@ -64,10 +55,6 @@ def object_sha256(s3_client, bucket: str, key: str) -> str:
     for chunk in iter(lambda: body.read(4 * MiB), b""):
         digest.update(chunk)
     return digest.hexdigest()
-
-
-def open_uploads(s3_client, bucket: str) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
 def log_tail(mount, chars: int = 6000) -> str:

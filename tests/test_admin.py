@@ -16,6 +16,7 @@ from s3pvefs.config import MiB, Config
 from s3pvefs.errors import ConfigError, StoreError
 from s3pvefs.store import S3Store, open_s3_store
 from mounting import run_cli
+from helpers import needs_fuse, open_uploads
 
 
 def s3_args(moto_server, bucket: str, prefix: str = "pve/") -> list[str]:
@@ -26,10 +27,6 @@ def s3_args(moto_server, bucket: str, prefix: str = "pve/") -> list[str]:
 def all_keys(s3_client, bucket: str) -> list[str]:
     pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-def open_uploads(s3_client, bucket: str) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
 
 
 def validated(config: Config, **changes) -> Config:
@@ -492,7 +489,6 @@ def test_secret_flags_are_refused_without_echo(flag) -> None:
     assert result.returncode == 2 and SECRET_KEY not in result.stderr + result.stdout
 
 
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 
 @needs_fuse

@@ -19,6 +19,7 @@ from s3pvefs import control
 from s3pvefs.control import ControlError, control_socket_path, find_mountpoint, serve_control
 from s3pvefs.errors import FsError
 from mounting import run_cli
+from helpers import needs_fuse
 
 MiB = 1024 * 1024
 
@@ -300,7 +301,6 @@ def test_commands_refuse_paths_off_s3pvefs(tmp_path):
     assert result.returncode == 2 and "--timeout" in result.stderr
 
 
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 
 def socket_of(mount) -> Path:

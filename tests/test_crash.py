@@ -9,26 +9,13 @@ import subprocess
 import sys
 import time
 
-import pytest
+from helpers import keys, needs_fuse, object_bytes, open_uploads
 
 MiB = 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 ARCHIVE = "vzdump-qemu-100-2026_11_21-10_00_00"
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-def keys(s3_client, bucket: str) -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-
-
-def body(s3_client, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def open_uploads(s3_client, bucket: str) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+pytestmark = needs_fuse
 
 
 def sync(mount, path=None) -> subprocess.CompletedProcess:
@@ -60,8 +47,8 @@ def test_kill_after_close_keeps_the_file(mount_s3pvefs, s3_client, bucket, tmp_p
     mount = mount_s3pvefs(cache_dir=cache)
     assert (mount.path / "dump" / "notes.tmp.4242").read_bytes() == small
     assert sync(mount).returncode == 0
-    assert body(s3_client, bucket, "pve/dump/notes.tmp.4242") == small
-    assert body(s3_client, bucket, "pve/template/iso/x.iso.tmp_dwnl.77") == large
+    assert object_bytes(s3_client, bucket, "pve/dump/notes.tmp.4242") == small
+    assert object_bytes(s3_client, bucket, "pve/template/iso/x.iso.tmp_dwnl.77") == large
     assert journal_records(cache) == []
     assert mount.unmount() == 0
     assert open_uploads(s3_client, bucket) == []
@@ -80,7 +67,7 @@ def test_kill_after_vzdump_rename_completes_the_backup(mount_s3pvefs, s3_client,
 
     mount = mount_s3pvefs(cache_dir=cache)
     assert sync(mount).returncode == 0
-    assert body(s3_client, bucket, f"pve/dump/{ARCHIVE}.vma.zst") == data
+    assert object_bytes(s3_client, bucket, f"pve/dump/{ARCHIVE}.vma.zst") == data
     stored = keys(s3_client, bucket)
     assert f"pve/dump/{ARCHIVE}.vma.dat" not in stored
     assert mount.unmount() == 0
@@ -133,7 +120,7 @@ def test_kill_while_backup_is_written(mount_s3pvefs, s3_client, bucket, tmp_path
 
     os.rename(dat, mount.path / "dump" / f"{ARCHIVE}.vma.zst")
     assert sync(mount).returncode == 0
-    assert body(s3_client, bucket, f"pve/dump/{ARCHIVE}.vma.zst") == data[:kept]
+    assert object_bytes(s3_client, bucket, f"pve/dump/{ARCHIVE}.vma.zst") == data[:kept]
     assert mount.unmount() == 0
     assert open_uploads(s3_client, bucket) == []
     assert journal_records(cache) == []

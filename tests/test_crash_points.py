@@ -43,10 +43,11 @@ from workload import (
     sync,
     unmount_problems,
 )
+from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    needs_fuse,
 ]
 
 PART = 5 * MiB

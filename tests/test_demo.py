@@ -13,6 +13,7 @@ import pytest
 
 from s3pvefs.mountproc import child_env
 from mounting import REPO, Mount
+from helpers import needs_fuse
 
 RUN_SCRIPT = REPO / "scripts" / "run"
 
@@ -49,7 +50,7 @@ def test_run_script_creates_a_given_mountpoint(tmp_path):
     assert args == ["--config", str(tmp_path / "absent.toml"), "--create-bucket", str(target)]
 
 
-@pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+@needs_fuse
 @pytest.mark.parametrize("own_cache", [False, True], ids=["default-cache", "given-cache"])
 def test_embedded_demo_keeps_its_blocks_out_of_the_production_cache(tmp_path, own_cache):
     """No endpoint and no bucket: the embedded S3's throw-away data gets a cache directory of

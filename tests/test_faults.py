@@ -17,20 +17,13 @@ from pathlib import Path
 import pytest
 
 from mounting import run_cli
+from helpers import needs_fuse, object_bytes, open_uploads
 
 
 MiB = 1024 * 1024
 QUICK = 2.0  # seconds an operation answered from memory or the cache may take, at most
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-def object_bytes(s3_client, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def open_uploads(s3_client, bucket: str) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+pytestmark = needs_fuse
 
 
 def write_paced(f, data: bytes, seconds: float = 0.0) -> None:

@@ -7,9 +7,9 @@ import os
 import stat
 import time
 
-import pytest
+from helpers import needs_fuse
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+pytestmark = needs_fuse
 
 
 def requests(mount) -> dict:

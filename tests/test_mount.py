@@ -12,25 +12,13 @@ import pytest
 
 from s3pvefs.mountproc import MountProcessError
 from s3pvefs.preflight import is_mounted
+from helpers import keys, needs_fuse, object_bytes, open_uploads
 
 MiB = 1024 * 1024
 PROXMOX_DIRS = ["dump", "images", "private", "snippets", "import", "template/iso",
                 "template/cache"]
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
-
-
-def object_bytes(s3_client, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-
-
-def keys(s3_client, bucket: str) -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-
-
-def open_uploads(s3_client, bucket: str) -> list:
-    return s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+pytestmark = needs_fuse
 
 
 def test_proxmox_layout_and_statfs(mount_s3pvefs, s3_client, bucket):

@@ -15,9 +15,9 @@ import stat
 import time
 from pathlib import Path
 
-import pytest
 
 from mounting import run_cli
+from helpers import keys, needs_fuse
 
 MiB = 1024 * 1024
 TTL = 1.0  # --dir-ttl of the nodes that rely on expiry
@@ -25,7 +25,7 @@ ATTR_TTL = 1.0  # the default --attr-ttl: how long the kernel keeps a name it lo
 SLACK = 4.0  # a listing after the TTL, a loaded CI machine: visible within TTL + SLACK
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+pytestmark = needs_fuse
 
 
 def sync(path: Path) -> None:
@@ -50,11 +50,6 @@ def wait_until(condition, timeout: float, what: str) -> float:
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def keys(s3_client, bucket: str, prefix: str = "") -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
 
 
 def write_backup(dump: Path, name: str, data: bytes) -> Path:

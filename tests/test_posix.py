@@ -11,7 +11,9 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+from helpers import needs_fuse
+
+pytestmark = needs_fuse
 
 OLD_NS = 1_500_000_000_000_000_000  # 2017: far from "now"
 

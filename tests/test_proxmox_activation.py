@@ -15,8 +15,9 @@ import time
 
 import pytest
 
+from helpers import keys, needs_fuse
 from proxmox_sequences import (
-    CONTENT_DIRS, PREFIX, activation_probe, keys, log_tail, needs_fuse, run, sync,
+    CONTENT_DIRS, PREFIX, activation_probe, log_tail, run, sync,
 )
 
 pytestmark = [needs_fuse]

@@ -14,9 +14,10 @@ import threading
 
 import pytest
 
+from helpers import keys, needs_fuse, object_bytes, open_uploads
 from proxmox_sequences import (
-    MiB, PREFIX, data_keys, file_sha256, keys, log_tail, mixed_data, needs_fuse, needs_tools,
-    object_bytes, object_sha256, open_uploads, run, sha256, sync, unlink_errno,
+    MiB, PREFIX, data_keys, file_sha256, log_tail, mixed_data, needs_tools, object_sha256, run,
+    sha256, sync, unlink_errno,
 )
 
 pytestmark = [needs_fuse, pytest.mark.real_server]

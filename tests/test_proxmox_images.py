@@ -19,9 +19,10 @@ import struct
 
 import pytest
 
+from helpers import needs_fuse, open_uploads
 from proxmox_sequences import (
-    KiB, MiB, PREFIX, data_keys, file_sha256, log_tail, needs_fuse, needs_tools,
-    object_sha256, open_uploads, run, sha256, sync,
+    KiB, MiB, PREFIX, data_keys, file_sha256, log_tail, needs_tools, object_sha256, run, sha256,
+    sync,
 )
 
 pytestmark = [needs_fuse, needs_tools("qemu-img", "qemu-io"), pytest.mark.real_server]

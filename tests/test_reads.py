@@ -12,9 +12,11 @@ import tarfile
 
 import pytest
 
+from helpers import needs_fuse
+
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
+pytestmark = needs_fuse
 
 
 def received(mount) -> int:

@@ -17,7 +17,6 @@ CI runs a few seeds; ``S3PVEFS_STRESS_SEEDS=20`` runs seeds 1..20 (``=7,12`` rep
 from __future__ import annotations
 
 import errno
-import os
 import random
 import time
 
@@ -39,10 +38,11 @@ from workload import (
     sync,
     unmount_problems,
 )
+from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    needs_fuse,
 ]
 
 PART = 5 * MiB

@@ -26,6 +26,7 @@ import pytest
 from s3pvefs import mount as mount_module
 from s3pvefs.preflight import is_mounted
 from s3pvefs.sdnotify import Notifier
+from helpers import needs_fuse
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "s3pvefs@.service"
@@ -34,7 +35,6 @@ HOOK = REPO / "examples" / "vzdump-hook-s3pvefs"
 MiB = 1024 * 1024
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 
 
 # -- a stand-in for systemd's notification socket --------------------------------------------

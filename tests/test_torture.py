@@ -56,10 +56,11 @@ from workload import (
     unmount_problems,
     write_all,
 )
+from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,
-    pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+    needs_fuse,
 ]
 
 PART = 5 * MiB

@@ -10,12 +10,14 @@ import threading
 
 import pytest
 
+from helpers import needs_fuse
+
 MiB = 1024 * 1024
 CACHE = 16 * MiB
 PART = 5 * MiB
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
-pytestmark = [pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse"),
+pytestmark = [needs_fuse,
               pytest.mark.real_server]
 
 

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from helpers import keys, object_bytes
+
 MiB = 1024 * 1024
 KiB = 1024
 PREFIX = "pve/"  # what tests/mounting.py mounts with unless told otherwise
@@ -307,19 +309,10 @@ def chunk_sizes(rng: random.Random) -> list[int]:
 # -- S3 state ---------------------------------------------------------------------------------
 
 
-def keys(s3_client, bucket: str, prefix: str = "") -> set[str]:
-    pages = s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {obj["Key"] for page in pages for obj in page.get("Contents", [])}
-
-
 def data_keys(s3_client, bucket: str, prefix: str = PREFIX) -> set[str]:
     """Keys below ``prefix`` without directory markers and s3pvefs attribute indexes."""
     return {key for key in keys(s3_client, bucket, prefix)
             if not key.endswith("/") and INDEX_MARK not in "/" + key}
-
-
-def object_bytes(s3_client, bucket: str, key: str) -> bytes:
-    return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def open_uploads(s3_client, bucket: str, prefix: str = "") -> list[dict]:
