@@ -9,7 +9,13 @@ from dataclasses import dataclass
 import trio
 
 from .errors import StoreError
-from .store import ListPage, MultipartUploadInfo, ObjectInfo, ObjectStore, StoreStats
+from .objectstore import (
+    ListPage,
+    MultipartUploadInfo,
+    ObjectInfo,
+    ObjectStore,
+    StoreStats,
+)
 
 ANY_OPERATION = "*"
 

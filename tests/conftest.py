@@ -16,11 +16,20 @@ keep their ids. Rules for a marked test:
 - anything moto-specific (``/moto-api/``, storage classes moto accepts and RGW does not, ...)
   stays in an unmarked test, with a comment saying why.
 
-The servers are session fixtures, started at the first test that needs them and stopped at the
-end of the session: ``moto_server`` and ``rgw_server``. ``s3_server`` only looks one up, so the
-order the tests run in never starts a server twice. If the RGW cannot start (Ceph not installed,
-a daemon that dies, no answer within the timeout) every ``[rgw]`` test fails with the reason and
-the daemons' log tails: CI never skips the real-server tier silently. Developers turn it off with
+One set of tests, three stores
+------------------------------
+A test using ``contract_store`` runs three times: on a ``MemoryStore`` (s3pvefs/memstore.py)
+and on an ``S3Store`` on a fresh bucket of moto and of the Ceph RGW (ids ``[memory]``,
+``[moto]``, ``[rgw]``; ``contract_kind`` says which). tests/test_store_contract.py is that
+suite: it keeps the in-memory store from drifting away from the real ones. Such a test brings
+its own server, so it uses neither ``s3_server`` nor the ``real_server`` mark.
+
+Both share the servers, session fixtures started at the first test that needs them and stopped
+at the end of the session: ``moto_server`` and ``rgw_server``. ``s3_server`` and
+``contract_store`` only look one up, so the order the tests run in never starts a server twice.
+If the RGW cannot start (Ceph not installed, a daemon that dies, no answer within the timeout)
+every ``[rgw]`` test fails with the reason and the daemons' log tails: CI never skips the
+real-server tier silently. Developers turn it off with
 ``S3PVEFS_TEST_RGW=0`` (the ``[rgw]`` tests are then skipped, with that reason in the summary).
 """
 
@@ -42,6 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from s3pvefs.config import Config
 from s3pvefs.embedded import LocalS3, free_port
+from s3pvefs.memstore import MemoryStore
+from s3pvefs.objectstore import ObjectStore
 from s3pvefs.store import S3Store, open_s3_store
 
 REGION = "us-east-1"
@@ -63,18 +74,25 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Marked tests that use the S3 server run once per server (see the module docstring)."""
+    """Marked tests that use the S3 server run once per server (see the module docstring);
+    tests of ``contract_store`` once per store: memory, moto, rgw."""
+    skip_rgw = pytest.mark.skip(reason="S3PVEFS_TEST_RGW=0: the Ceph RGW tier is off")
+    rgw = pytest.param("rgw", id="rgw", marks=[] if RGW_ENABLED else [skip_rgw])
+    if "contract_store" in metafunc.fixturenames:
+        if "s3_server" in metafunc.fixturenames:
+            raise ValueError(f"{metafunc.definition.nodeid} uses contract_store and s3_server: "
+                             "contract_store brings its own server")
+        metafunc.parametrize("contract_store", [
+            pytest.param("memory", id="memory"), pytest.param("moto", id="moto"), rgw,
+        ], indirect=True)
+        return
     if ("s3_server" not in metafunc.fixturenames
             or metafunc.definition.get_closest_marker("real_server") is None):
         return
     if "moto_server" in metafunc.fixturenames:
         raise ValueError(f"{metafunc.definition.nodeid} is marked real_server but uses "
                          "moto_server: use s3_server (or leave the test unmarked)")
-    skip_rgw = pytest.mark.skip(reason="S3PVEFS_TEST_RGW=0: the Ceph RGW tier is off")
-    metafunc.parametrize("s3_server", [
-        pytest.param("moto", id="moto"),
-        pytest.param("rgw", id="rgw", marks=[] if RGW_ENABLED else [skip_rgw]),
-    ], indirect=True)
+    metafunc.parametrize("s3_server", [pytest.param("moto", id="moto"), rgw], indirect=True)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
@@ -144,7 +162,10 @@ def rgw_server(request: pytest.FixtureRequest, aws_test_env: None,
 def s3_server(request: pytest.FixtureRequest) -> S3Server:
     """The S3 server of this test: moto, or the Ceph RGW for the ``[rgw]`` run of a test
     marked ``real_server``."""
-    kind = getattr(request, "param", "moto")
+    return _server(request, getattr(request, "param", "moto"))
+
+
+def _server(request: pytest.FixtureRequest, kind: str) -> S3Server:
     if kind == "rgw":
         return S3Server("rgw", request.getfixturevalue("rgw_server").endpoint_url)
     return S3Server("moto", request.getfixturevalue("moto_server").endpoint_url)
@@ -190,6 +211,33 @@ def store_config(s3_server: S3Server, bucket: str) -> Config:
 async def store(store_config: Config) -> AsyncIterator[S3Store]:
     async with open_s3_store(store_config) as opened:
         yield opened
+
+
+@pytest.fixture
+async def contract_store(request: pytest.FixtureRequest) -> AsyncIterator[ObjectStore]:
+    """The store of a contract test (tests/test_store_contract.py): a ``MemoryStore``, or an
+    ``S3Store`` on a fresh bucket of moto or the Ceph RGW; ``contract_kind`` says which."""
+    kind = request.param
+    if kind == "memory":
+        memory = MemoryStore()
+        yield memory
+        await memory.aclose()
+        return
+    server = _server(request, kind)
+    client = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=REGION,
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    name = f"contract-{uuid.uuid4().hex[:16]}"
+    client.create_bucket(Bucket=name)
+    config = Config(endpoint_url=server.endpoint_url, region=REGION, bucket=name,
+                    connect_timeout=2.0, read_timeout=10.0, max_attempts=2, max_connections=8)
+    async with open_s3_store(config) as opened:
+        yield opened
+
+
+@pytest.fixture
+def contract_kind(request: pytest.FixtureRequest, contract_store: ObjectStore) -> str:
+    """"memory", "moto" or "rgw": which store ``contract_store`` is."""
+    return str(request.node.callspec.params["contract_store"])
 
 
 @pytest.fixture

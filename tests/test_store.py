@@ -276,11 +276,22 @@ async def test_unreachable_endpoint_fails_fast_with_eio(
 
 
 async def test_explicit_credentials(store_config: Config) -> None:
+    """Configured keys win over the environment's (AWS_ACCESS_KEY_ID=testing) and sign every
+    request; path-style addressing puts the bucket in the path."""
     config = dataclasses.replace(
         store_config, access_key_id="other", secret_access_key="secret", addressing_style="path"
     )
+    urls: list[str] = []
     async with open_s3_store(config) as explicit:
+        sent = record_requests(explicit)
+        explicit._client.meta.events.register(
+            "before-send.s3", lambda request, **_: urls.append(request.url))
         await explicit.head_bucket()
+        assert explicit.credentials.method == "explicit"
+        assert explicit.credentials.access_key_hint == "***"  # too short to show a part of
+    authorization = headers_of(sent, "HeadBucket")[0]["authorization"]
+    assert "Credential=other/" in authorization
+    assert urls == [f"{store_config.endpoint_url}/{store_config.bucket}"]
 
 
 # -- stats and concurrency ------------------------------------------------------------------
@@ -311,12 +322,39 @@ async def test_many_concurrent_requests(store: S3Store) -> None:
     assert store.stats.requests["PutObject"] == 40
 
 
-async def test_cancelled_requests_leave_the_store_usable(store: S3Store) -> None:
+async def test_cancelled_requests_leave_the_store_usable(
+    store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GETs cancelled while their request runs in the loop thread: each caller sees the
+    cancellation, the request in the loop is really interrupted, and the store serves the
+    next requests (no limiter token or connection left behind)."""
     await store.put("big", b"x" * PART, {})
-    for deadline in (0.001, 0.005, 0.02):
-        with trio.move_on_after(deadline):
+    real_get_in_loop = store._get_in_loop
+    token = trio.lowlevel.current_trio_token()
+    scopes: list[trio.CancelScope] = []
+    interrupted: list[int] = []
+
+    async def cancelled_on_the_way(params: dict) -> bytes:
+        # In the loop thread: the caller cancels now, while this request is in flight.
+        trio.from_thread.run_sync(scopes[-1].cancel, trio_token=token)
+        try:
+            return await real_get_in_loop(params)
+        except asyncio.CancelledError:
+            interrupted.append(len(scopes))
+            raise
+
+    monkeypatch.setattr(store, "_get_in_loop", cancelled_on_the_way)
+    for _ in range(3):
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
             await store.get("big")
+        assert scope.cancelled_caught
+    assert interrupted == [1, 2, 3]
+    assert store.stats.requests["GetObject"] == 3 and store.stats.errors["GetObject"] == 0
+    monkeypatch.setattr(store, "_get_in_loop", real_get_in_loop)
+    assert store._limiter.borrowed_tokens == 0
     assert await store.get("big", 0, 3) == b"xxx"
+    assert await store.get("big") == b"x" * PART
 
 
 async def test_store_closes_inside_a_cancelled_scope(store_config: Config) -> None:
