@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 import trio
 
 from .errors import FsError
-from .names import INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys, decode_attributes, listing_name
+from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
+                    decode_attributes, listing_name)
 from .nodes import InodeTable, Node, RemoteObject, next_change
 from .s3options import ARCHIVE_CLASSES
 from .store import ObjectInfo, ObjectStore

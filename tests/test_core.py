@@ -1245,7 +1245,8 @@ async def test_unlink_while_streaming_parts_that_left_the_cache(make_core, s3_cl
 
 async def test_unmount_deletes_the_data_of_files_still_open(make_core, s3_client,
                                                             bucket) -> None:
-    core, fh = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=48))
+    # Its handle stays open.
+    core, _ = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=48))
     await core.unlink(await inode(core, "images"), "big.raw")
     assert len(kept_aside(s3_client, bucket)) == 1
     await core.delete_kept_aside()
@@ -1254,7 +1255,8 @@ async def test_unmount_deletes_the_data_of_files_still_open(make_core, s3_client
 
 async def test_a_crash_before_the_last_close_deletes_the_kept_data(make_core, s3_client,
                                                                   bucket, tmp_path) -> None:
-    core, fh = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=49))
+    # Its handle stays open.
+    core, _ = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=49))
     await core.unlink(await inode(core, "images"), "big.raw")
     assert len(kept_aside(s3_client, bucket)) == 1
     crashed = tmp_path / "crashed-cache"  # what a kill -9 now leaves on disk
