@@ -669,8 +669,9 @@ class FsCore:
         unreadable = FsError(errno.EIO, f"{node.path()}: this range was uploaded while the "
                                         "file was written and left the cache; it can be read "
                                         "once the file is closed and its upload completed")
-        if node.unlinked:  # deleted while open: that upload was dropped (see unlink)
-            raise unreadable
+        if node.unlinked:  # its stream was dropped at the unlink (see _end_stream_of_deleted)
+            raise FsError(errno.EIO, f"{node.path()}: deleted while open after parts of it "
+                                     "were uploaded and left the cache; they are gone")
         if node.write_handles:
             await self.uploader.complete_stream_early(node)
             return

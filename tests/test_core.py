@@ -1243,6 +1243,26 @@ async def test_unlink_while_streaming_parts_that_left_the_cache(make_core, s3_cl
     assert kept_aside(s3_client, bucket) == [] and s3_uploads(s3_client, bucket) == []
 
 
+async def test_unlink_of_an_archive_streamed_to_its_predicted_name(make_core, s3_client,
+                                                                    bucket) -> None:
+    """It must never appear under that name: its stream is dropped, and the parts that left
+    the cache read EIO (not zeros)."""
+    core = await make_core(cache_size=2 * PART)
+    data = b"\x28\xb5\x2f\xfd" + payload(5 * PART, seed=50)  # zstd magic: .vma.zst predicted
+    dump = await inode(core, "dump")
+    name = "vzdump-qemu-100-2026_11_21-01_00_00.vma.dat"
+    fh, node = await write_file(core, dump, name, data, release=False)
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(PART // BLOCK):
+            await trio.sleep(0.05)
+    await core.unlink(dump, name)
+    await fails_with(errno.EIO, core.read, fh, PART, BLOCK)
+    await core.release(fh)
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}dump/") == [f"{PREFIX}dump/"]
+    assert s3_uploads(s3_client, bucket) == [] and kept_aside(s3_client, bucket) == []
+
+
 async def test_unmount_deletes_the_data_of_files_still_open(make_core, s3_client,
                                                             bucket) -> None:
     # Its handle stays open.
