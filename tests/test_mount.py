@@ -161,6 +161,7 @@ def test_unlinked_dat_leaves_nothing(mount_s3pvefs, s3_client, bucket):
     assert open_uploads(s3_client, bucket) == []
 
 
+@pytest.mark.real_server  # the data is copied aside on the server: RGW too
 def test_a_file_deleted_while_open_reads_on_until_closed(mount_s3pvefs, s3_client, bucket):
     mount = mount_s3pvefs("--cache-size", "16MiB")
     dump = mount.path / "dump"
