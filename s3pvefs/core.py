@@ -13,6 +13,7 @@ import logging
 import os
 import stat
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from .journal import Journal, block_runs
 from .config import Config
 from .errors import FsError, StoreError, first_fs_error
 from .listing import Directories, walk
-from .names import PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
+from .names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
 from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
 from .reader import BlockReader
 from .store import ObjectStore
@@ -75,6 +76,8 @@ class FsCore:
         self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
                                 self.default_attributes, config.max_connections)
         self.handles: dict[int, Handle] = {}
+        # Inode -> the hidden key keeping the data of a file deleted while open (see unlink).
+        self._kept_aside: dict[int, str] = {}
         self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))  # `s3pvefs sync`
         self._next_handle = 1
         self.root = self.inodes.new(None, "", self.default_attributes(stat.S_IFDIR, now_ns()))
@@ -666,6 +669,9 @@ class FsCore:
         unreadable = FsError(errno.EIO, f"{node.path()}: this range was uploaded while the "
                                         "file was written and left the cache; it can be read "
                                         "once the file is closed and its upload completed")
+        if node.unlinked:  # its stream was dropped at the unlink (see _end_stream_of_deleted)
+            raise FsError(errno.EIO, f"{node.path()}: deleted while open after parts of it "
+                                     "were uploaded and left the cache; they are gone")
         if node.write_handles:
             await self.uploader.complete_stream_early(node)
             return
@@ -693,7 +699,8 @@ class FsCore:
         The GETs ask for the object's ETag. When this mount's own upload replaces the object
         meanwhile, they fail although nothing changed that the cache does not hold (blocks
         not cached are not dirty, so both versions agree there): wait for that upload and
-        read from the new object. A change by anyone else is ESTALE.
+        read from the new object. A change by anyone else is ESTALE. Likewise a GET that an
+        unlink of the open file overtook (it moved the object aside) reads from there.
         """
         for _ in range(OWN_UPLOADS_WAITED_FOR):
             base = node.base
@@ -704,10 +711,12 @@ class FsCore:
                     data, base, [b for b in blocks if data.needs_fetch(b)])
                 return
             except FsError as exc:
-                if exc.errno != errno.ESTALE:
+                if exc.errno not in (errno.ESTALE, errno.ENOENT):
                     raise
                 await self.uploader.settled(node)
                 if node.base is base:
+                    if exc.errno == errno.ENOENT:
+                        raise
                     log.error("%s changed on S3 while its blocks were cached here; refusing "
                               "to mix versions: the new one is read once the directory "
                               "listing is refreshed (after dir_ttl)", base.key)
@@ -807,6 +816,7 @@ class FsCore:
                 if node.data is not None:
                     node.data.discard()
                     node.data = None
+                await self._delete_kept_aside(node.ino)
                 if node.lookups <= 0:
                     self.inodes.drop(node)
             return
@@ -841,12 +851,105 @@ class FsCore:
         """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
         async with self.uploader.held(node):
             _still_at(node, parent, name)
-            await self.streamer.abort(node)
+            await self._let_go_of_key(node)
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
             await self.uploader.delete_stale_key(node)
             node.unlinked = True  # no new upload may start
             await self.checkpoint(node)  # drops its journal record
+
+    # -- files deleted while open ------------------------------------------------------------
+    # Their handles read and write on until the last close (POSIX; vzdump, qemu-img and tar
+    # rely on it), but their name is free at once: a new file may take the key, and a listing
+    # or another host must not see the old data there. So what only S3 holds of such a file
+    # is copied to a hidden key of its own, read from there, and deleted at the last close
+    # (or at unmount); the journal lists that key first, so a crash cannot leave it forever.
+    # Writes through such a handle stay in the cache: nothing uploads them (ENOSPC once it
+    # is full of them). A file whose every byte is cached needs no copy: its blocks stay.
+
+    async def _let_go_of_key(self, node: Node) -> None:
+        """Before a file's name goes (unlink, or a rename over it; the caller holds its
+        uploads off): no stream of it may land anywhere, and open handles keep its data."""
+        if not node.open_count:
+            await self.streamer.abort(node)
+            return
+        await self._end_stream_of_deleted(node)
+        data, base = node.data, node.base
+        if base is None or data is None:
+            return
+        node.remote_maybe = True  # its key may hold an object still, whatever base becomes
+        if data.fully_local(node.size):
+            node.base = None  # its blocks stay in the cache (no longer evictable)
+            data.reset_base(0)
+        elif not base.archived:  # an archived object cannot be read anyway
+            await self._keep_aside(node, base)
+
+    async def _end_stream_of_deleted(self, node: Node) -> None:
+        """A stream whose parts left the cache is completed at the file's own key (the name
+        is still the file's) to be kept aside from there; otherwise it is dropped. A stream
+        to a predicted name must never appear there: dropped, and its evicted parts read EIO
+        (see _complete_for_read) instead of zeros."""
+        stream, data = node.stream, node.data
+        if stream is None or data.fully_local(node.size):
+            await self.streamer.abort(node)
+            return
+        if stream.key == node.key(self.prefix):
+            try:
+                await self.streamer.complete_prefix(node)
+                await self.checkpoint(node, durable=True)
+                return
+            except FsError as exc:
+                log.error("%s: deleted while open; its streamed parts could not be completed "
+                          "(%s): reading them fails", node.path(), exc)
+        lost = data.streamed_len
+        await self.streamer.abort(node)
+        data.streamed_len = lost
+
+    async def _keep_aside(self, node: Node, base: RemoteObject) -> None:
+        hidden = f"{self.prefix}{KEPT_PREFIX}{uuid.uuid4().hex}"
+        await self.cache.run_io(self.journal.delete_pending, hidden)
+        try:
+            etag = await self.uploader.copy_object(base, hidden, self.uploader.metadata_of(node))
+        except FsError as exc:
+            with trio.CancelScope(shield=True):
+                await self._delete_quietly(hidden)
+            if exc.errno not in (errno.ENOENT, errno.ESTALE):
+                raise
+            log.warning("%s: deleted while open, but its object changed or vanished on S3 "
+                        "meanwhile (%s): what the cache does not hold cannot be read", node.path(),
+                        exc)
+            return
+        node.base = RemoteObject(hidden, etag, base.size)
+        self._kept_aside[node.ino] = hidden
+        log.info("%s: deleted while open; its data stays at %s until the last close",
+                 node.path(), hidden)
+
+    async def _delete_kept_aside(self, ino: int) -> None:
+        key = self._kept_aside.pop(ino, None)
+        if key is not None:
+            await self._delete_quietly(key)
+
+    async def _delete_quietly(self, key: str) -> None:
+        """Delete a kept-aside object; should S3 fail now, the next mount does it."""
+        try:
+            await self.store.delete(key)
+        except FsError as exc:
+            log.warning("cannot delete %s (data of a file deleted while open): %s; the next "
+                        "mount does", key, exc)
+            return
+        await self.cache.run_io(self.journal.delete_done, key)
+
+    async def delete_kept_aside(self) -> None:
+        """At unmount: files deleted while open lose their data now (the mount is gone)."""
+        for ino in list(self._kept_aside):
+            await self._delete_kept_aside(ino)
+
+    async def delete_kept_aside_by_crash(self) -> None:
+        """At mount: a crash left data of files deleted while open (their handles died
+        with it). Hidden keys of their own: no other file can be there."""
+        for key in await self.cache.run_io(self.journal.pending_deletes):
+            log.info("deleting %s, left by a file deleted while open before a crash", key)
+            await self._delete_quietly(key)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
@@ -915,8 +1018,8 @@ class FsCore:
             _still_at(node, old_parent, old_name)
             if new_parent.children.get(new_name) is not target:
                 raise FsError(errno.EAGAIN, "the target changed during the rename")
-            if target is not None:
-                await self.streamer.abort(target)  # replaced: its upload must not land
+            if target is not None:  # replaced: its upload must not land; handles read on
+                await self._let_go_of_key(target)
             await self._move_file(node, new_parent, new_name, target)
             if target is not None:
                 await self.checkpoint(target)

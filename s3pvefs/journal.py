@@ -13,6 +13,10 @@ file is entirely on S3, or when the file is deleted.
 Multipart uploads that were started for whole-file uploads or copies are listed in
 ``<cache>/journal/uploads/`` while they run, so that the next mount can abort the ones a crash
 orphaned, and only those: other hosts' uploads under the same prefix are left alone.
+
+Objects that keep the data of files deleted while still open are listed in
+``<cache>/journal/deletes/`` from before they are made until they are deleted (at the last
+close, or at unmount): after a crash the next mount deletes them.
 """
 
 from __future__ import annotations
@@ -34,9 +38,11 @@ class Journal:
     def __init__(self, cache_dir: Path):
         self.dir = cache_dir / "journal"
         self.uploads_dir = self.dir / "uploads"
+        self.deletes_dir = self.dir / "deletes"
 
     def open(self) -> None:
         self.uploads_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.deletes_dir.mkdir(exist_ok=True, mode=0o700)
         for leftover in self.dir.glob("*.tmp"):
             leftover.unlink()
 
@@ -107,6 +113,27 @@ class Journal:
 
     def _upload_path(self, upload_id: str) -> Path:
         return self.uploads_dir / (hashlib.sha256(upload_id.encode()).hexdigest()[:32] + ".json")
+
+    # -- objects to delete once their deleted file's last handle is gone ----------------------
+
+    def delete_pending(self, key: str) -> None:
+        """Note, durably, that ``key`` must be deleted (a crash must not leave it forever)."""
+        self._replace(self._delete_path(key), {"key": key}, True)
+
+    def delete_done(self, key: str) -> None:
+        self._delete_path(key).unlink(missing_ok=True)
+
+    def pending_deletes(self) -> list[str]:
+        keys = []
+        for path in self.deletes_dir.glob("*.json"):
+            try:
+                keys.append(json.loads(path.read_text())["key"])
+            except (OSError, ValueError, KeyError, TypeError):
+                log.error("journal record %s cannot be read; left in place", path)
+        return keys
+
+    def _delete_path(self, key: str) -> Path:
+        return self.deletes_dir / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
     # -- atomic replacement -------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterator
 import trio
 
 from .errors import FsError
-from .names import INDEX_PREFIX, META_MTIME, Attributes, SkippedKeys, decode_attributes, listing_name
+from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
+                    decode_attributes, listing_name)
 from .nodes import InodeTable, Node, RemoteObject, next_change
 from .s3options import ARCHIVE_CLASSES
 from .store import ObjectInfo, ObjectStore
@@ -169,8 +170,8 @@ class Directories:
             if name is None or obj.key.endswith("/"):
                 self.skipped.warn(obj.key, "its name cannot be shown in a directory tree")
                 continue
-            if name.startswith(INDEX_PREFIX):
-                continue  # an attribute index, not a file (see attrindex.py)
+            if name.startswith((INDEX_PREFIX, KEPT_PREFIX)):
+                continue  # an attribute index, or a deleted file's data: not a file
             seen[name] = obj
         for common_prefix in prefixes:
             name = listing_name(dir_key, common_prefix)

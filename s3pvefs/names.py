@@ -36,6 +36,9 @@ PROXMOX_DIRS = (
 
 # Per-directory attribute index objects (attrindex.py): hidden from listings, reserved names.
 INDEX_PREFIX = ".s3pvefs-attrs."
+# Objects that keep the data of files deleted while still open (core.py), at the top of the
+# prefix: hidden from listings, reserved names.
+KEPT_PREFIX = ".s3pvefs-unlinked."
 
 # x-amz-meta-* names; the same ones s3fs uses, so both tools agree on attributes.
 META_MODE = "mode"
@@ -60,8 +63,9 @@ def name_from_kernel(raw: bytes) -> str:
         raise FsError(errno.EINVAL, "name is not valid UTF-8") from None
     if name in ("", ".", "..") or "/" in name or "\0" in name:
         raise FsError(errno.EINVAL, f"invalid name {name!r}")
-    if name.startswith(INDEX_PREFIX):
-        raise FsError(errno.EPERM, f"{name!r}: names starting with {INDEX_PREFIX} are reserved")
+    for reserved in (INDEX_PREFIX, KEPT_PREFIX):
+        if name.startswith(reserved):
+            raise FsError(errno.EPERM, f"{name!r}: names starting with {reserved} are reserved")
     return name
 
 

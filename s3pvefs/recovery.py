@@ -45,6 +45,7 @@ async def recover(core) -> int:
         recovered += 1
         log.warning("recovered %s (%d bytes) from the journal; uploading it", node.path(), node.size)
     await _abort_orphaned_uploads(core, needed_uploads)
+    await core.delete_kept_aside_by_crash()
     core.cache.remove_unreferenced()
     return recovered
 

@@ -24,7 +24,7 @@ from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
 from s3pvefs.errors import FsError
 from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.names import PROXMOX_DIRS, Attributes, decode_attributes
+from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, decode_attributes
 from s3pvefs.nodes import ROOT_INODE, Node
 from s3pvefs.recovery import recover
 
@@ -1153,6 +1153,140 @@ async def test_unlink_open_file_keeps_data_until_release(make_core, store, s3_cl
     await drain(core)
     assert counts.changes == 0
     assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+
+
+async def read_through(core: FsCore, fh: int, size: int, chunk: int = MiB) -> bytes:
+    """Read a handle's file in chunks, as a reader of a file larger than the cache does."""
+    return b"".join([await core.read(fh, offset, min(chunk, size - offset))
+                     for offset in range(0, size, chunk)])
+
+
+def kept_aside(s3_client, bucket: str) -> list[str]:
+    return [key for key in s3_keys(s3_client, bucket, PREFIX) if KEPT_PREFIX in key]
+
+
+async def open_uploaded(make_core, path: str, data: bytes) -> tuple[FsCore, int]:
+    """A core whose cache holds part of an uploaded file, and a handle of it."""
+    core = await make_core(cache_size=2 * PART)
+    parent, name = path.rsplit("/", 1)
+    await write_file(core, await inode(core, parent), name, data)
+    await drain(core)
+    await core.cache.evict(core.cache.used_bytes // 2)
+    fh, _ = await core.open(await inode(core, path), os.O_RDWR)
+    assert any(core.handle(fh).node.data.needs_fetch(b) for b in range(len(data) // BLOCK))
+    return core, fh
+
+
+async def test_unlink_open_file_larger_than_the_cache_reads_on_until_release(
+        make_core, s3_client, bucket) -> None:
+    data = payload(3 * PART + BLOCK // 2, seed=42)
+    core, fh = await open_uploaded(make_core, "images/big.raw", data)
+    images = await inode(core, "images")
+    await core.unlink(images, "big.raw")
+    await fails_with(errno.ENOENT, core.lookup, images, "big.raw")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    core.dirs.invalidate(core.root)  # a fresh listing does not show the kept data
+    assert not [name for name, _ in await core.readdir(ROOT_INODE) if KEPT_PREFIX in name]
+    assert await read_through(core, fh, len(data)) == data
+    await core.write(fh, 1, b"late")
+    assert await core.read(fh, 0, 8) == data[:1] + b"late" + data[5:8]
+    await core.release(fh)
+    await drain(core)
+    assert kept_aside(s3_client, bucket) == [] and s3_uploads(s3_client, bucket) == []
+    assert core.journal.pending_deletes() == []
+
+
+async def test_a_new_file_at_the_name_of_an_open_deleted_one(make_core, s3_client,
+                                                            bucket) -> None:
+    old, new = payload(3 * PART, seed=43), payload(3 * PART + 7, seed=44)
+    core, fh = await open_uploaded(make_core, "images/disk.raw", old)
+    images = await inode(core, "images")
+    await core.unlink(images, "disk.raw")
+    await write_file(core, images, "disk.raw", new)
+    await drain(core)
+    key = f"{PREFIX}images/disk.raw"
+    assert s3_body(s3_client, bucket, key) == new
+    assert await read_through(core, fh, len(old)) == old
+    new_fh, _ = await core.open(await inode(core, "images/disk.raw"), os.O_RDONLY)
+    assert await read_through(core, new_fh, len(new)) == new
+    await core.release(new_fh)
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, key) == new
+    assert kept_aside(s3_client, bucket) == []
+
+
+async def test_rename_over_an_open_file_keeps_its_data_for_its_handles(make_core, s3_client,
+                                                                       bucket) -> None:
+    old, new = payload(3 * PART, seed=45), payload(PART + 3, seed=46)
+    core, fh = await open_uploaded(make_core, "images/disk.raw", old)
+    images = await inode(core, "images")
+    await write_file(core, images, "disk.raw.tmp", new)
+    await core.rename(images, "disk.raw.tmp", images, "disk.raw")
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/disk.raw") == new
+    assert await read_through(core, fh, len(old)) == old
+    await core.release(fh)
+    assert kept_aside(s3_client, bucket) == []
+
+
+async def test_unlink_while_streaming_parts_that_left_the_cache(make_core, s3_client,
+                                                                bucket) -> None:
+    core = await make_core(cache_size=2 * PART)
+    data = payload(4 * PART + PART // 2, seed=47)
+    fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
+    await core.unlink(node.parent.ino, "vm-100-disk-0.raw")
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/100/") == [f"{PREFIX}images/100/"]
+    assert await read_through(core, fh, len(data)) == data
+    await core.release(fh)
+    await drain(core)
+    assert kept_aside(s3_client, bucket) == [] and s3_uploads(s3_client, bucket) == []
+
+
+async def test_unlink_of_an_archive_streamed_to_its_predicted_name(make_core, s3_client,
+                                                                    bucket) -> None:
+    """It must never appear under that name: its stream is dropped, and the parts that left
+    the cache read EIO (not zeros)."""
+    core = await make_core(cache_size=2 * PART)
+    data = b"\x28\xb5\x2f\xfd" + payload(5 * PART, seed=50)  # zstd magic: .vma.zst predicted
+    dump = await inode(core, "dump")
+    name = "vzdump-qemu-100-2026_11_21-01_00_00.vma.dat"
+    fh, node = await write_file(core, dump, name, data, release=False)
+    with trio.fail_after(TIMEOUT):
+        while not node.data.unreadable(PART // BLOCK):
+            await trio.sleep(0.05)
+    await core.unlink(dump, name)
+    await fails_with(errno.EIO, core.read, fh, PART, BLOCK)
+    await core.release(fh)
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}dump/") == [f"{PREFIX}dump/"]
+    assert s3_uploads(s3_client, bucket) == [] and kept_aside(s3_client, bucket) == []
+
+
+async def test_unmount_deletes_the_data_of_files_still_open(make_core, s3_client,
+                                                            bucket) -> None:
+    # Its handle stays open.
+    core, _ = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=48))
+    await core.unlink(await inode(core, "images"), "big.raw")
+    assert len(kept_aside(s3_client, bucket)) == 1
+    await core.delete_kept_aside()
+    assert kept_aside(s3_client, bucket) == [] and core.journal.pending_deletes() == []
+
+
+async def test_a_crash_before_the_last_close_deletes_the_kept_data(make_core, s3_client,
+                                                                  bucket, tmp_path) -> None:
+    # Its handle stays open.
+    core, _ = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=49))
+    await core.unlink(await inode(core, "images"), "big.raw")
+    assert len(kept_aside(s3_client, bucket)) == 1
+    crashed = tmp_path / "crashed-cache"  # what a kill -9 now leaves on disk
+    shutil.copytree(core.cache.cache_dir, crashed)
+    (crashed / "lock").unlink()
+    restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
+    await recover(restarted)
+    assert kept_aside(s3_client, bucket) == []
+    assert restarted.journal.pending_deletes() == []
+    await fails_with(errno.ENOENT, restarted.lookup, await inode(restarted, "images"), "big.raw")
 
 
 async def test_mkdir_rmdir_markers(make_core, s3_client, bucket) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import stat
+import time
 
 import pytest
 
@@ -147,6 +148,29 @@ def test_unlinked_dat_leaves_nothing(mount_s3pvefs, s3_client, bucket):
     assert mount.unmount() == 0
     assert not any("vzdump-lxc-101" in key for key in keys(s3_client, bucket))
     assert open_uploads(s3_client, bucket) == []
+
+
+@pytest.mark.real_server  # the data is copied aside on the server: RGW too
+def test_a_file_deleted_while_open_reads_on_until_closed(mount_s3pvefs, s3_client, bucket):
+    mount = mount_s3pvefs("--cache-size", "16MiB")
+    dump = mount.path / "dump"
+    data = os.urandom(40 * MiB)  # parts of it left the cache before the unlink
+    with open(dump / "restore.vma", "w+b", buffering=0) as file:
+        file.write(data)
+        os.fsync(file.fileno())
+        os.unlink(dump / "restore.vma")
+        assert os.listdir(dump) == [] and os.fstat(file.fileno()).st_nlink == 0
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # read from the mount
+        read_back = b"".join(os.pread(file.fileno(), MiB, offset)
+                             for offset in range(0, len(data), MiB))
+        assert hashlib.sha256(read_back).digest() == hashlib.sha256(data).digest()
+    markers = {f"pve/{path}/" for path in PROXMOX_DIRS + ["template"]}
+    deadline = time.monotonic() + 10  # the kernel sends RELEASE after close() returned
+    while keys(s3_client, bucket) != markers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert keys(s3_client, bucket) == markers
+    assert open_uploads(s3_client, bucket) == []
+    assert mount.unmount() == 0
 
 
 def test_foreign_objects_appear(mount_s3pvefs, s3_client, bucket):

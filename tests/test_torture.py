@@ -500,8 +500,6 @@ def machine_class(mount_s3pvefs, s3_client, bucket):
     return Machine
 
 
-@known_defect("a file unlinked while open reads ENOENT once its blocks left the cache "
-              "(the object is deleted at unlink)")
 def test_model_based(mount_s3pvefs, s3_client, bucket):
     run_state_machine_as_test(machine_class(mount_s3pvefs, s3_client, bucket),
                               settings=torture_settings())
@@ -524,7 +522,7 @@ REGRESSIONS = {
         ("pwrite", {"at": ("end", -1048576), "index": 4, "seed": 16314, "size": 8388608}),
     ],
     # A file read through a descriptor opened before its unlink, after a remount (nothing
-    # cached): the mount deleted the object and the read fails with ENOENT (da1274f; found by
+    # cached): the mount deleted the object and the read failed with ENOENT (da1274f; found by
     # the derandomized CI run of test_model_based).
     "read-after-unlink-of-an-open-file": [
         ("first_file", {"name": "dump/data.bin", "seed": 1, "total": 21 * MiB + 1}),
@@ -553,8 +551,6 @@ REGRESSIONS = {
 OPEN_DEFECTS = {
     "rewrite-behind-stream-hangs": "a large pwrite across a part boundary behind a stream, "
                                    "on a cache twice the part size, never returns",
-    "read-after-unlink-of-an-open-file": "a file unlinked while open reads ENOENT once its "
-                                         "blocks left the cache",
 }
 
 
