@@ -101,6 +101,11 @@ class ObjectStore(Protocol):
 
     stats: StoreStats
 
+    @property
+    def etags_are_md5(self) -> bool:
+        """Whether an object's ETag can be known before it is written (see ``body_etag``)."""
+        ...
+
     async def head_bucket(self) -> None: ...
     async def create_bucket(self) -> None: ...
     async def head(self, key: str) -> ObjectInfo: ...
@@ -163,6 +168,11 @@ def _contradicts(etag: str, expected: str) -> bool:
     digest, dash, count = etag.partition("-")
     same_form = _is_md5(digest) and (count.isdigit() if dash else "-" not in expected)
     return same_form and etag != expected
+
+
+async def body_etag(data: bytes) -> str:
+    """The ETag S3 gives a PUT of ``data`` where ETags are MD5s (``etags_are_md5``)."""
+    return (await _md5(data)).hex()
 
 
 async def _md5(data: bytes) -> bytes:
@@ -511,6 +521,10 @@ class S3Store:
                 configuration["TransitionDefaultMinimumObjectSize"]
             )
         await self._call("PutBucketLifecycleConfiguration", None, **params)
+
+    @property
+    def etags_are_md5(self) -> bool:
+        return self.options.etags_are_md5
 
     # -- objects --
 

@@ -35,7 +35,6 @@ from workload import (
     Run,
     check_bucket,
     env_int,
-    known_defect,
     names_in,
     report,
     seeds,
@@ -195,8 +194,6 @@ def do_actions(mount, actions: list[str], oplog) -> list[str]:
     return problems
 
 
-@known_defect("a kill during recovery leaves a journal whose base ETag S3 no longer has "
-              "(GETs answer 412)")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_kill_during_workload(seed, mount_s3pvefs, s3_client, bucket, tmp_path):
     cache = tmp_path / "cache"
