@@ -7,6 +7,7 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -289,14 +290,17 @@ class Uploader:
         node.base, node.landing = RemoteObject(key, etag, size), None
         node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
         node.touch()  # a listing that started before this upload must not drop the file
-        if data is not None:
-            data.reset_base(min(size, data.low_water))
-            data.mark_clean(snapshot)
-        log.info("uploaded %s (%d bytes)", key, size)
-        if self.attr_index is not None:
-            await self.attr_index.publish_uploaded(node, key, etag)
-        await self.delete_stale_key(node)
-        await self.checkpoint(node)  # clean now: the journal record goes
+        # The journal lists the blocks cleaned here as dirty until the checkpoint below: a
+        # restart before it uploads them from the cache file again, so none may be evicted.
+        with contextlib.nullcontext() if data is None else data.blocks_kept(snapshot):
+            if data is not None:
+                data.reset_base(min(size, data.low_water))
+                data.mark_clean(snapshot)
+            log.info("uploaded %s (%d bytes)", key, size)
+            if self.attr_index is not None:
+                await self.attr_index.publish_uploaded(node, key, etag)
+            await self.delete_stale_key(node)
+            await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
