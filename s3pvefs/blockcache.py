@@ -350,10 +350,14 @@ class CachedFile:
                 del self.dirty[block]
         self.cache.space_freed()
 
-    @contextmanager
     def in_use(self, offset: int, length: int):
         """Keep eviction away from these bytes while a read or write works on them."""
-        blocks = self.blocks(offset, length)
+        return self.blocks_kept(self.blocks(offset, length))
+
+    @contextmanager
+    def blocks_kept(self, blocks):
+        """Keep eviction away from these blocks meanwhile."""
+        blocks = list(blocks)
         self.busy.update(blocks)
         try:
             yield

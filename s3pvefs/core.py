@@ -162,8 +162,8 @@ class FsCore:
             "state": "open" if node.write_handles else "closed",
             "size": node.size,
             "mode": node.mode, "uid": node.uid, "gid": node.gid, "mtime_ns": node.mtime_ns,
-            "base": None if base is None else {"key": base.key, "etag": base.etag,
-                                               "size": base.size},
+            "base": _object_record(base),
+            "landing": _object_record(node.landing),
             "base_valid_len": data.base_valid_len,
             # Clean blocks may be evicted at any time after this record: only blocks S3 does
             # not have count as cached; the rest is fetched again from the base, or (parts of
@@ -1054,6 +1054,8 @@ class FsCore:
         A file whose every byte is in the cache and that must be uploaded anyway needs no copy:
         its upload goes to the new key. Otherwise the server copies the object.
         """
+        if node.landing is not None:  # an upload cancelled by this rename may have landed
+            await self.uploader.settle_landing(node)
         if node.base is None:
             return False
         data = node.data
@@ -1169,3 +1171,8 @@ def _ancestors(node: Node):
     while node is not None:
         yield node
         node = node.parent
+
+
+def _object_record(remote: RemoteObject | None) -> dict | None:
+    return None if remote is None else {"key": remote.key, "etag": remote.etag,
+                                        "size": remote.size}

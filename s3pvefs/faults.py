@@ -79,6 +79,10 @@ class FaultInjectingStore(ObjectStore):
     def stats(self) -> StoreStats:
         return self.inner.stats
 
+    @property
+    def etags_are_md5(self) -> bool:
+        return self.inner.etags_are_md5
+
     # -- rules --
 
     def fail(self, operation: str, error: BaseException, times: int | None = None,

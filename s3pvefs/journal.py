@@ -4,6 +4,9 @@ One JSON record per file whose data is not (all) on S3 yet, in ``<cache>/journal
 next to its cache file ``<cache>/data/<id>``. A record says where the file belongs (its key and
 attributes), which blocks of the cache file hold data S3 does not have, which remote object the
 clean blocks come from, and the parts of its streaming multipart upload already on S3.
+Before a request replaces the object at the file's key, the record announces the object it will
+make (``landing``: key, the ETag S3 will give it, size): a crash before the answer is journaled
+leaves a base S3 no longer has, and the next mount takes that object, and only that one, for it.
 
 Records are replaced atomically (write a temporary file, rename it over the old one). At the
 durability points (close, fsync, a streamed part about to leave the cache, rename) the cache

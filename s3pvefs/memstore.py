@@ -106,6 +106,10 @@ class MemoryStore:
         self._upload_ids: Iterator[int] = itertools.count(1)
         self._closed = False
 
+    @property
+    def etags_are_md5(self) -> bool:
+        return True  # no SSE-KMS / SSE-C here: a PUT's ETag is its body's MD5
+
     # -- plumbing --
 
     async def _begin(self, operation: str, bucket_needed: bool = True) -> None:

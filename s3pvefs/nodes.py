@@ -48,7 +48,7 @@ class Node:
         "data_gen", "meta_gen", "uploaded_data_gen", "uploaded_meta_gen", "remote_maybe",
         "stale_key", "stream", "waiting_for_rename", "symlink_target", "_sync_lock", "holds",
         "_journal_lock", "journal_id", "sync_scope", "last_error", "data_version",
-        "kernel_version",
+        "kernel_version", "landing",
     )
 
     def __init__(self, ino: int, parent: Node | None, name: str, attrs: Attributes):
@@ -76,6 +76,9 @@ class Node:
         self.removed: dict[str, int] = {}  # names removed locally -> change number
         # -- files and symlinks --
         self.base: RemoteObject | None = None
+        # The object an upload announced (by the ETag S3 will give it) before the request that
+        # replaces the one at ``base``: journaled, so that a restart can tell whether it landed.
+        self.landing: RemoteObject | None = None
         self.data: CachedFile | None = None
         self.open_count = 0
         self.write_handles = 0

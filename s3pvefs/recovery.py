@@ -3,8 +3,9 @@
 Runs before the mount serves requests. Every journal record becomes a local file node again,
 at the key it had, holding its cache file; its upload resumes (a journaled streaming upload
 keeps its parts on S3 and uploads only the rest). A file that was still being written is kept
-as far as its cache file goes. Multipart uploads that this cache directory started and that no
-record needs are aborted.
+as far as its cache file goes. A record that announced an upload (``landing``) is checked
+against S3 first: the object that upload made, if it is there, is the file's base from then on.
+Multipart uploads that this cache directory started and that no record needs are aborted.
 """
 
 from __future__ import annotations
@@ -83,8 +84,8 @@ async def _recover_file(core, record: dict) -> Node:
     node = core.inodes.new(parent, name, attrs)
     node.meta_loaded = node.remote_maybe = True
     node.size = record["size"]
-    base = record["base"]
-    node.base = RemoteObject(base["key"], base["etag"], base["size"]) if base else None
+    node.base = _remote_object(record["base"])
+    node.landing = _remote_object(record.get("landing"))
     node.data = data
     data.reset_base(record["base_valid_len"])
     node.data_gen = 1 if record["data_dirty"] or record["state"] == "open" else 0
@@ -97,8 +98,24 @@ async def _recover_file(core, record: dict) -> Node:
     node.journal_id = record["id"]
     parent.children[name] = node
     node.touch()
+    if node.landing is not None:
+        await _settle_landing(core, node)
     core.schedule_upload(node)
     return node
+
+
+def _remote_object(record: dict | None) -> RemoteObject | None:
+    return RemoteObject(record["key"], record["etag"], record["size"]) if record else None
+
+
+async def _settle_landing(core, node: Node) -> None:
+    """An upload was announced before the crash: before the file serves reads, find out
+    whether its object replaced the base (which S3 then no longer has)."""
+    try:
+        await core.uploader.settle_landing(node)
+    except FsError as exc:  # S3 away: the upload settles it before it starts
+        log.warning("cannot tell whether the upload of %s announced before the crash "
+                    "landed (%s); its upload finds out", node.path(), exc)
 
 
 async def _keep_what_was_written(core, node: Node) -> None:

@@ -68,6 +68,11 @@ def _contradicts(etag: str, expected: str) -> bool:
     return same_form and etag != expected
 
 
+async def body_etag(data: bytes) -> str:
+    """The ETag S3 gives a PUT of ``data`` where ETags are MD5s (``etags_are_md5``)."""
+    return (await _md5(data)).hex()
+
+
 async def _md5(data: bytes) -> bytes:
     """MD5 of a body, in a worker thread for large ones (hashlib releases the GIL)."""
     if len(data) < 1024 * 1024:
@@ -424,6 +429,10 @@ class S3Store:
                 configuration["TransitionDefaultMinimumObjectSize"]
             )
         await self._call("PutBucketLifecycleConfiguration", None, **params)
+
+    @property
+    def etags_are_md5(self) -> bool:
+        return self.options.etags_are_md5
 
     # -- objects --
 

@@ -7,6 +7,7 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import math
@@ -21,7 +22,7 @@ from .nodes import Node, RemoteObject
 from .reader import BlockReader
 from .attrindex import PENDING
 from .streaming import Streamer
-from .store import ObjectStore, multipart_etag
+from .store import ObjectStore, body_etag, multipart_etag
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,8 @@ class Uploader:
             await self.checkpoint(node, durable=True)  # a restart reads them from there too
 
     async def _upload(self, node: Node) -> None:
+        if node.landing is not None:  # the last attempt's answer was lost: did it land?
+            await self.settle_landing(node)
         key = node.key(self.prefix)
         check_key_length(key)
         size, data_gen, meta_gen = node.size, node.data_gen, node.meta_gen
@@ -279,29 +282,67 @@ class Uploader:
                 else:  # its metadata is as old as the stream: newer attributes follow by copy
                     meta_gen = streamed_meta_gen
             elif self._attributes_only(node, key, snapshot):
-                etag = await self.copy_object(node.base, key, metadata)
+                etag = await self.copy_object(node.base, key, metadata, landing_of=node)
             else:
                 etag = await self._upload_whole(node, key, size, metadata)
         finally:
             self._in_flight.pop(node.ino, None)
-        node.base = RemoteObject(key, etag, size)
+        node.base, node.landing = RemoteObject(key, etag, size), None
         node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
         node.touch()  # a listing that started before this upload must not drop the file
-        if data is not None:
-            data.reset_base(min(size, data.low_water))
-            data.mark_clean(snapshot)
-        log.info("uploaded %s (%d bytes)", key, size)
-        if self.attr_index is not None:
-            await self.attr_index.publish_uploaded(node, key, etag)
-        await self.delete_stale_key(node)
-        await self.checkpoint(node)  # clean now: the journal record goes
+        # The journal lists the blocks cleaned here as dirty until the checkpoint below: a
+        # restart before it uploads them from the cache file again, so none may be evicted.
+        with contextlib.nullcontext() if data is None else data.blocks_kept(snapshot):
+            if data is not None:
+                data.reset_base(min(size, data.low_water))
+                data.mark_clean(snapshot)
+            log.info("uploaded %s (%d bytes)", key, size)
+            if self.attr_index is not None:
+                await self.attr_index.publish_uploaded(node, key, etag)
+            await self.delete_stale_key(node)
+            await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
             return await self.store.put(key, node.symlink_target.encode(), metadata)
         if size < self.threshold:
-            return await self.store.put(key, await self._compose(node, 0, size), metadata)
+            return await self._put(key, await self._compose(node, 0, size), metadata, node)
         return await self._multipart(node, key, size, metadata)
+
+    async def _put(self, key: str, body: bytes, metadata: dict,
+                   landing_of: Node | None) -> str:
+        if landing_of is not None and self.store.etags_are_md5:
+            await self.announce_landing(landing_of, key, await body_etag(body), len(body))
+        return await self.store.put(key, body, metadata)
+
+    async def announce_landing(self, node: Node, key: str, etag: str, size: int) -> None:
+        """Journal, durably, the object the next request makes at the file's key, before it
+        is sent: a crash before its answer is journaled leaves a record whose base S3 no
+        longer has, and the restart needs this to know the object that replaced it is ours."""
+        node.landing = RemoteObject(key, etag, size)
+        await self.checkpoint(node, durable=True)
+
+    async def settle_landing(self, node: Node) -> None:
+        """An announced upload may have landed without its answer reaching the journal. If
+        S3 holds exactly the object announced (ETag and size), it replaces the base: the file's
+        clean blocks hold there what they held in the old base (only dirty blocks differ, and
+        they are uploaded again). Anything else at the key is not taken for ours: the base
+        stays, and reads of it answer ESTALE if it changed."""
+        landing = node.landing
+        try:
+            found = await self.store.head(landing.key)
+        except StoreError as exc:
+            if not exc.not_found:
+                raise  # S3 away: the landing stays for the next attempt
+            found = None
+        if (found is not None and found.size == landing.size
+                and found.etag.lower() == landing.etag.lower()):
+            log.warning("%s: its upload to %s landed before a crash or a lost answer; the "
+                        "file's clean data is read from that object", node.path(), landing.key)
+            node.base = landing
+            if node.data is not None:
+                node.data.reset_base(min(node.data.base_valid_len, landing.size))
+        node.landing = None
 
     async def _finish_stream(self, node: Node, key: str, size: int, metadata: dict) -> str | None:
         """Complete a file's streaming upload at ``key``; None when it had to be dropped.
@@ -350,7 +391,7 @@ class Uploader:
         data.reset_base(size)
         node.stale_key = streamed_at
         await self.checkpoint(node, durable=True)
-        return await self.copy_object(node.base, key, metadata)
+        return await self.copy_object(node.base, key, metadata, landing_of=node)
 
     async def _completed_before_crash(self, node: Node, stream, size: int) -> str | None:
         """A journaled upload that fails to finish may have been completed just before the
@@ -470,7 +511,7 @@ class Uploader:
                 await self._check_copy_source(base)
 
         return await self._run_multipart(key, size, part_size, metadata, send_part,
-                                         check_source)
+                                         check_source, landing_of=node)
 
     async def _check_copy_source(self, source: RemoteObject) -> None:
         """Parts were copied from ``source`` on the server. They asked for its ETag, but
@@ -505,17 +546,20 @@ class Uploader:
             self.part_copy_unsupported = True
             return None
 
-    async def _multipart_upload(self, key, size, part_size, metadata, part_body) -> str:
+    async def _multipart_upload(self, key, size, part_size, metadata, part_body,
+                                landing_of: Node | None = None) -> str:
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             body = await part_body(offset, length)
             return await self.store.upload_part(key, upload_id, number, body)
 
-        return await self._run_multipart(key, size, part_size, metadata, send_part)
+        return await self._run_multipart(key, size, part_size, metadata, send_part,
+                                         landing_of=landing_of)
 
     async def _run_multipart(self, key, size, part_size, metadata, send_part,
-                             before_complete=None) -> str:
+                             before_complete=None, landing_of: Node | None = None) -> str:
         """One multipart upload, parts in parallel under ``part_slots``; aborted on failure
-        (also when ``before_complete`` raises: the parts are not what they must be)."""
+        (also when ``before_complete`` raises: the parts are not what they must be). With
+        ``landing_of``, the object is announced in that file's journal record first."""
         if size > MAX_OBJECT_SIZE:
             raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
         upload_id = await self.start_multipart(key, metadata)
@@ -535,8 +579,11 @@ class Uploader:
                         nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
             if before_complete is not None:
                 await before_complete()
-            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()),
-                                                       size)
+            parts = sorted(etags.items())
+            expected = multipart_etag([etag for _, etag in parts])
+            if landing_of is not None and expected is not None and self.store.etags_are_md5:
+                await self.announce_landing(landing_of, key, expected, size)
+            etag = await self.store.complete_multipart(key, upload_id, parts, size)
             await self.upload_ended(upload_id)
             return etag
         except BaseException:
@@ -586,25 +633,29 @@ class Uploader:
 
     # -- server-side copies -----------------------------------------------------------------
 
-    async def copy_object(self, source: RemoteObject, dest_key: str, metadata: dict | None) -> str:
-        """Copy an object on the server; re-upload it when the server cannot copy."""
+    async def copy_object(self, source: RemoteObject, dest_key: str, metadata: dict | None,
+                          landing_of: Node | None = None) -> str:
+        """Copy an object on the server; re-upload it when the server cannot copy. With
+        ``landing_of`` (a file whose object this copy replaces), the new object is announced
+        in its journal record where its ETag can be known beforehand; a CopyObject of a
+        multipart object gets an ETag nobody can predict (see docs/design.md)."""
         check_key_length(dest_key)
         try:
             if source.size <= MAX_COPY_SIZE:
                 return await self.store.copy(source.key, dest_key, metadata, if_match=source.etag)
-            return await self._multipart_copy(source, dest_key, metadata)
+            return await self._multipart_copy(source, dest_key, metadata, landing_of)
         except StoreError as exc:
             if not exc.not_implemented:
                 raise
             log.info("server cannot copy %s (%s); re-uploading it", source.key, exc.code)
-        return await self._copy_by_reupload(source, dest_key, metadata)
+        return await self._copy_by_reupload(source, dest_key, metadata, landing_of)
 
     async def _metadata_of(self, source: RemoteObject, metadata: dict | None) -> dict:
         if metadata is not None:
             return metadata
         return (await self.store.head(source.key)).metadata or {}
 
-    async def _multipart_copy(self, source, dest_key, metadata) -> str:
+    async def _multipart_copy(self, source, dest_key, metadata, landing_of) -> str:
         metadata = await self._metadata_of(source, metadata)
         part_size = choose_part_size(source.size, max(self.min_part, 512 * MiB))
 
@@ -614,19 +665,21 @@ class Uploader:
                 if_match=source.etag)
 
         return await self._run_multipart(dest_key, source.size, part_size, metadata, copy_part,
-                                         lambda: self._check_copy_source(source))
+                                         lambda: self._check_copy_source(source), landing_of)
 
-    async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata) -> str:
+    async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata,
+                                landing_of: Node | None) -> str:
         metadata = await self._metadata_of(source, metadata)
         if source.size < self.threshold:
             body = await self.reader.read_range(source, 0, source.size) if source.size else b""
-            return await self.store.put(dest_key, body, metadata)
+            return await self._put(dest_key, body, metadata, landing_of)
 
         async def part_body(offset: int, length: int) -> bytes:
             return await self.reader.read_range(source, offset, length)
 
         part_size = choose_part_size(source.size, self.min_part)
-        return await self._multipart_upload(dest_key, source.size, part_size, metadata, part_body)
+        return await self._multipart_upload(dest_key, source.size, part_size, metadata, part_body,
+                                            landing_of)
 
 
 def _segments(data, offset: int, length: int):

@@ -1821,3 +1821,93 @@ async def test_a_crash_right_after_creating_a_multipart_upload_leaves_none(
     assert s3_uploads(s3_client, bucket) == [f"{PREFIX}dump/other.raw"]
     assert restarted.journal.uploads() == [] and intent
     await store.abort_multipart(f"{PREFIX}dump/other.raw", other)
+
+
+class CrashWhenObjectReplaced(FaultInjectingStore):
+    """Copies the cache directory (what a kill -9 leaves) the first time S3 has replaced the
+    object at ``key`` with a PUT or a CompleteMultipartUpload, before the answer gets back."""
+
+    def __init__(self, inner, key: str, crashed_cache) -> None:
+        super().__init__(inner)
+        self.key, self.crashed_cache = key, crashed_cache
+        self.armed = False
+        self.cache_dir = None  # set once the core exists
+
+    async def put(self, key, data, metadata):
+        etag = await super().put(key, data, metadata)
+        self._crash_if_armed(key)
+        return etag
+
+    async def complete_multipart(self, key, upload_id, parts, size):
+        etag = await super().complete_multipart(key, upload_id, parts, size)
+        self._crash_if_armed(key)
+        return etag
+
+    def _crash_if_armed(self, key: str) -> None:
+        if self.armed and key == self.key:
+            self.armed = False
+            shutil.copytree(self.cache_dir, self.crashed_cache)
+            (self.crashed_cache / "lock").unlink()
+
+
+async def rewritten_with_crash_after_the_upload(make_core, store, tmp_path, size: int,
+                                                data: bytes, patch: bytes):
+    """A file uploaded, then patched at BLOCK + 5 and uploaded again; the kill comes right
+    after S3 replaced its object. Returns the crashed cache directory."""
+    crashed = tmp_path / "crashed-cache"
+    crashing = CrashWhenObjectReplaced(store, f"{PREFIX}dump/big.raw", crashed)
+    core = await make_core(crashing)
+    crashing.cache_dir = core.cache.cache_dir
+    _, node = await write_file(core, await inode(core, "dump"), "big.raw", data)
+    await drain(core)
+    crashing.armed = True
+    fh, _ = await core.open(node.ino, os.O_RDWR)
+    await core.write(fh, BLOCK + 5, patch)
+    await core.release(fh)
+    await drain(core)
+    assert crashed.exists()
+    return crashed
+
+
+@pytest.mark.parametrize("size", [3 * BLOCK + 100, 2 * PART + 3 * BLOCK],
+                         ids=["put", "multipart"])
+async def test_a_crash_right_after_an_upload_landed_keeps_the_file_readable(
+        make_core, store, s3_client, bucket, tmp_path, size) -> None:
+    """kill -9 after S3 replaced a rewritten file's object, before the journal heard of it:
+    the record's base is gone from S3, and the restart read the clean blocks from it with
+    If-Match, which answered 412 (ESTALE) forever (found by the crash-point tier). The upload
+    is announced in the journal first, and the restart finds that object by its ETag."""
+    data, patch = payload(size, seed=41), b"patched" * 20
+    crashed = await rewritten_with_crash_after_the_upload(make_core, store, tmp_path, size,
+                                                          data, patch)
+    patched = data[:BLOCK + 5] + patch + data[BLOCK + 5 + len(patch):]
+    restarted = await make_core(cache_dir=crashed)
+    assert await recover(restarted) == 1
+    ino = await inode(restarted, "dump/big.raw")
+    assert await read_file(restarted, ino) == patched  # the clean blocks come from S3
+    fh, _ = await restarted.open(ino, os.O_RDWR)
+    await restarted.write(fh, size - 10, b"after")
+    await restarted.release(fh)
+    await drain(restarted)
+    expected = patched[:-10] + b"after" + patched[-5:]
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == expected
+    assert restarted.journal.records() == ([], [])
+
+
+async def test_a_restart_never_takes_a_foreign_object_for_its_own_upload(
+        make_core, store, s3_client, bucket, tmp_path) -> None:
+    """The same crash, then another client writes the key (same size): that object is not
+    the one the journal announced, so the restart does not read the file's clean data from
+    it (ESTALE, as for any object changed behind the mount) and does not overwrite it."""
+    size = 3 * BLOCK + 100
+    data, patch = payload(size, seed=42), b"patched" * 20
+    crashed = await rewritten_with_crash_after_the_upload(make_core, store, tmp_path, size,
+                                                          data, patch)
+    foreign = payload(size, seed=43)
+    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/big.raw", Body=foreign)
+    restarted = await make_core(cache_dir=crashed, start_uploader=False)
+    assert await recover(restarted) == 1
+    ino = await inode(restarted, "dump/big.raw")
+    await fails_with(errno.ESTALE, read_file, restarted, ino, 2 * BLOCK, BLOCK)
+    assert s3_body(s3_client, bucket, f"{PREFIX}dump/big.raw") == foreign
+    assert [r["key"] for r in restarted.journal.records()[0]] == [f"{PREFIX}dump/big.raw"]

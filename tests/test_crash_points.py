@@ -35,7 +35,6 @@ from workload import (
     Run,
     check_bucket,
     env_int,
-    known_defect,
     names_in,
     report,
     seeds,
@@ -196,10 +195,8 @@ def do_actions(mount, actions: list[str], oplog) -> list[str]:
     return problems
 
 
-@known_defect("a kill during recovery leaves a journal whose base ETag S3 no longer has "
-              "(GETs answer 412)")
 @pytest.mark.parametrize("seed", SEEDS)
-def test_kill_during_workload(seed, mount_s3pvefs, s3_client, bucket, tmp_path):
+def test_kill_during_workload(seed, mount_s3pvefs, s3_server, s3_client, bucket, tmp_path):
     cache = tmp_path / "cache"
     plan = KillPlan(seed)
     mount = mount_s3pvefs(*MOUNT_ARGS, cache_dir=cache)
@@ -249,8 +246,17 @@ def test_kill_during_workload(seed, mount_s3pvefs, s3_client, bucket, tmp_path):
         if (old in stored) == (new in stored):
             problems.append(f"rename {old} -> {new} was in flight: exactly one of them must "
                             f"exist, {'both' if old in stored else 'neither'} do")
+    if s3_server.kind == "moto":
+        problems = [p for p in problems if not _orphan_moto_cannot_date(p)]
     if problems:
         text = report(f"crash seed {seed} (kill {plan})", seed, problems, run.oplog, mounts,
                       names_in(problems))
         (tmp_path / "report.txt").write_text(text)
         pytest.fail(text, pytrace=False)
+
+
+def _orphan_moto_cannot_date(problem: str) -> bool:
+    """An upload a kill left in CreateMultipartUpload is found by the time S3 says it was
+    initiated (after the intent journaled before it); moto says 2010-11-10 for every upload,
+    so on moto such uploads stay open. The [rgw] run checks that they are aborted."""
+    return "multipart upload left open" in problem
