@@ -214,15 +214,17 @@ class BlockCache:
 
         ``allowance()`` is how many bytes of dirty blocks the file may hold past the limit
         (one part for a file being written, so that its next part can always fill up and
-        upload); asked again at every check, as uploads change it. ``can_wait`` is False for
-        a file no upload will ever empty (deleted while open): ENOSPC instead.
+        upload); asked again at every check, as uploads change it. It is used only once no
+        clean block can be evicted: used first, it let clean parts stay while the writer
+        went past the limit by its allowance again and again. ``can_wait`` is False for a
+        file no upload will ever empty (deleted while open): ENOSPC instead.
         """
         need = new_blocks * self.block_size
         while self.used_bytes + need > self.size_limit:
-            if data.dirty_bytes + need <= allowance():
-                return
             if await self.evict(self.used_bytes + need - self.size_limit):
                 continue
+            if data.dirty_bytes + need <= allowance():
+                return
             if not can_wait:
                 raise OSError(errno.ENOSPC, "cache full of data that is not on S3")
             if self.on_pressure is not None:

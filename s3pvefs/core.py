@@ -764,24 +764,37 @@ class FsCore:
 
     async def _write(self, node: Node, offset: int, buf: bytes) -> int:
         data = self._data(node)
-        if self.streamer.rewrites_evicted_part(node, offset, len(buf)):
-            await self.uploader.complete_stream_early(node)
-        self.streamer.before_write(node, offset, len(buf))
         new_blocks = sum(1 for b in data.blocks(offset, len(buf)) if b not in data.cached)
         if new_blocks:  # backpressure: wait for room rather than fail
             await self.cache.reserve(data, new_blocks, lambda: self.streamer.allowance(node),
                                      can_wait=not node.unlinked)
-        with data.in_use(offset, len(buf)):
+        # Only now does the write mark the stream's parts it rewrites: marked while it
+        # waited, they could be uploaded again, cleaned and evicted under it.
+        await self._readable_parts_under(node, offset, len(buf))
+        with data.in_use(*self.streamer.rewrite_span(node, offset, len(buf))):
+            self.streamer.before_write(node, offset, len(buf))
             edges = self._partly_written_blocks(data, offset, len(buf))
             if edges:
                 await self._fetch(node, data, edges)
             async with data.write_lock:
                 await data.write(offset, buf)
                 node.size = max(node.size, offset + len(buf))
+            # Again: an upload of such a part may have read it meanwhile, and cleaned
+            # the blocks this write left alone.
+            if not await self._readable_parts_under(node, offset, len(buf)):
+                self.streamer.mark_rewritten(node, offset, len(buf))
         node.mtime_ns = node.ctime_ns = now_ns()
         node.touch()
         self.streamer.after_write(node)
         return len(buf)
+
+    async def _readable_parts_under(self, node: Node, offset: int, length: int) -> bool:
+        """Make the stream's parts a write there rewrites readable: when one left the cache,
+        complete the stream with the parts so far (True then: no stream any more)."""
+        if not self.streamer.rewrites_evicted_part(node, offset, length):
+            return False
+        await self.uploader.complete_stream_early(node)
+        return True
 
     @staticmethod
     def _partly_written_blocks(data: CachedFile, offset: int, length: int) -> list[int]:

@@ -56,6 +56,7 @@ class Stream:
         self.part_snapshots: dict[int, dict[int, int]] = {}  # number -> dirty blocks' generations
         # when the part was read (for `s3pvefs status`: a block written since is not on S3)
         self.launched: dict[int, tuple[int, int]] = {}  # number -> (offset, length)
+        self.reuploading: set[int] = set()  # uploaded parts being uploaded again (rewritten)
         self.next_offset = 0
         self.next_number = 1
         self.wakeup = trio.Event()
@@ -235,11 +236,36 @@ class Streamer:
             offset = stream.next_offset
             length = self._part_size(offset, data)
             if not self._filled(stream.node, offset, length):
-                return
+                break
             await self.uploader.part_slots.acquire()
             self._launch(stream, stream.next_number, offset, length)
             stream.next_number += 1
             stream.next_offset = offset + length
+        if trio.current_time() < self.pressure_until:
+            await self._relaunch_rewritten_parts(stream)
+
+    async def _relaunch_rewritten_parts(self, stream: Stream) -> None:
+        """Upload again the parts written to after their upload. Their blocks stay dirty
+        (and count against the file's allowance) until then: left for ``finish``, they kept
+        a writer waiting for room forever while it still had the file open."""
+        for number in self._rewritten_parts(stream):
+            await self.uploader.part_slots.acquire()
+            if stream.closing or number not in self._rewritten_parts(stream):
+                self.uploader.part_slots.release()  # changed while waiting for the slot
+                continue
+            stream.reuploading.add(number)
+            self._launch(stream, number, *stream.launched[number])
+
+    def _rewritten_parts(self, stream: Stream) -> list[int]:
+        """Uploaded parts with dirty blocks, all of them cached, not being uploaded now."""
+        data = stream.node.data
+        numbers = []
+        for number in sorted(stream.parts):
+            blocks = data.blocks(*stream.launched[number])
+            if (number not in stream.reuploading and any(b in data.dirty for b in blocks)
+                    and all(b in data.cached for b in blocks)):
+                numbers.append(number)
+        return numbers
 
     def _launch(self, stream: Stream, number: int, offset: int, length: int) -> None:
         stream.launched[number] = (offset, length)
@@ -249,9 +275,11 @@ class Streamer:
     async def _upload_part(self, stream: Stream, number: int, offset: int, length: int) -> None:
         data = stream.node.data
         try:
-            with stream.cancellable():
+            # Busy until the journal lists the part with this upload's ETag: an upload
+            # again cleans blocks below streamed_len, which must not be evicted before that.
+            with stream.cancellable(), data.in_use(offset, length):
                 snapshot = data.dirty_snapshot(offset, length)
-                body = await _read_guarded(data, offset, length)
+                body = await data.read(offset, length)
                 etag = await self._retrying(
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
                     stream, f"part {number}")
@@ -263,11 +291,12 @@ class Streamer:
                 data.mark_clean(snapshot)
                 await self.uploader.checkpoint(stream.node, durable=True)
                 data.streamed_len = stream.contiguous_end
-                data.cache.space_freed()  # evictable now: a writer may go on
+            data.cache.space_freed()  # evictable now: a writer may go on
         except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
         finally:
+            stream.reuploading.discard(number)
             self.uploader.part_slots.release()
             self._task_done(stream)
 
@@ -469,8 +498,21 @@ class Streamer:
             raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed "
                                      f"({stream.failure}) after parts left the cache")
         # (A part that left the cache was dealt with first: see rewrites_evicted_part.)
+        self.mark_rewritten(node, offset, length)
+
+    def mark_rewritten(self, node: Node, offset: int, length: int) -> None:
+        """Mark whole every launched part a write there rewrites: it stays in the cache,
+        dirty, until it is uploaded again."""
         for part_offset, part_length in _launched_parts_under(node, offset, length):
-            data.mark_written(part_offset, part_length)
+            node.data.mark_written(part_offset, part_length)
+
+    def rewrite_span(self, node: Node, offset: int, length: int) -> tuple[int, int]:
+        """(offset, length) covering a write and the launched parts it rewrites: kept busy
+        until the write is done, so that none of their blocks leaves the cache meanwhile."""
+        spans = [(offset, length), *_launched_parts_under(node, offset, length)]
+        start = min(span_offset for span_offset, _ in spans)
+        end = max(span_offset + span_length for span_offset, span_length in spans)
+        return start, end - start
 
 
 def _launched_parts_under(node: Node, offset: int, length: int) -> list[tuple[int, int]]:

@@ -141,10 +141,11 @@ class Uploader:
     def relieve_pressure(self) -> None:
         """The cache is full of dirty data: upload files now, even those still open.
 
-        Streaming files are left alone: their parts are already on the way. So is a file
-        being written that has not filled its first part yet: it streams once it has (an
-        upload of what it holds so far would be replaced at once, and would keep it from
-        ever streaming), and until then it holds no more than its allowance.
+        Streaming files are left alone: their pumps upload full parts, and rewritten ones
+        again (Streamer.under_pressure). So is a file being written that has not filled its
+        first part yet: it streams once it has (an upload of what it holds so far would be
+        replaced at once, and would keep it from ever streaming), and until then it holds no
+        more than its allowance.
         """
         self.streamer.under_pressure()
         for node in self.dirty_nodes():

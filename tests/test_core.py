@@ -1761,6 +1761,32 @@ async def test_a_write_filling_a_part_of_a_full_cache_does_not_wait_for_itself(
         assert s3_body(s3_client, bucket, f"{PREFIX}dump/f{n}.raw") == datas[n]
 
 
+async def test_a_write_behind_a_stream_on_a_full_cache_does_not_wait_forever(
+        make_core, s3_client, bucket) -> None:
+    """A part rewritten after its upload stays dirty, whole, until it is uploaded again. On
+    a cache of two parts (the first one pinned) that left a writer going on past the stream
+    waiting for room only the end of the stream would make (the torture tier hung here): the
+    stream uploads rewritten parts again when writers wait."""
+    core = await make_core(cache_size=2 * PART)
+    data = bytearray(payload(4 * PART, seed=60))
+    images = await core.mkdir(await inode(core, "images"), "100", 0o755, UID, GID)
+    fh, node = await write_file(core, images.ino, "vm-100-disk-0.raw", bytes(data[:2 * PART]),
+                                release=False)
+    await wait_for(lambda: node.data.streamed_len == 2 * PART)  # both parts on S3
+    patch = payload(BLOCK + 3, seed=61)
+    offset = PART + PART // 2  # inside part 2, which is still cached
+    assert await core.write(fh, offset, patch) == len(patch)
+    data[offset:offset + len(patch)] = patch
+    with trio.fail_after(TIMEOUT):
+        for start in range(2 * PART, len(data), 128 * KiB):
+            await core.write(fh, start, bytes(data[start:start + 128 * KiB]))
+    assert node.stream is not None  # still streaming: nothing completed early
+    await core.release(fh)
+    await drain(core)
+    assert s3_body(s3_client, bucket, f"{PREFIX}images/100/vm-100-disk-0.raw") == bytes(data)
+    assert core.cache.peak_used_bytes <= core.cache.size_limit + PART
+
+
 async def test_an_archive_renamed_before_its_release_reads_back_at_once(
         make_core, s3_client, bucket) -> None:
     """vzdump closes `X.vma.dat` and renames it; the kernel's RELEASE may come after the
