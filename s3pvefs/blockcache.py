@@ -12,6 +12,12 @@ being written. A block is charged for the bytes it can hold on disk (a file's la
 block only up to the file's end, in 4 KiB pages), so a thousand small notes files do not
 count as a thousand full blocks. Clean blocks are evicted (holes punched in their cache file) least recently used
 first; dirty blocks never are, so a writer waits in ``reserve`` until uploads make them clean.
+
+Disk I/O never runs on the trio loop: reads, writes, hole punches and fsyncs run in worker
+threads (``run_io``), and closing a cache file's descriptor or deleting a thrown-away cache
+file is left to a background task (``BlockCache.run``), so that no caller, eviction inside
+``reserve`` least of all, waits for the filesystem (deleting a multi-GiB sparse file can take
+seconds). A deleted file's blocks count as used until its deletion is done.
 """
 
 from __future__ import annotations
@@ -68,6 +74,11 @@ class BlockCache:
         self.peak_used_bytes = 0
         self._space_freed = trio.Event()
         self.on_pressure = None  # called (no arguments) when a writer has to wait for uploads
+        # Cache files whose descriptor is to be closed or which are to be deleted (see run):
+        # at most one entry per cache file, so this stays as small as the set of files.
+        self._to_let_go: dict[CachedFile, None] = {}
+        self._let_go_wanted = trio.Event()
+        self.freeing_bytes = 0  # charged bytes of thrown-away files not deleted yet (in used_bytes)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -91,13 +102,44 @@ class BlockCache:
         self._load_stored()
 
     def close(self) -> None:
-        """Close the cache files; the data of files still in the journal stays for the next
-        mount, the rest is deleted when that mount starts."""
-        for cached_file in list(self._files):
+        """Close the cache files (and delete the thrown-away ones not deleted yet); the data
+        of files still in the journal stays for the next mount, the rest is deleted when that
+        mount starts. Blocking: from the trio loop, use ``aclose``."""
+        for cached_file in [*self._files, *self._to_let_go]:
             cached_file.close()
+            if cached_file.discarded:
+                cached_file.path.unlink(missing_ok=True)
+        self._to_let_go.clear()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    async def aclose(self) -> None:
+        """``close`` in a worker thread (at unmount, once nothing else uses the cache)."""
+        with trio.CancelScope(shield=True):
+            await self.run_io(self.close)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Close and delete cache files in the background (see ``let_go_later``); runs until
+        cancelled."""
+        task_status.started()
+        while True:
+            await self._let_go_wanted.wait()
+            self._let_go_wanted = trio.Event()
+            while self._to_let_go:
+                cached_file = next(iter(self._to_let_go))
+                del self._to_let_go[cached_file]
+                await cached_file.let_go()
+
+    def let_go_later(self, cached_file: CachedFile) -> None:
+        """Have ``run`` close the file's descriptor or delete it, off the loop."""
+        self._to_let_go[cached_file] = None
+        self._let_go_wanted.set()
+
+    def deleted(self, charged: int) -> None:
+        """A thrown-away cache file is gone from the disk: its blocks are free now."""
+        self.freeing_bytes -= charged
+        self.bytes_removed(charged)
 
     # -- files -----------------------------------------------------------------------------
 
@@ -106,12 +148,12 @@ class BlockCache:
         self._files.add(cached_file)
         return cached_file
 
-    def adopt_file(self, file_id: str, cached: set[int], dirty: set[int],
-                   size: int) -> CachedFile:
+    async def adopt_file(self, file_id: str, cached: set[int], dirty: set[int],
+                         size: int) -> CachedFile:
         """Take over the cache file of an earlier run (crash recovery) of a ``size`` file."""
         cached_file = CachedFile(self, file_id)
-        if (cached or dirty) and not cached_file.path.exists():  # an empty file has none
-            raise FileNotFoundError(f"cache file {cached_file.path} is missing")
+        if (cached or dirty) and not await self.run_io(cached_file.path.exists):
+            raise FileNotFoundError(f"cache file {cached_file.path} is missing")  # empty: none
         for block in set(cached) | set(dirty):
             cached_file.charge(block, size - block * self.block_size)
         cached_file.dirty = {block: 0 for block in dirty}
@@ -148,13 +190,14 @@ class BlockCache:
             self._stored[record["key"]] = record
             self.bytes_added(sum(record["charges"].values()))
 
-    def store_clean(self, cached_file: CachedFile, key: str, etag: str, size: int) -> None:
+    async def store_clean(self, cached_file: CachedFile, key: str, etag: str,
+                          size: int) -> None:
         """Keep a clean file's cached blocks for the next mount (called at unmount)."""
         runs = _ranges(sorted(cached_file.charges), 1)
         record = {"id": cached_file.file_id, "key": key, "etag": etag, "size": size,
                   "cached": [[start, start + length] for start, length in runs]}
         path = self._clean_dir / f"{cached_file.file_id}.json"
-        path.write_text(json.dumps(record))
+        await self.run_io(path.write_text, json.dumps(record))
 
     def reuse_stored(self, key: str, etag: str, size: int) -> CachedFile | None:
         """The cache file an earlier mount kept for exactly this object version, if any."""
@@ -169,17 +212,21 @@ class BlockCache:
         self._files.add(cached_file)
         return cached_file
 
-    def _drop_stored(self, record: dict) -> None:
-        (self.data_dir / record["id"]).unlink(missing_ok=True)
-        self.bytes_removed(sum(record["charges"].values()))
+    def _drop_stored(self, record: dict) -> int:
+        """Delete a cache file an earlier mount kept (in the background); returns its charge."""
+        leftover = CachedFile(self, record["id"])
+        leftover.charges = record["charges"]  # counted in used_bytes until it is deleted
+        leftover.discard()
+        return sum(record["charges"].values())
 
-    def remove_unreferenced(self) -> None:
+    async def remove_unreferenced(self) -> None:
         """Delete cache files of an earlier run that no file took over."""
+        names = await self.run_io(os.listdir, self.data_dir)
+        # Which files are live is asked only now: a file created meanwhile is (its name is new).
         live = {f.path.name for f in self._files} | self._kept
         live |= {record["id"] for record in self._stored.values()}
-        for path in self.data_dir.iterdir():
-            if path.name not in live:
-                path.unlink(missing_ok=True)
+        await self.run_io(_unlink_all, [self.data_dir / name for name in names
+                                        if name not in live])
 
     def forget_file(self, cached_file: CachedFile) -> None:
         self._files.discard(cached_file)
@@ -221,7 +268,12 @@ class BlockCache:
         """
         need = new_blocks * self.block_size
         while self.used_bytes + need > self.size_limit:
-            if await self.evict(self.used_bytes + need - self.size_limit):
+            # Files being deleted free their part of the excess soon: evict only the rest.
+            shortfall = self.used_bytes - self.freeing_bytes + need - self.size_limit
+            if shortfall <= 0:
+                await self._wait_for_space()
+                continue
+            if await self.evict(shortfall):
                 continue
             if data.dirty_bytes + need <= allowance():
                 return
@@ -229,17 +281,19 @@ class BlockCache:
                 raise OSError(errno.ENOSPC, "cache full of data that is not on S3")
             if self.on_pressure is not None:
                 self.on_pressure()
-            waiting_for = self._space_freed
-            with trio.move_on_after(1.0):  # re-check: uploads may have settled blocks meanwhile
-                await waiting_for.wait()
+            await self._wait_for_space()
+
+    async def _wait_for_space(self) -> None:
+        waiting_for = self._space_freed
+        with trio.move_on_after(1.0):  # re-check: uploads may have settled blocks meanwhile
+            await waiting_for.wait()
 
     async def evict(self, wanted: int) -> int:
-        """Drop clean blocks, least recently used files first; returns the bytes freed."""
+        """Drop clean blocks, least recently used files first; returns the bytes freed (or,
+        for whole files, being freed: see ``freeing_bytes``)."""
         freed = 0
         while freed < wanted and self._stored:  # kept from an earlier mount, unused so far
-            record = self._stored.pop(next(iter(self._stored)))
-            self._drop_stored(record)
-            freed += sum(record["charges"].values())
+            freed += self._drop_stored(self._stored.pop(next(iter(self._stored))))
         for cached_file in sorted(self._files, key=lambda f: f.last_used):
             if freed >= wanted:
                 break
@@ -249,7 +303,7 @@ class BlockCache:
     async def trim(self, incoming: int = 0) -> None:
         """Make room for ``incoming`` bytes fetched for reading (best effort: reads never
         wait for uploads), dropping clean blocks."""
-        excess = self.used_bytes + incoming - self.size_limit
+        excess = self.used_bytes - self.freeing_bytes + incoming - self.size_limit
         if excess > 0:
             await self.evict(excess)
 
@@ -268,6 +322,8 @@ class CachedFile:
         # and prefetches of closed files must not pile up open files). keep_fd() clears it.
         self._no_handles = True
         self.discarded = False  # thrown away: late fetches must not bring it back
+        self._deleting = False  # its deletion (after the discard) has started
+        self._charged_at_discard = 0  # freed once it is deleted
         self.charges: dict[int, int] = {}  # cached block -> bytes charged to the cache for it
         self.dirty: dict[int, int] = {}
         self.base_valid_len = 0
@@ -379,20 +435,46 @@ class CachedFile:
             return await self.cache.run_io(fn, *args)
         finally:
             self._io_running -= 1
-            if self._no_handles and not self._io_running:
-                self.close()
+            if not self._io_running and self._needs_letting_go():
+                self.cache.let_go_later(self)
 
     async def sync(self) -> None:
         """fsync the cache file (before a journal record that vouches for its data)."""
-        if self._fd is not None or self.path.exists():
-            await self._io(lambda: os.fsync(self._ensure_fd()))
+        if not self.discarded:  # a thrown-away file vouches for nothing
+            await self._io(self._fsync_if_written)
+
+    def _fsync_if_written(self) -> None:
+        if self._fd is not None or self.path.exists():  # never written: nothing to sync
+            os.fsync(self._ensure_fd())
 
     def release_fd(self) -> None:
         """No handle needs the file open any more: close it once idle, and after every
-        access from now on."""
+        access from now on (in the background: see BlockCache.run)."""
         self._no_handles = True
-        if not self._io_running:
-            self.close()
+        if self._needs_letting_go():
+            self.cache.let_go_later(self)
+
+    def _needs_letting_go(self) -> bool:
+        """Whether its descriptor is to be closed or the file to be deleted."""
+        return (self.discarded and not self._deleting) or (
+            self._no_handles and self._fd is not None)
+
+    async def let_go(self) -> None:
+        """Close the descriptor of a file no handle has open, or delete a thrown-away file,
+        in a worker thread; only once no disk access on it runs (the last one asks again)."""
+        if self._io_running or not self._needs_letting_go():
+            return
+        # No thread uses the descriptor now, and none can from here: one opened later is new.
+        fd, self._fd = self._fd, None
+        doomed = self.discarded
+        self._deleting = doomed
+        with trio.CancelScope(shield=True):  # once taken, the descriptor must be closed
+            try:
+                await self.cache.run_io(_close_and_delete, fd, self.path if doomed else None)
+            except OSError as exc:
+                log.warning("cannot delete or close the cache file %s: %s", self.path, exc)
+        if doomed:
+            self.cache.deleted(self._charged_at_discard)
 
     def keep_fd(self) -> None:
         """A handle opened the file: keep its descriptor open between accesses."""
@@ -517,20 +599,36 @@ class CachedFile:
             self._fd = None
 
     def discard(self) -> None:
-        """Throw the cache file away (the file was deleted, or S3 has all of it)."""
+        """Throw the cache file away (the file was deleted, or S3 has all of it). It is
+        deleted in the background; its blocks count as used until then."""
+        if self.discarded:
+            return
         self.discarded = True
-        try:
-            os.unlink(self.path)  # a worker thread still reading it keeps its open file
-        except FileNotFoundError:
-            pass
-        self.release_fd()
-        self.uncharge(list(self.charges))
+        self._no_handles = True
+        self._charged_at_discard = self.cached_bytes
+        self.charges = {}
         self.dirty.clear()
+        self.cache.freeing_bytes += self._charged_at_discard
         self.cache.forget_file(self)
-        self.cache.space_freed()
+        self.cache.let_go_later(self)
 
 
 PAGE = 4096
+
+
+def _close_and_delete(fd: int | None, path: Path | None) -> None:
+    """Blocking: the space of a deleted file is freed once its last descriptor is closed."""
+    try:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 def block_charge(block_size: int, filled: int) -> int:

@@ -80,15 +80,37 @@ async def serve_control(core: Any, mountpoint: Path, *, socket_path: Path | None
             task_status.started(path)
     finally:
         sock.close()
-        _remove_if_ours(path, identity)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_remove_if_ours, path, identity)
 
 
 async def _bind(path: Path) -> tuple[trio.socket.SocketType, tuple[int, int]]:
     """A listening socket at ``path``, mode 0600, in a 0700 directory; replaces a stale one.
 
     Bound under a temporary name and renamed into place, so the final name never exists with
-    looser permissions and a socket left by a crashed run is replaced atomically.
+    looser permissions and a socket left by a crashed run is replaced atomically. The file
+    system calls run in worker threads: the mount's loop is serving meanwhile.
     """
+    temporary = await trio.to_thread.run_sync(_prepare_directory, path)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(os.fspath(temporary))
+        try:
+            await trio.to_thread.run_sync(temporary.chmod, 0o600)
+            sock.listen(16)
+            created = await trio.to_thread.run_sync(_move_into_place, temporary, path)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink_if_present, temporary)
+            raise
+    except BaseException:
+        sock.close()
+        raise
+    return sock, (created.st_dev, created.st_ino)
+
+
+def _prepare_directory(path: Path) -> Path:
+    """Make the socket's 0700 directory; returns the temporary name to bind first."""
     directory = path.parent
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     info = directory.stat()
@@ -96,23 +118,18 @@ async def _bind(path: Path) -> tuple[trio.socket.SocketType, tuple[int, int]]:
         directory.chmod(0o700)
     temporary = directory / f".{path.name}.{os.getpid()}"
     temporary.unlink(missing_ok=True)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        await sock.bind(os.fspath(temporary))
-        try:
-            temporary.chmod(0o600)
-            sock.listen(16)
-            if path.exists() or path.is_symlink():
-                log.info("replacing stale admin socket %s", path)
-            os.replace(temporary, path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-        created = path.lstat()
-    except BaseException:
-        sock.close()
-        raise
-    return sock, (created.st_dev, created.st_ino)
+    return temporary
+
+
+def _move_into_place(temporary: Path, path: Path) -> os.stat_result:
+    if path.exists() or path.is_symlink():
+        log.info("replacing stale admin socket %s", path)
+    os.replace(temporary, path)
+    return path.lstat()
+
+
+def _unlink_if_present(path: Path) -> None:
+    path.unlink(missing_ok=True)
 
 
 def _remove_if_ours(path: Path, identity: tuple[int, int]) -> None:

@@ -115,8 +115,9 @@ class FsCore:
                 parent = child
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """The core's background work: uploads and readahead."""
+        """The core's background work: uploads, readahead, closing and deleting cache files."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.cache.run)
             await nursery.start(self.uploader.run)
             await nursery.start(self.reader.run)
             task_status.started()
@@ -583,15 +584,15 @@ class FsCore:
             self.reader.prefetch(self._data(node), base, 0, base.size, set())
             budget -= base.size
 
-    def keep_clean_data(self) -> None:
+    async def keep_clean_data(self) -> None:
         """At unmount: list the cached data of files entirely on S3 for the next mount."""
-        for node in self.inodes:
+        for node in list(self.inodes):
             data, base = node.data, node.base
             if (node.is_file and data is not None and base is not None and data.cached
                     and not node.needs_upload and node.stream is None and not node.unlinked
                     and base.key == node.key(self.prefix)):
                 try:
-                    self.cache.store_clean(data, base.key, base.etag, base.size)
+                    await self.cache.store_clean(data, base.key, base.etag, base.size)
                 except OSError as exc:
                     log.warning("cannot keep the cached data of %s: %s", node.path(), exc)
 

@@ -60,7 +60,7 @@ def run_mount(config: Config, mountpoint: Path) -> int:
 async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = None) -> int:
     notifier = notifier or Notifier(None)
     cache = BlockCache(config.cache_dir, config.block_size, config.cache_size)
-    cache.open()
+    await cache.run_io(cache.open)
     try:
         async with open_s3_store(config) as store:
             notifier.status(f"checking {_where(config)}")
@@ -72,9 +72,10 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
             try:
                 return await _serve(core, config, mountpoint, notifier)
             finally:
-                core.keep_clean_data()
+                with trio.CancelScope(shield=True):
+                    await core.keep_clean_data()
     finally:
-        cache.close()
+        await cache.aclose()
 
 
 async def check_bucket(store: ObjectStore, config: Config) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 import logging
 import os
 
-import trio
-
 from .errors import FsError
 from .journal import expand_runs
 from .names import Attributes
@@ -25,13 +23,13 @@ log = logging.getLogger(__name__)
 
 async def recover(core) -> int:
     """Recover every journaled file; returns how many were recovered."""
-    records, unreadable = core.journal.records()
+    records, unreadable = await core.cache.run_io(core.journal.records)
     for file_id in unreadable:
         core.cache.keep_file_id(file_id)
     # Every upload a record refers to stays, even if that record cannot be recovered now.
     needed_uploads = {r["stream"]["upload_id"] for r in records if r.get("stream")}
     recovered = 0
-    for record in _newest_per_key(core, records):
+    for record in await _newest_per_key(core, records):
         try:
             node = await _recover_file(core, record)
         except FileNotFoundError as exc:  # nothing left to recover
@@ -47,11 +45,11 @@ async def recover(core) -> int:
         log.warning("recovered %s (%d bytes) from the journal; uploading it", node.path(), node.size)
     await _abort_orphaned_uploads(core, needed_uploads)
     await core.delete_kept_aside_by_crash()
-    core.cache.remove_unreferenced()
+    await core.cache.remove_unreferenced()
     return recovered
 
 
-def _newest_per_key(core, records: list[dict]) -> list[dict]:
+async def _newest_per_key(core, records: list[dict]) -> list[dict]:
     """Two records for one key (a crash in the middle of a rename over a file being written):
     the newer one wins, the older one is dropped."""
     newest: dict[str, dict] = {}
@@ -59,7 +57,7 @@ def _newest_per_key(core, records: list[dict]) -> list[dict]:
         older = newest.get(record.get("key"))
         if older is not None:
             log.warning("dropping an older journal record for %s", older["key"])
-            core.journal.remove(older["id"])
+            await core.cache.run_io(core.journal.remove, older["id"])
         newest[record.get("key")] = record
     return list(newest.values())
 
@@ -69,8 +67,8 @@ async def _recover_file(core, record: dict) -> Node:
     if not key.startswith(core.prefix):
         raise ValueError(f"its key {key!r} is not under the prefix {core.prefix!r}")
     *dir_names, name = key[len(core.prefix):].split("/")
-    data = core.cache.adopt_file(record["id"], expand_runs(record["cached"]),
-                                 expand_runs(record["dirty"]), record["size"])
+    data = await core.cache.adopt_file(record["id"], expand_runs(record["cached"]),
+                                       expand_runs(record["dirty"]), record["size"])
     try:
         parent = await _directory(core, dir_names)
     except BaseException:
@@ -142,7 +140,7 @@ INTENT_CLOCK_SLACK_NS = 60 * 10**9  # S3's clock may be behind this host's by up
 
 
 async def _abort_orphaned_uploads(core, needed: set[str]) -> None:
-    listed = core.journal.uploads()
+    listed = await core.cache.run_io(core.journal.uploads)
     known = needed | {upload["upload_id"] for upload in listed if "upload_id" in upload}
     for upload in listed:
         if "intent" in upload:
@@ -167,5 +165,5 @@ async def _abort_created_before_listed(core, intent: dict, known: set[str]) -> N
                 and upload.initiated_ns >= intent["since_ns"] - INTENT_CLOCK_SLACK_NS):
             log.info("aborting multipart upload of %s created just before a crash", key)
             await core.uploader.abort_quietly(key, upload.upload_id)
-    await trio.to_thread.run_sync(core.journal.intent_done, intent["intent"])
+    await core.cache.run_io(core.journal.intent_done, intent["intent"])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import trio
 
 from s3pvefs.blockcache import PAGE, BlockCache, block_charge
 
@@ -13,11 +14,22 @@ BLOCK = 64 * KiB
 
 
 @pytest.fixture
-def cache(tmp_path: Path):
+async def cache(tmp_path: Path):
+    """A cache whose background task (closing and deleting cache files) runs."""
     cache = BlockCache(tmp_path / "cache", BLOCK, 4 * BLOCK)
     cache.open()
-    yield cache
+    async with trio.open_nursery() as nursery:
+        await nursery.start(cache.run)
+        yield cache
+        nursery.cancel_scope.cancel()
     cache.close()
+
+
+async def eventually(predicate) -> None:
+    """Wait (a little) for the cache's background task to get there."""
+    with trio.fail_after(5):
+        while not predicate():
+            await trio.sleep(0.001)
 
 
 def test_block_charge_counts_whole_pages_up_to_a_block():
@@ -34,7 +46,7 @@ async def test_small_files_cost_pages_not_blocks(cache: BlockCache):
     assert cache.used_bytes == 40 * PAGE  # 40 full blocks would be 10x the limit
     for cached_file in files:
         cached_file.discard()
-    assert cache.used_bytes == 0
+    await eventually(lambda: cache.used_bytes == 0)
 
 
 async def test_a_growing_last_block_is_charged_for_what_it_holds(cache: BlockCache):
@@ -47,7 +59,7 @@ async def test_a_growing_last_block_is_charged_for_what_it_holds(cache: BlockCac
     await cached_file.truncate(BLOCK + 20, 10)  # block 1 gone; block 0 keeps its charge
     assert cache.used_bytes == BLOCK
     cached_file.discard()
-    assert cache.used_bytes == 0
+    await eventually(lambda: cache.used_bytes == 0)
 
 
 async def test_fetched_partial_block_and_eviction_free_what_they_charged(cache: BlockCache):
@@ -68,14 +80,14 @@ async def test_files_without_handles_do_not_keep_descriptors_open(cache: BlockCa
     cached_file = cache.new_file()
     cached_file.reset_base(100)
     await cached_file.install_run(0, 1, b"n" * 100)
-    assert cached_file._fd is None
+    await eventually(lambda: cached_file._fd is None)
     cached_file.keep_fd()  # a handle opened it: the descriptor may stay
     assert await cached_file.read(0, 100) == b"n" * 100
     assert cached_file._fd is not None
     cached_file.release_fd()
-    assert cached_file._fd is None
+    await eventually(lambda: cached_file._fd is None)
     await cached_file.read(0, 10)  # an upload reading a closed file
-    assert cached_file._fd is None
+    await eventually(lambda: cached_file._fd is None)
 
 
 async def test_a_fetch_landing_after_discard_is_dropped(cache: BlockCache):
@@ -86,3 +98,28 @@ async def test_a_fetch_landing_after_discard_is_dropped(cache: BlockCache):
     await cached_file.install_run(0, 1, b"n" * 100)
     assert cache.used_bytes == 0
     assert not cached_file.path.exists()
+
+
+async def test_a_deleted_file_counts_as_used_until_it_is_gone_from_the_disk(cache: BlockCache):
+    cached_file = cache.new_file()
+    await cached_file.write(0, b"d" * (2 * BLOCK))
+    cached_file.discard()  # deleted in the background, never on the trio loop
+    assert cache.used_bytes == 2 * BLOCK and cached_file.path.exists()
+    await eventually(lambda: cache.used_bytes == 0)
+    assert not cached_file.path.exists()
+
+
+async def test_a_writer_waits_for_a_deletion_instead_of_evicting_more(cache: BlockCache):
+    """The room a file being deleted holds is on its way: evicting clean blocks as well
+    would drop data a reader may want next."""
+    clean = cache.new_file()
+    clean.reset_base(2 * BLOCK)
+    await clean.install_run(0, 2, b"c" * (2 * BLOCK))
+    deleted = cache.new_file()
+    await deleted.write(0, b"d" * (2 * BLOCK))
+    deleted.discard()
+    writer = cache.new_file()
+    with trio.fail_after(5):
+        await cache.reserve(writer, 2, lambda: 0)
+    assert sorted(clean.cached) == [0, 1]
+    assert not deleted.path.exists() and cache.used_bytes == 2 * BLOCK
