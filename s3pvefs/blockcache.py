@@ -473,6 +473,8 @@ class CachedFile:
                 await self.cache.run_io(_close_and_delete, fd, self.path if doomed else None)
             except OSError as exc:
                 log.warning("cannot delete or close the cache file %s: %s", self.path, exc)
+        # Counted free even when the unlink failed: kept, the charge would hold writers back
+        # forever; the next mount deletes what is left (remove_unreferenced).
         if doomed:
             self.cache.deleted(self._charged_at_discard)
 
