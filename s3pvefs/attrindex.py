@@ -15,7 +15,6 @@ So a crash or a lost update only costs a HEAD, never a wrong mode. The object me
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -26,7 +25,7 @@ import stat
 import trio
 from cachetools import LRUCache
 
-from .errors import FsError
+from .errors import StoreError
 from .names import INDEX_PREFIX, Attributes
 from .nodes import Node
 
@@ -71,7 +70,7 @@ class AttributeIndex:
         async def fetch(key: str) -> None:
             try:
                 found[key] = json.loads(await self.store.get(key))
-            except (FsError, ValueError) as exc:
+            except (StoreError, ValueError) as exc:
                 log.warning("attribute index %s unreadable (%s); HEADs instead", key, exc)
 
         async with trio.open_nursery() as nursery:
@@ -165,7 +164,7 @@ class AttributeIndex:
         if self.entry_for(node) is not None:
             try:
                 modified = (await self.store.head(key)).mtime_ns // 1_000_000_000
-            except FsError as exc:
+            except StoreError as exc:
                 log.info("no LastModified for %s (%s): its entry stays pending", key, exc)
                 return
         await self.publish(node, etag, modified)
@@ -186,8 +185,8 @@ class AttributeIndex:
         if dir_key not in self._own:
             try:
                 self._own[dir_key] = json.loads(await self.store.get(self.own_key(dir_key)))
-            except FsError as exc:
-                if exc.errno != errno.ENOENT:
+            except StoreError as exc:
+                if not exc.not_found:
                     raise
                 self._own[dir_key] = {}
             except ValueError:

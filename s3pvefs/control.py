@@ -33,7 +33,7 @@ from typing import Any
 
 import trio
 
-from .errors import FsError, S3PveFsError
+from .errors import FsError, S3PveFsError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class _SyncJob:
     async def run(self, core: Any, path: str) -> None:
         try:
             self.failures = dict(await core.sync_path(path))
-        except FsError as exc:
+        except (FsError, StoreError) as exc:
             self.error = str(exc)  # the core's messages name the path
         except Exception as exc:
             log.exception("sync of %r failed", path or "/")

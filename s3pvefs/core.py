@@ -1,13 +1,13 @@
 """The filesystem core: every operation the mount supports, on inodes, without the kernel.
 
 Callers (the pyfuse3 adapter, or unit tests) pass inode numbers, names as str and handles as
-ints; failures are FsError with the errno to answer.
+ints; failures are typed (errors.FsError, or the StoreError of a request that failed), and the
+adapter chooses their errno (errno_map.py).
 """
 
 from __future__ import annotations
 
 import bisect
-import errno
 import itertools
 import logging
 import os
@@ -23,7 +23,7 @@ from .attrindex import DIRECTORY_ETAG, AttributeIndex, host_id
 from .blockcache import BlockCache, CachedFile
 from .journal import Journal, block_runs
 from .config import Config
-from .errors import FsError, StoreError, first_fs_error
+from .errors import FsError, FsKind, StoreError, first_fs_error, is_not_found, is_stale
 from .listing import Directories, walk
 from .names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
 from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
@@ -253,7 +253,7 @@ class FsCore:
         for part in filter(None, path.split("/")):
             child = node.children.get(part)
             if child is None:
-                raise FsError(errno.ENOENT, f"{path}: not found in this mount")
+                raise FsError(FsKind.NOT_FOUND, f"{path}: not found in this mount")
             node = child
         return node
 
@@ -344,7 +344,7 @@ class FsCore:
     def node(self, ino: int) -> Node:
         node = self.inodes.get(ino)
         if node is None:
-            raise FsError(errno.ENOENT, f"unknown inode {ino}")
+            raise FsError(FsKind.NOT_FOUND, f"unknown inode {ino}")
         return node
 
     def remember(self, node: Node) -> Node:
@@ -374,14 +374,14 @@ class FsCore:
         await self.dirs.ensure_listed(parent)
         child = parent.children.get(name)
         if child is None:
-            raise FsError(errno.ENOENT)
+            raise FsError(FsKind.NOT_FOUND)
         return child
 
     async def _load_attributes(self, parent: Node, name: str, child: Node) -> None:
         try:
             await self.dirs.load_attributes(child)
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
+        except (FsError, StoreError) as exc:
+            if not is_not_found(exc):
                 raise
             self.dirs.detach(parent, name, child)  # deleted on S3 since the listing
             raise
@@ -451,11 +451,11 @@ class FsCore:
 
     async def _truncate(self, node: Node, size: int) -> None:
         if node.is_dir:
-            raise FsError(errno.EISDIR)
+            raise FsError(FsKind.IS_A_DIRECTORY)
         if not node.is_file:
-            raise FsError(errno.EINVAL)
+            raise FsError(FsKind.INVALID_ARGUMENT)
         if size > MAX_OBJECT_SIZE:
-            raise FsError(errno.EFBIG)
+            raise FsError(FsKind.FILE_TOO_LARGE)
         data = self._data(node)
         await self._truncate_stream(node, size)
         async with data.write_lock:
@@ -480,7 +480,7 @@ class FsCore:
     async def readlink(self, ino: int) -> str:
         node = self.node(ino)
         if not node.is_symlink:
-            raise FsError(errno.EINVAL)
+            raise FsError(FsKind.INVALID_ARGUMENT)
         if node.symlink_target is None:
             body = await self.store.get(node.base.key)
             node.symlink_target = body.decode("utf-8", "surrogateescape")
@@ -522,7 +522,7 @@ class FsCore:
         parent = self.node(parent_ino)
         node = await self._child(parent, name)
         if not node.is_dir:
-            raise FsError(errno.ENOTDIR)
+            raise FsError(FsKind.NOT_A_DIRECTORY)
         leftovers = await self._check_empty(node)
         await self.store.delete_many(leftovers)  # the marker and any attribute indexes
         await self.attr_index.forget(parent.key(self.prefix), name + "/")
@@ -533,17 +533,17 @@ class FsCore:
         dir_ttl old); returns its marker and attribute-index keys."""
         await self.dirs.ensure_listed(directory)
         if any(not child.unlinked for child in directory.children.values()):
-            raise FsError(errno.ENOTEMPTY)
+            raise FsError(FsKind.NOT_EMPTY)
         leftovers = await self.dirs.remote_leftovers(directory)
         if leftovers is None:
             self.dirs.invalidate(directory)
-            raise FsError(errno.ENOTEMPTY)
+            raise FsError(FsKind.NOT_EMPTY)
         return leftovers
 
     async def _check_free(self, parent: Node, name: str, is_dir: bool = False) -> None:
         await self.dirs.ensure_listed(parent)
         if name in parent.children:
-            raise FsError(errno.EEXIST)
+            raise FsError(FsKind.EXISTS)
         check_key_length(parent.key(self.prefix) + name + ("/" if is_dir else ""))
 
     def _insert(self, parent: Node, name: str, node: Node) -> None:
@@ -611,7 +611,7 @@ class FsCore:
     def handle(self, fh: int) -> Handle:
         handle = self.handles.get(fh)
         if handle is None:
-            raise FsError(errno.EBADF)
+            raise FsError(FsKind.BAD_HANDLE)
         return handle
 
     async def create(self, parent_ino: int, name: str, mode: int, flags: int,
@@ -630,9 +630,9 @@ class FsCore:
         """Returns the handle and whether the kernel may keep its page cache of the file."""
         node = self.node(ino)
         if node.is_dir:
-            raise FsError(errno.EISDIR)
+            raise FsError(FsKind.IS_A_DIRECTORY)
         if not node.is_file:
-            raise FsError(errno.EINVAL)
+            raise FsError(FsKind.INVALID_ARGUMENT)
         if flags & os.O_TRUNC:
             # As on ext4 and tmpfs: the kernel checked the write permission, and the times
             # change even when the file was empty already (or opened O_RDONLY).
@@ -667,12 +667,12 @@ class FsCore:
         A file still open for writing completes the parts uploaded so far, as a write there
         does; except an archive streamed to its final name, which must never appear there
         half-written: EIO."""
-        unreadable = FsError(errno.EIO, f"{node.path()}: this range was uploaded while the "
-                                        "file was written and left the cache; it can be read "
-                                        "once the file is closed and its upload completed")
+        unreadable = FsError(FsKind.IO, f"{node.path()}: this range was uploaded while the "
+                                         "file was written and left the cache; it can be read "
+                                         "once the file is closed and its upload completed")
         if node.unlinked:  # its stream was dropped at the unlink (see _end_stream_of_deleted)
-            raise FsError(errno.EIO, f"{node.path()}: deleted while open after parts of it "
-                                     "were uploaded and left the cache; they are gone")
+            raise FsError(FsKind.IO, f"{node.path()}: deleted while open after parts of it "
+                                      "were uploaded and left the cache; they are gone")
         if node.write_handles:
             await self.uploader.complete_stream_early(node)
             return
@@ -682,7 +682,7 @@ class FsCore:
         with trio.move_on_after(READ_WAITS_FOR_UPLOAD) as waited:
             try:
                 await self.uploader.sync_now(node)
-            except FsError as exc:  # e.g. a .dat not renamed to its final name yet
+            except (FsError, StoreError) as exc:  # e.g. a .dat not renamed to its final name yet
                 log.warning("%s: cannot complete the upload for a read: %s", node.path(), exc)
                 raise unreadable from None
         if waited.cancelled_caught:
@@ -711,18 +711,18 @@ class FsCore:
                 await self.reader.ensure_cached(
                     data, base, [b for b in blocks if data.needs_fetch(b)])
                 return
-            except FsError as exc:
-                if exc.errno not in (errno.ESTALE, errno.ENOENT):
+            except (FsError, StoreError) as exc:
+                if not (is_stale(exc) or is_not_found(exc)):
                     raise
                 await self.uploader.settled(node)
                 if node.base is base:
-                    if exc.errno == errno.ENOENT:
+                    if is_not_found(exc):
                         raise
                     log.error("%s changed on S3 while its blocks were cached here; refusing "
                               "to mix versions: the new one is read once the directory "
                               "listing is refreshed (after dir_ttl)", base.key)
                     raise
-        raise FsError(errno.ESTALE, f"{node.path()}: its object kept changing during a read")
+        raise FsError(FsKind.STALE, f"{node.path()}: its object kept changing during a read")
 
     def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
         """Adaptive readahead: none for random reads, and none until a sequential reader has
@@ -749,10 +749,10 @@ class FsCore:
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handle(fh)
         if not handle.writable:
-            raise FsError(errno.EBADF)
+            raise FsError(FsKind.BAD_HANDLE)
         node = handle.node
         if offset + len(buf) > MAX_OBJECT_SIZE:
-            raise FsError(errno.EFBIG, "S3 objects end at 5 TiB")
+            raise FsError(FsKind.FILE_TOO_LARGE, "S3 objects end at 5 TiB")
         # A write that fills a part and goes past it lands in two steps: the part fills (and
         # its upload starts) before the write waits for room for what follows. In one step a
         # full cache would keep it waiting for an upload that only its own bytes could start.
@@ -848,15 +848,15 @@ class FsCore:
             return
         try:
             await self.uploader.sync_now(node)
-        except FsError as exc:
+        except (FsError, StoreError) as exc:
             log.error("fsync of %s failed: %s", node.path(), exc)
-            raise FsError(errno.EIO) from exc
+            raise FsError(FsKind.IO, f"fsync of {node.path()} failed: {exc}") from exc
 
     async def unlink(self, parent_ino: int, name: str) -> None:
         parent = self.node(parent_ino)
         node = await self._child(parent, name)
         if node.is_dir:
-            raise FsError(errno.EISDIR)
+            raise FsError(FsKind.IS_A_DIRECTORY)
         await self._delete_object(node, parent, name)
         await self.attr_index.forget(parent.key(self.prefix), name)
         self._remove(parent, name, node)
@@ -912,7 +912,7 @@ class FsCore:
                 await self.streamer.complete_prefix(node)
                 await self.checkpoint(node, durable=True)
                 return
-            except FsError as exc:
+            except (FsError, StoreError) as exc:
                 log.error("%s: deleted while open; its streamed parts could not be completed "
                           "(%s): reading them fails", node.path(), exc)
         lost = data.streamed_len
@@ -924,10 +924,10 @@ class FsCore:
         await self.cache.run_io(self.journal.delete_pending, hidden)
         try:
             etag = await self.uploader.copy_object(base, hidden, self.uploader.metadata_of(node))
-        except FsError as exc:
+        except (FsError, StoreError) as exc:
             with trio.CancelScope(shield=True):
                 await self._delete_quietly(hidden)
-            if exc.errno not in (errno.ENOENT, errno.ESTALE):
+            if not (is_not_found(exc) or is_stale(exc)):
                 raise
             log.warning("%s: deleted while open, but its object changed or vanished on S3 "
                         "meanwhile (%s): what the cache does not hold cannot be read", node.path(),
@@ -947,7 +947,7 @@ class FsCore:
         """Delete a kept-aside object; should S3 fail now, the next mount does it."""
         try:
             await self.store.delete(key)
-        except FsError as exc:
+        except StoreError as exc:
             log.warning("cannot delete %s (data of a file deleted while open): %s; the next "
                         "mount does", key, exc)
             return
@@ -1000,20 +1000,20 @@ class FsCore:
         check_key_length(new_parent.key(self.prefix) + new_name + ("/" if node.is_dir else ""))
         if node.is_dir:
             if any(n is node for n in _ancestors(new_parent)):
-                raise FsError(errno.EINVAL, "cannot move a directory into itself")
+                raise FsError(FsKind.INVALID_ARGUMENT, "cannot move a directory into itself")
             await self._rename_directory(node, new_parent, new_name, target)
         else:
             await self._rename_file(node, new_parent, new_name, target)
 
     async def _check_replaceable(self, node: Node, target: Node, noreplace: bool) -> None:
         if noreplace:
-            raise FsError(errno.EEXIST)
+            raise FsError(FsKind.EXISTS)
         if target.is_dir:
             if not node.is_dir:
-                raise FsError(errno.EISDIR)
+                raise FsError(FsKind.IS_A_DIRECTORY)
             await self._check_empty(target)
         elif node.is_dir:
-            raise FsError(errno.ENOTDIR)
+            raise FsError(FsKind.NOT_A_DIRECTORY)
 
     def _move(self, node: Node, new_parent: Node, new_name: str, target: Node | None) -> None:
         old_parent, old_name = node.parent, node.name
@@ -1031,7 +1031,7 @@ class FsCore:
         async with self.uploader.held(*held):
             _still_at(node, old_parent, old_name)
             if new_parent.children.get(new_name) is not target:
-                raise FsError(errno.EAGAIN, "the target changed during the rename")
+                raise FsError(FsKind.RACED, "the target changed during the rename")
             if target is not None:  # replaced: its upload must not land; handles read on
                 await self._let_go_of_key(target)
             await self._move_file(node, new_parent, new_name, target)
@@ -1137,7 +1137,7 @@ class FsCore:
             with trio.CancelScope(shield=True):
                 try:
                     await self.store.delete_many(sorted(destinations))
-                except FsError as exc:
+                except StoreError as exc:
                     log.warning("could not remove copies after a failed rename: %s", exc)
             raise
         return new_etags
@@ -1178,7 +1178,7 @@ def _still_at(node: Node, parent: Node, name: str) -> None:
     """After waiting for a node's lock: it must still be where the operation found it (the
     kernel serialises operations on one directory; this guards every other caller)."""
     if node.unlinked or node.parent is not parent or node.name != name:
-        raise FsError(errno.ENOENT, f"{name} moved or vanished meanwhile")
+        raise FsError(FsKind.NOT_FOUND, f"{name} moved or vanished meanwhile")
 
 
 def _ancestors(node: Node):

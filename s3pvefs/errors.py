@@ -1,52 +1,78 @@
-"""Typed errors, the one place where S3 failures become errno values, and the line a command
-prints for an error it stops on."""
+"""The typed errors of both layers, and the line a command prints for an error it stops on.
+
+A store failure is a ``StoreError`` with a ``StoreKind`` (derived from the S3 code in one
+table); a filesystem failure is an ``FsError`` with an ``FsKind``. Neither carries an errno:
+``errno_map.py`` chooses it at the FUSE boundary, where the operation is known."""
 
 from __future__ import annotations
 
-import errno
+import enum
 import logging
 import sys
 from contextlib import contextmanager
 
-# S3 error codes (and HTTP statuses as strings) -> errno. Anything unknown is EIO.
-_S3_CODE_ERRNO: dict[str, int] = {
-    "NoSuchKey": errno.ENOENT,
-    "NotFound": errno.ENOENT,
-    "404": errno.ENOENT,
-    "NoSuchUpload": errno.ENOENT,
-    "NoSuchBucket": errno.EIO,  # the bucket vanishing under a mount is an I/O failure
-    "AccessDenied": errno.EACCES,
-    "403": errno.EACCES,
-    "Forbidden": errno.EACCES,
-    "InvalidAccessKeyId": errno.EACCES,
-    "SignatureDoesNotMatch": errno.EACCES,
-    "ExpiredToken": errno.EACCES,
-    "InvalidToken": errno.EACCES,
-    "AllAccessDisabled": errno.EACCES,
-    "PreconditionFailed": errno.ESTALE,
-    "412": errno.ESTALE,
-    "NotImplemented": errno.EOPNOTSUPP,
-    "501": errno.EOPNOTSUPP,
-    "EntityTooLarge": errno.EFBIG,
-    "KeyTooLongError": errno.ENAMETOOLONG,
-    "InvalidObjectState": errno.EIO,
-    "InvalidRange": errno.EINVAL,
-    "416": errno.EINVAL,
-    "QuotaExceeded": errno.EDQUOT,
+
+class StoreKind(enum.Enum):
+    """What went wrong with an object-store request, whatever the server called it."""
+
+    NOT_FOUND = "no such key"
+    NO_SUCH_UPLOAD = "no such multipart upload"
+    PRECONDITION_FAILED = "the object changed (ETag condition failed)"
+    ACCESS_DENIED = "access denied"
+    BUCKET_MISSING = "no such bucket"
+    TOO_LARGE = "entity too large"
+    KEY_TOO_LONG = "key too long"
+    ARCHIVED = "object in an archive storage class"
+    INVALID_RANGE = "range not satisfiable"
+    QUOTA = "quota exceeded"
+    NOT_IMPLEMENTED = "not implemented by the server"
+    UNVERIFIED = "upload not verified"
+    UNAVAILABLE = "endpoint unreachable, slow or overloaded"
+    OTHER = "request failed"
+
+
+# S3 error codes (and HTTP statuses as strings) -> kind; see kind_of_s3_code for the rest.
+_S3_CODE_KIND: dict[str, StoreKind] = {
+    "NoSuchKey": StoreKind.NOT_FOUND,
+    "NotFound": StoreKind.NOT_FOUND,
+    "404": StoreKind.NOT_FOUND,
+    "NoSuchUpload": StoreKind.NO_SUCH_UPLOAD,
+    "NoSuchBucket": StoreKind.BUCKET_MISSING,
+    "AccessDenied": StoreKind.ACCESS_DENIED,
+    "403": StoreKind.ACCESS_DENIED,
+    "Forbidden": StoreKind.ACCESS_DENIED,
+    "InvalidAccessKeyId": StoreKind.ACCESS_DENIED,
+    "SignatureDoesNotMatch": StoreKind.ACCESS_DENIED,
+    "ExpiredToken": StoreKind.ACCESS_DENIED,
+    "InvalidToken": StoreKind.ACCESS_DENIED,
+    "AllAccessDisabled": StoreKind.ACCESS_DENIED,
+    "PreconditionFailed": StoreKind.PRECONDITION_FAILED,
+    "412": StoreKind.PRECONDITION_FAILED,
+    "NotImplemented": StoreKind.NOT_IMPLEMENTED,
+    "501": StoreKind.NOT_IMPLEMENTED,
+    "EntityTooLarge": StoreKind.TOO_LARGE,
+    "KeyTooLongError": StoreKind.KEY_TOO_LONG,
+    "InvalidObjectState": StoreKind.ARCHIVED,
+    "InvalidRange": StoreKind.INVALID_RANGE,
+    "416": StoreKind.INVALID_RANGE,
+    "QuotaExceeded": StoreKind.QUOTA,
+    "UploadNotVerified": StoreKind.UNVERIFIED,  # our own code: S3 answered, not with what was sent
+    # Failures that go away by themselves (after botocore's own retries were used up).
+    **dict.fromkeys((
+        "EndpointConnectionError", "ConnectTimeout", "ReadTimeout", "ConnectionClosedError",
+        "IncompleteBody", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
+        "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
+    ), StoreKind.UNAVAILABLE),
 }
 
 
-# Failures that go away by themselves (after botocore's own retries were used up).
-_TRANSIENT_CODES = frozenset({
-    "EndpointConnectionError", "ConnectTimeout", "ReadTimeout", "ConnectionClosedError",
-    "IncompleteBody", "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
-    "Throttling", "ThrottlingException", "RequestTimeTooSkewed",
-})
-
-
-def errno_for_s3_code(code: str | None) -> int:
-    """Map an S3 error code or HTTP status to an errno; unknown codes are EIO."""
-    return _S3_CODE_ERRNO.get(code or "", errno.EIO)
+def kind_of_s3_code(code: str | None) -> StoreKind:
+    """The kind of an S3 error code or HTTP status; any other 5xx is the server unavailable,
+    anything else unknown is OTHER."""
+    code = code or ""
+    if code in _S3_CODE_KIND:
+        return _S3_CODE_KIND[code]
+    return StoreKind.UNAVAILABLE if code.isdigit() and code.startswith("5") else StoreKind.OTHER
 
 
 class S3PveFsError(Exception):
@@ -57,23 +83,18 @@ class ConfigError(S3PveFsError):
     """Invalid configuration or environment; the message is shown to the admin as is."""
 
 
-class FsError(S3PveFsError):
-    """A filesystem operation fails with this errno (answered to the kernel as is)."""
-
-    def __init__(self, errno_value: int, message: str = ""):
-        super().__init__(message or errno.errorcode.get(errno_value, str(errno_value)))
-        self.errno = errno_value
-
-
-class StoreError(FsError):
-    """An object-store request failed for good (after botocore's retries)."""
+class StoreError(S3PveFsError):
+    """An object-store request failed for good (after botocore's retries). Not a filesystem
+    error: what it means for the operation that made the request is decided by that operation
+    or, at the FUSE boundary, by errno_map."""
 
     def __init__(self, operation: str, key: str | None, code: str | None, message: str):
-        super().__init__(errno_for_s3_code(code), message)
+        super().__init__(message)
         self.operation = operation
         self.key = key
         self.code = code
         self.detail = message
+        self.kind = kind_of_s3_code(code)
 
     def __str__(self) -> str:
         where = f" {self.key}" if self.key else ""
@@ -82,37 +103,74 @@ class StoreError(FsError):
     @property
     def transient(self) -> bool:
         """Worth trying again later: the endpoint was unreachable, slow or overloaded."""
-        code = self.code or ""
-        return code in _TRANSIENT_CODES or (code.isdigit() and code.startswith("5"))
+        return self.kind is StoreKind.UNAVAILABLE
 
     @property
     def not_found(self) -> bool:
-        return self.errno == errno.ENOENT
+        return self.kind is StoreKind.NOT_FOUND
 
     @property
     def not_implemented(self) -> bool:
-        return self.errno == errno.EOPNOTSUPP
+        return self.kind is StoreKind.NOT_IMPLEMENTED
 
 
-class StaleObjectError(FsError):
-    """The object changed on S3 under a file whose blocks we still rely on."""
+class FsKind(enum.Enum):
+    """What went wrong, in filesystem terms (the value is the default message)."""
 
-    def __init__(self, key: str):
-        super().__init__(errno.ESTALE, f"object {key} changed on the server")
-        self.key = key
+    NOT_FOUND = "no such file or directory"
+    EXISTS = "file exists"
+    NOT_EMPTY = "directory not empty"
+    IS_A_DIRECTORY = "is a directory"
+    NOT_A_DIRECTORY = "not a directory"
+    NAME_TOO_LONG = "name too long"
+    INVALID_NAME = "invalid name"
+    RESERVED_NAME = "reserved name"
+    NOT_PERMITTED = "operation not permitted"
+    INVALID_ARGUMENT = "invalid argument"
+    BAD_HANDLE = "bad file handle"
+    FILE_TOO_LARGE = "file too large"
+    STALE = "changed on S3"
+    RACED = "changed by another operation meanwhile"
+    RENAME_PENDING = "waiting for its rename"
+    BUSY = "busy"
+    NOT_SUPPORTED = "not supported"
+    NO_ATTRIBUTE = "no such attribute"
+    IO = "input/output error"
+
+
+class FsError(S3PveFsError):
+    """A filesystem operation fails; ``kind`` says how (errno_map answers the kernel)."""
+
+    def __init__(self, kind: FsKind, message: str = ""):
+        if not isinstance(kind, FsKind):  # an errno from before the typed model
+            raise TypeError(f"FsError needs an FsKind, not {kind!r}")
+        super().__init__(message or kind.value)
+        self.kind = kind
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Nothing is at that name (FsError) or key (StoreError)."""
+    return ((isinstance(exc, FsError) and exc.kind is FsKind.NOT_FOUND)
+            or (isinstance(exc, StoreError) and exc.kind is StoreKind.NOT_FOUND))
+
+
+def is_stale(exc: BaseException) -> bool:
+    """The object a file is based on changed on S3 (a failed ETag condition, or found out)."""
+    return ((isinstance(exc, FsError) and exc.kind is FsKind.STALE)
+            or (isinstance(exc, StoreError) and exc.kind is StoreKind.PRECONDITION_FAILED))
 
 
 @contextmanager
 def first_fs_error():
-    """Let an FsError raised inside a trio nursery reach callers as itself.
+    """Let an FsError or StoreError raised inside a trio nursery reach callers as itself.
 
-    Nurseries wrap failures in exception groups; callers of the core expect one FsError with
-    the errno to answer. Groups holding anything else propagate unchanged.
+    Nurseries wrap failures in exception groups; callers of the core expect one typed error
+    to act on or answer. Groups holding anything else propagate unchanged.
     """
     try:
         yield
     except BaseExceptionGroup as group:
-        matched, rest = group.split(FsError)
+        matched, rest = group.split((FsError, StoreError))
         if matched is None or rest is not None:
             raise
         raise _first_leaf(matched) from group
@@ -129,8 +187,8 @@ class RenamePending(FsError):
     It waits, journaled, for that rename (or its deletion)."""
 
     def __init__(self, path: str, final_key: str):
-        super().__init__(errno.EAGAIN, f"{path}: waiting to be renamed to {final_key}, where "
-                                       "its data was streamed")
+        super().__init__(FsKind.RENAME_PENDING, f"{path}: waiting to be renamed to {final_key}, "
+                                                "where its data was streamed")
 
 
 def print_error(message: str, log: logging.Logger | None = None) -> None:

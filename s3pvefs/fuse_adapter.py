@@ -1,8 +1,9 @@
 """Thin pyfuse3 adapter: converts kernel requests to core calls and answers every one.
 
 A handler that raised anything but pyfuse3.FUSEError would leave the calling process (vzdump,
-QEMU) hanging forever, so every operation goes through ``_answer``: FsError becomes its errno,
-anything unexpected is logged with its traceback and answered EIO.
+QEMU) hanging forever, so every operation goes through ``_answer``, which answers the errno
+``errno_map.answer`` chooses for the failure (typed errors in context, anything unexpected EIO
+with its traceback in the log).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import trio
 from cachetools import TTLCache
 
 from .core import FsCore
-from .errors import FsError
+from .errno_map import answer, errno_for
+from .errors import FsError, FsKind, StoreError
 from .names import name_from_kernel
 from .nodes import Node
 
@@ -31,19 +33,8 @@ def _answer(method):
             return await method(self, *args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except FsError as exc:
-            # Expected answers (ENOENT, EEXIST, ...) are routine; I/O failures are not.
-            level = logging.WARNING if exc.errno == errno.EIO else logging.DEBUG
-            log.log(level, "%s: %s", method.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except trio.Cancelled:
-            raise
-        except OSError as exc:  # the local cache disk: ENOSPC, EDQUOT, EIO
-            log.error("%s: local cache I/O failed: %s", method.__name__, exc)
-            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in %s; answering EIO", method.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception as exc:  # trio.Cancelled is a BaseException: it passes
+            raise pyfuse3.FUSEError(answer(exc, method.__name__)) from None
 
     return wrapper
 
@@ -91,8 +82,8 @@ class FuseOperations(pyfuse3.Operations):
         try:
             node = await self.core.lookup(
                 parent_inode, os.fsdecode(name) if name in (b".", b"..") else name_from_kernel(name))
-        except FsError as exc:
-            if exc.errno != errno.ENOENT or self.negative_timeout <= 0:
+        except (FsError, StoreError) as exc:
+            if errno_for(exc, "lookup") != errno.ENOENT or self.negative_timeout <= 0:
                 raise
             return self._negative_entry(parent_inode, name)
         return self._entry(node)
@@ -195,7 +186,7 @@ class FuseOperations(pyfuse3.Operations):
     @_answer
     async def rename(self, parent_inode_old, name_old, parent_inode_new, name_new, flags, ctx):
         if flags & pyfuse3.RENAME_EXCHANGE:
-            raise FsError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
+            raise FsError(FsKind.INVALID_ARGUMENT, "RENAME_EXCHANGE is not supported")
         await self.core.rename(parent_inode_old, name_from_kernel(name_old), parent_inode_new,
                                name_from_kernel(name_new),
                                noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
@@ -208,11 +199,12 @@ class FuseOperations(pyfuse3.Operations):
 
     @_answer
     async def link(self, inode, new_parent_inode, new_name, ctx):
-        raise FsError(errno.EPERM, "hard links are not supported")
+        raise FsError(FsKind.NOT_PERMITTED, "hard links are not supported")
 
     @_answer
     async def mknod(self, parent_inode, name, mode, rdev, ctx):
-        raise FsError(errno.EPERM, "only regular files, directories and symlinks are supported")
+        raise FsError(FsKind.NOT_PERMITTED,
+                      "only regular files, directories and symlinks are supported")
 
     # -- files ------------------------------------------------------------------------------
 
@@ -255,7 +247,7 @@ class FuseOperations(pyfuse3.Operations):
 
     @_answer
     async def getxattr(self, inode, name, ctx):
-        raise FsError(pyfuse3.ENOATTR)
+        raise FsError(FsKind.NO_ATTRIBUTE)
 
     @_answer
     async def listxattr(self, inode, ctx):
@@ -263,11 +255,11 @@ class FuseOperations(pyfuse3.Operations):
 
     @_answer
     async def setxattr(self, inode, name, value, ctx):
-        raise FsError(errno.ENOTSUP, "extended attributes are not supported")
+        raise FsError(FsKind.NOT_SUPPORTED, "extended attributes are not supported")
 
     @_answer
     async def removexattr(self, inode, name, ctx):
-        raise FsError(pyfuse3.ENOATTR)
+        raise FsError(FsKind.NO_ATTRIBUTE)
 
 
 def _invalidate(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:

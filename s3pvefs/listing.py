@@ -7,14 +7,13 @@ started, and never drops a node that holds unsaved data or open handles.
 
 from __future__ import annotations
 
-import errno
 import logging
 import stat
 from collections.abc import Callable, Iterator
 
 import trio
 
-from .errors import FsError
+from .errors import FsError, FsKind, StoreError
 from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
                     decode_attributes, listing_name)
 from .nodes import InodeTable, Node, RemoteObject, next_change
@@ -55,7 +54,7 @@ class Directories:
         and keep working while S3 is unreachable); only a directory never listed waits.
         """
         if not directory.is_dir:
-            raise FsError(errno.ENOTDIR)
+            raise FsError(FsKind.NOT_A_DIRECTORY)
         if directory.listing_fresh(trio.current_time(), self.dir_ttl):
             return
         if directory.listed_at is not None:
@@ -245,8 +244,8 @@ class Directories:
     async def _load_directory_attributes(self, node: Node) -> None:
         try:
             info = await self.store.head(node.key(self.prefix))
-        except FsError as exc:
-            if exc.errno != errno.ENOENT:
+        except StoreError as exc:
+            if not exc.not_found:
                 raise
             return  # a directory made only of key prefixes: defaults
         self._apply(node, info, stat.S_IFDIR)

@@ -14,7 +14,6 @@ trio loop, so a hung event loop gets the process restarted.
 
 from __future__ import annotations
 
-import errno
 import logging
 import signal
 from pathlib import Path
@@ -26,7 +25,7 @@ from .blockcache import BlockCache
 from .config import Config, human_size
 from .control import serve_control
 from .core import FsCore
-from .errors import ConfigError, S3PveFsError, StoreError
+from .errors import ConfigError, S3PveFsError, StoreError, StoreKind
 from .fuse_adapter import FuseOperations
 from .recovery import recover
 from .sdnotify import Notifier
@@ -97,7 +96,7 @@ async def check_bucket(store: ObjectStore, config: Config) -> None:
         await store.create_bucket()
         log.info("created %s", where)
         return
-    if failure.errno == errno.EACCES:
+    if failure.kind is StoreKind.ACCESS_DENIED:
         raise ConfigError(f"access to {where} denied: {failure.code}: {failure.detail} "
                           "(check the credentials and the bucket policy)") from None
     raise ConfigError(f"cannot reach {where}: {failure}") from None

@@ -6,7 +6,6 @@ A file at path ``a/b/c`` is the object ``<prefix>a/b/c``; a directory is the key
 
 from __future__ import annotations
 
-import errno
 import logging
 import re
 import stat
@@ -15,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 from cachetools import LRUCache
 
-from .errors import FsError
+from .errors import FsError, FsKind
 
 log = logging.getLogger(__name__)
 
@@ -55,23 +54,24 @@ MTIME_LIMIT = 2**63  # nanoseconds in a signed 64-bit integer
 def name_from_kernel(raw: bytes) -> str:
     """Decode and check a name the kernel gives us for a new entry."""
     if len(raw) > NAME_MAX:
-        raise FsError(errno.ENAMETOOLONG, "name longer than 255 bytes")
+        raise FsError(FsKind.NAME_TOO_LONG, "name longer than 255 bytes")
     try:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         # S3 keys are UTF-8: a name that is not cannot be stored.
-        raise FsError(errno.EINVAL, "name is not valid UTF-8") from None
+        raise FsError(FsKind.INVALID_NAME, "name is not valid UTF-8") from None
     if name in ("", ".", "..") or "/" in name or "\0" in name:
-        raise FsError(errno.EINVAL, f"invalid name {name!r}")
+        raise FsError(FsKind.INVALID_NAME, f"invalid name {name!r}")
     for reserved in (INDEX_PREFIX, KEPT_PREFIX):
         if name.startswith(reserved):
-            raise FsError(errno.EPERM, f"{name!r}: names starting with {reserved} are reserved")
+            raise FsError(FsKind.RESERVED_NAME,
+                          f"{name!r}: names starting with {reserved} are reserved")
     return name
 
 
 def check_key_length(key: str) -> None:
     if len(key.encode("utf-8")) > KEY_MAX:
-        raise FsError(errno.ENAMETOOLONG, "path too long for an S3 key (1024 bytes)")
+        raise FsError(FsKind.NAME_TOO_LONG, "path too long for an S3 key (1024 bytes)")
 
 
 def listing_name(dir_key: str, key: str) -> str | None:

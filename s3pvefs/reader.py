@@ -7,14 +7,13 @@ reader's nursery, under cancel scopes that the file's handle cancels on release.
 
 from __future__ import annotations
 
-import errno
 import logging
 
 import trio
 
 from .blockcache import CachedFile
 from .config import MiB
-from .errors import FsError, StoreError, first_fs_error
+from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
 from .nodes import RemoteObject
 from .store import ObjectStore
 
@@ -55,7 +54,7 @@ class BlockReader:
                     for event in waits:
                         nursery.start_soon(event.wait)
         if any(data.needs_fetch(b) for b in blocks):
-            raise FsError(errno.EIO, f"could not read {base.key} from S3 (see log)")
+            raise FsError(FsKind.IO, f"could not read {base.key} from S3 (see log)")
 
     def prefetch(self, data: CachedFile, base: RemoteObject, offset: int, length: int,
                  scopes: set[trio.CancelScope]) -> None:
@@ -124,7 +123,7 @@ class BlockReader:
 
 def _explain(exc: StoreError, key: str) -> None:
     """Say what the admin can do about read failures that have a known cause."""
-    if exc.code == "InvalidObjectState":
+    if exc.kind is StoreKind.ARCHIVED:
         log.error("%s is in an archive storage class (GLACIER / DEEP_ARCHIVE) and not restored: "
                   "restore it first (aws s3api restore-object --bucket ... --key %s ...), then "
                   "read it again", key, key)

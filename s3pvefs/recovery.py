@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from .errors import FsError
+from .errors import FsError, StoreError
 from .journal import expand_runs
 from .names import Attributes
 from .nodes import Node, RemoteObject
@@ -36,7 +36,7 @@ async def recover(core) -> int:
             log.error("journal record for %s: %s; dropped", record.get("key"), exc)
             await core.cache.run_io(core.journal.remove, record["id"])
             continue
-        except (FsError, OSError, KeyError, ValueError) as exc:
+        except (FsError, StoreError, OSError, KeyError, ValueError) as exc:
             log.error("cannot recover %s from the journal: %s; its record and data stay in %s",
                       record.get("key"), exc, core.cache.cache_dir)
             core.cache.keep_file_id(record.get("id", ""))
@@ -111,7 +111,7 @@ async def _settle_landing(core, node: Node) -> None:
     whether its object replaced the base (which S3 then no longer has)."""
     try:
         await core.uploader.settle_landing(node)
-    except FsError as exc:  # S3 away: the upload settles it before it starts
+    except StoreError as exc:  # S3 away: the upload settles it before it starts
         log.warning("cannot tell whether the upload of %s announced before the crash "
                     "landed (%s); its upload finds out", node.path(), exc)
 
@@ -156,7 +156,7 @@ async def _abort_created_before_listed(core, intent: dict, known: set[str]) -> N
     key = intent["key"]
     try:
         uploads = await core.store.list_multipart_uploads(key)
-    except FsError as exc:  # S3 away: the next mount looks again
+    except StoreError as exc:  # S3 away: the next mount looks again
         log.warning("cannot list the multipart uploads of %s (%s); the next mount looks "
                     "again for one a crash may have left", key, exc)
         return

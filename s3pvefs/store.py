@@ -2,7 +2,8 @@
 
 aiobotocore runs in the asyncio loop of a ``bridge.AsyncioThread``; every request is a small
 coroutine executed there, and only plain values (bytes, str, dicts of str) come back to trio.
-Failures become ``StoreError`` with the S3 error code, which ``errors.py`` maps to an errno.
+Failures become ``StoreError`` with the S3 error code, which ``errors.py`` classifies (a
+``StoreKind``); only the FUSE boundary turns that into an errno (``errno_map.py``).
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def _error_from_client_error(operation: str, exc: ClientError) -> tuple[str | No
 
 
 def to_store_error(operation: str, key: str | None, exc: BaseException) -> StoreError:
-    """Describe a failed request as a StoreError (code decides the errno)."""
+    """Describe a failed request as a StoreError (its code decides the kind)."""
     if isinstance(exc, ClientError):
         code, message = _error_from_client_error(operation, exc)
     elif isinstance(exc, EndpointConnectionError):

@@ -14,7 +14,6 @@ was really renamed to it and closed.
 
 from __future__ import annotations
 
-import errno
 import itertools
 import logging
 import math
@@ -23,7 +22,7 @@ from contextlib import contextmanager
 import trio
 
 from .config import GiB
-from .errors import FsError, first_fs_error
+from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
 from .names import MAGIC_BYTES, predict_final_name
 from .nodes import Node, RemoteObject
 
@@ -34,6 +33,10 @@ PART_GROWTH = 1000  # a part is at least 1/1000 of what precedes it: 10,000 part
 RETRY_MIN, RETRY_MAX = 1.0, 60.0
 DRAIN_ATTEMPTS = 3  # failures of one request after which a shutdown stops waiting for it
 DRAIN_RETRY_MAX = 2.0
+# Failures of a streamed request worth waiting out (an outage; an answer that did not match
+# what was sent; an unknown one). The upload gone, access denied, a refused size are not.
+_RETRIED = frozenset({StoreKind.UNAVAILABLE, StoreKind.UNVERIFIED, StoreKind.BUCKET_MISSING,
+                      StoreKind.OTHER})
 
 
 def stream_part_size(offset: int, min_part: int, block_size: int) -> int:
@@ -308,12 +311,12 @@ class Streamer:
         while True:
             try:
                 return await request()
-            except FsError as exc:
+            except StoreError as exc:
                 failures += 1
                 # A shutdown waits a few attempts, not the outage: the journal keeps the parts
                 # for the next mount.
                 draining = self.uploader.draining
-                if exc.errno != errno.EIO or (draining and failures >= DRAIN_ATTEMPTS):
+                if exc.kind not in _RETRIED or (draining and failures >= DRAIN_ATTEMPTS):
                     raise
                 if draining:
                     delay = min(delay, DRAIN_RETRY_MAX)
@@ -341,15 +344,15 @@ class Streamer:
         stream = node.stream
         await self._stop(stream)
         if stream.failure or not stream.created.is_set():
-            raise FsError(errno.EIO, f"streaming upload failed: {stream.failure}")
+            raise FsError(FsKind.IO, f"streaming upload failed: {stream.failure}")
         data = node.data
         stale = [n for n, (offset, length) in stream.launched.items()
                  if n not in stream.parts or any(b in data.dirty for b in data.blocks(offset, length))]
         for n in stale:
             offset, length = stream.launched[n]
             if any(data.unreadable(b) for b in data.blocks(offset, length)):
-                raise FsError(errno.EIO, f"{node.path()}: part {n} was rewritten after parts of "
-                                         "it left the cache; it cannot be uploaded")
+                raise FsError(FsKind.IO, f"{node.path()}: part {n} was rewritten after parts of "
+                                          "it left the cache; it cannot be uploaded")
         uploads = [(n, *stream.launched[n]) for n in stale]
         offset, number = stream.next_offset, stream.next_number
         while offset < size or number == 1:
@@ -477,7 +480,7 @@ class Streamer:
         stream = node.stream
         await self._stop(stream)
         if stream.failure or not stream.created.is_set():
-            raise FsError(errno.EIO, f"streaming upload failed: {stream.failure}")
+            raise FsError(FsKind.IO, f"streaming upload failed: {stream.failure}")
         parts = stream.contiguous_parts()
         length = stream.contiguous_end
         with trio.CancelScope(shield=True):  # once completed, the stream must be forgotten
@@ -495,8 +498,8 @@ class Streamer:
             return
         data = node.data
         if stream.failure is not None and not data.fully_local(node.size):
-            raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed "
-                                     f"({stream.failure}) after parts left the cache")
+            raise FsError(FsKind.IO, f"{node.path()}: its streaming upload failed "
+                                      f"({stream.failure}) after parts left the cache")
         # (A part that left the cache was dealt with first: see rewrites_evicted_part.)
         self.mark_rewritten(node, offset, length)
 

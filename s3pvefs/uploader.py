@@ -8,7 +8,6 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -16,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from .config import Config, GiB, MiB
-from .errors import FsError, RenamePending, StoreError, first_fs_error
+from .errors import FsError, FsKind, RenamePending, StoreError, StoreKind, first_fs_error
 from .names import check_key_length, encode_attributes
 from .nodes import Node, RemoteObject
 from .reader import BlockReader
@@ -184,7 +183,7 @@ class Uploader:
     # -- one node ---------------------------------------------------------------------------
 
     async def sync_now(self, node: Node) -> None:
-        """Return once the node's current state is on S3 (raises FsError if it cannot be)."""
+        """Return once the node's current state is on S3 (raises FsError or StoreError if it cannot be)."""
         while node.needs_upload:
             if node.holds:
                 await trio.sleep(0.05)  # a rename or unlink is changing where it goes
@@ -232,7 +231,7 @@ class Uploader:
                 try:
                     await self._upload(node)
                     node.last_error = None
-                except FsError as exc:
+                except (FsError, StoreError) as exc:
                     node.last_error = str(exc)
                     raise
                 finally:
@@ -251,9 +250,9 @@ class Uploader:
                 return
             key = node.key(self.prefix)
             if stream.key != key:  # streamed to a name it has not been renamed to (yet)
-                raise FsError(errno.EIO, f"{node.path()}: parts of it were uploaded and left "
-                                         "the cache; they can be read back once it is renamed "
-                                         f"to {stream.key}, where its upload goes")
+                raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded and left "
+                                          "the cache; they can be read back once it is renamed "
+                                          f"to {stream.key}, where its upload goes")
             log.info("%s: written or read behind its streaming upload; completing the parts "
                      "uploaded so far so that evicted ones can be read back", node.path())
             await self.streamer.complete_prefix(node)  # node.base is that object now
@@ -360,7 +359,7 @@ class Uploader:
         if stream.key == key and not broken:
             try:
                 return await self.streamer.finish(node, size, metadata)
-            except FsError:
+            except (FsError, StoreError):
                 if stream.restored:
                     found = await self._completed_before_crash(node, stream, size)
                     if found == "whole":
@@ -374,15 +373,15 @@ class Uploader:
             await self.streamer.abort(node)
             return None
         if broken:
-            raise FsError(errno.EIO, f"{node.path()}: its streaming upload failed after parts "
-                                     "left the cache; the data cannot be recovered")
+            raise FsError(FsKind.IO, f"{node.path()}: its streaming upload failed after parts "
+                                      "left the cache; the data cannot be recovered")
         if stream.predicted and node.name == stream.origin_name:
             node.waiting_for_rename = stream.key
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
         if self.key_owner(streamed_at) not in (None, node):
-            raise FsError(errno.EBUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
-                                       "where another file is now; it stays in the cache")
+            raise FsError(FsKind.BUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
+                                        "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
                     "there and copying", node.path(), key, streamed_at)
         etag = await self.streamer.finish(node, size, metadata)
@@ -401,7 +400,7 @@ class Uploader:
         which then back the file as its object. None otherwise."""
         try:
             info = await self.store.head(stream.key)
-        except FsError:
+        except StoreError:
             return None
         if "-" not in info.etag:
             return None
@@ -425,7 +424,7 @@ class Uploader:
         there now. A failure is logged and retried in the background."""
         try:
             await self._delete_stale_key(node)
-        except FsError:
+        except StoreError:
             self.schedule(node, RETRY_MIN)
 
     async def _delete_stale_key(self, node: Node) -> None:
@@ -434,7 +433,7 @@ class Uploader:
             return
         try:
             await self.store.delete(stale)
-        except FsError as exc:
+        except StoreError as exc:
             node.stale_key = stale
             log.warning("could not delete %s (left by %s): %s", stale, node.path(), exc)
             raise
@@ -520,8 +519,8 @@ class Uploader:
         they all read the version this file is based on, or the upload fails."""
         found = (await self.store.head(source.key)).etag
         if found.lower() != source.etag.lower():
-            raise FsError(errno.ESTALE, f"{source.key} changed on S3 while parts were copied "
-                                        f"from it (ETag {found}, expected {source.etag})")
+            raise FsError(FsKind.STALE, f"{source.key} changed on S3 while parts were copied "
+                                         f"from it (ETag {found}, expected {source.etag})")
 
     def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
         """The object behind the file holds exactly these bytes (no block in the range was
@@ -562,7 +561,7 @@ class Uploader:
         (also when ``before_complete`` raises: the parts are not what they must be). With
         ``landing_of``, the object is announced in that file's journal record first."""
         if size > MAX_OBJECT_SIZE:
-            raise FsError(errno.EFBIG, f"{key}: larger than S3's 5 TiB object limit")
+            raise FsError(FsKind.FILE_TOO_LARGE, f"{key}: larger than S3's 5 TiB object limit")
         upload_id = await self.start_multipart(key, metadata)
         etags: dict[int, str] = {}
 
@@ -625,8 +624,8 @@ class Uploader:
         try:
             await self.store.abort_multipart(key, upload_id)
             await self.upload_ended(upload_id)
-        except FsError as exc:
-            if exc.errno == errno.ENOENT:  # already gone
+        except StoreError as exc:
+            if exc.kind in (StoreKind.NO_SUCH_UPLOAD, StoreKind.NOT_FOUND):  # already gone
                 await self.upload_ended(upload_id)
                 return
             log.warning("could not abort multipart upload of %s (%s); "

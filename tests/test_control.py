@@ -17,7 +17,7 @@ import trio
 
 from s3pvefs import control
 from s3pvefs.control import ControlError, control_socket_path, find_mountpoint, serve_control
-from s3pvefs.errors import FsError
+from s3pvefs.errors import FsError, FsKind
 from mounting import run_cli
 from helpers import needs_fuse
 
@@ -202,7 +202,7 @@ async def test_sync_timeout_stops_waiting_not_uploading(served, socket_path):
 
 
 async def test_sync_of_unknown_path(served, socket_path):
-    served.raises = FsError(2, "dump/nope: not found in this mount")
+    served.raises = FsError(FsKind.NOT_FOUND, "dump/nope: not found in this mount")
     answer = await ask(socket_path, {"op": "sync", "path": "dump/nope", "timeout": 5})
     assert answer == {"ok": False, "error": "dump/nope: not found in this mount"}
     served.raises = RuntimeError("boom")

@@ -22,7 +22,8 @@ import trio
 from s3pvefs.blockcache import BlockCache
 from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
-from s3pvefs.errors import FsError
+from s3pvefs.errno_map import errno_for
+from s3pvefs.errors import FsError, StoreError
 from s3pvefs.faults import FaultInjectingStore, store_error
 from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, decode_attributes
 from s3pvefs.nodes import ROOT_INODE, Node
@@ -170,15 +171,18 @@ def s3_attributes(s3_client, bucket: str, key: str, explicit_mtime: bool | None 
 
 
 async def fails_with(code: int, fn, *args, **kwargs) -> None:
-    """The call fails with FsError(code), as the FUSE adapter needs it to."""
-    with pytest.raises(FsError) as info:
+    """The call fails with one typed error that the FUSE adapter answers with errno ``code``
+    (errno_map, in the context of the operation of that name)."""
+    with pytest.raises((FsError, StoreError)) as info:
         await fn(*args, **kwargs)
-    assert info.value.errno == code, f"{info.value!r}: expected {errno.errorcode[code]}"
+    answered = errno_for(info.value, fn.__name__)
+    assert answered == code, (f"{info.value!r}: answered {errno.errorcode.get(answered)}, "
+                              f"expected {errno.errorcode[code]}")
 
 
-async def fails_somehow(fn, *args, **kwargs) -> FsError:
-    """The call fails with one bare FsError (never an exception group), whatever its errno."""
-    with pytest.raises(FsError) as info:
+async def fails_somehow(fn, *args, **kwargs) -> FsError | StoreError:
+    """The call fails with one bare typed error (never an exception group), whatever it is."""
+    with pytest.raises((FsError, StoreError)) as info:
         await fn(*args, **kwargs)
     return info.value
 

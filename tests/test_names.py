@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import stat
 
 import pytest
 
 from s3pvefs.config import GiB, MiB, TiB
-from s3pvefs.errors import FsError
+from s3pvefs.errors import FsError, FsKind
 from s3pvefs.names import (
     KEY_MAX,
     NAME_MAX,
@@ -45,13 +44,13 @@ def test_name_limit_counts_utf8_bytes_not_characters() -> None:
     assert name_from_kernel("é".encode() * 127 + b"x") == "é" * 127 + "x"  # 255 bytes
     with pytest.raises(FsError) as info:
         name_from_kernel("é".encode() * 128)  # 128 characters, 256 bytes
-    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.kind is FsKind.NAME_TOO_LONG
 
 
 def test_name_of_256_bytes_is_too_long() -> None:
     with pytest.raises(FsError) as info:
         name_from_kernel(b"x" * (NAME_MAX + 1))
-    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.kind is FsKind.NAME_TOO_LONG
 
 
 @pytest.mark.parametrize("raw", [
@@ -63,7 +62,7 @@ def test_name_of_256_bytes_is_too_long() -> None:
 def test_name_from_kernel_rejects(raw: bytes) -> None:
     with pytest.raises(FsError) as info:
         name_from_kernel(raw)
-    assert info.value.errno == errno.EINVAL
+    assert info.value.kind is FsKind.INVALID_NAME
 
 
 # -- listing_name ----------------------------------------------------------------------------
@@ -109,10 +108,10 @@ def test_check_key_length() -> None:
     check_key_length("€" * (KEY_MAX // 3))  # 1023 bytes
     with pytest.raises(FsError) as info:
         check_key_length("k" * (KEY_MAX + 1))
-    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.kind is FsKind.NAME_TOO_LONG
     with pytest.raises(FsError) as info:
         check_key_length("€" * (KEY_MAX // 3 + 1))  # 342 characters, 1026 bytes
-    assert info.value.errno == errno.ENAMETOOLONG
+    assert info.value.kind is FsKind.NAME_TOO_LONG
 
 
 # -- attribute metadata ----------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import errno
 import logging
 import threading
 import time
@@ -15,7 +14,7 @@ import trio
 from s3pvefs import store as store_module
 from s3pvefs.bridge import AsyncioThread, LoopStoppedError
 from s3pvefs.config import MiB, Config
-from s3pvefs.errors import StoreError
+from s3pvefs.errors import StoreError, StoreKind
 from s3pvefs.faults import FaultInjectingStore, store_error
 from s3pvefs.store import S3Store, multipart_etag, open_s3_store
 
@@ -169,7 +168,7 @@ async def test_an_etag_that_is_not_of_what_was_sent_fails_the_upload(
             upload_id = await store.create_multipart("big", {})
             part = await store.upload_part("big", upload_id, 1, b"data")
             await store.complete_multipart("big", upload_id, [(1, part)], 4)
-    assert info.value.code == "UploadNotVerified" and info.value.errno == errno.EIO
+    assert info.value.code == "UploadNotVerified" and info.value.kind is StoreKind.UNVERIFIED
 
 
 async def test_uploads_carry_the_md5_of_their_body(store: S3Store) -> None:
@@ -223,22 +222,22 @@ async def test_abort_and_list_multipart_uploads(store: S3Store) -> None:
 # -- errors ---------------------------------------------------------------------------------
 
 
-async def test_if_match_mismatch_is_estale(store: S3Store) -> None:
+async def test_if_match_mismatch_is_precondition_failed(store: S3Store) -> None:
     await store.put("f", b"old", {})
     with pytest.raises(StoreError) as failure:
         await store.get("f", 0, 2, if_match="0123456789abcdef0123456789abcdef")
-    assert failure.value.errno == errno.ESTALE
+    assert failure.value.kind is StoreKind.PRECONDITION_FAILED
     assert failure.value.code == "PreconditionFailed"
 
 
-async def test_missing_key_is_enoent_and_logged_quietly(
+async def test_missing_key_is_not_found_and_logged_quietly(
     store: S3Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="s3pvefs.store")
     for request in (store.head, store.get):
         with pytest.raises(StoreError) as failure:
             await request("no/such/key")
-        assert failure.value.errno == errno.ENOENT
+        assert failure.value.kind is StoreKind.NOT_FOUND
         assert failure.value.key == "no/such/key"
     records = [r for r in caplog.records if r.name == "s3pvefs.store"]
     assert len(records) == 2 and all(r.levelno == logging.DEBUG for r in records)
@@ -249,7 +248,7 @@ async def test_missing_bucket(store_config: Config, caplog: pytest.LogCaptureFix
     async with open_s3_store(config) as missing:
         with pytest.raises(StoreError) as failure:
             await missing.head_bucket()
-        assert failure.value.code == "NoSuchBucket" and failure.value.errno == errno.EIO
+        assert failure.value.code == "NoSuchBucket" and failure.value.kind is StoreKind.BUCKET_MISSING
         with pytest.raises(StoreError) as failure:
             await missing.put("k", b"x", {})
         assert failure.value.code == "NoSuchBucket"
@@ -259,7 +258,7 @@ async def test_missing_bucket(store_config: Config, caplog: pytest.LogCaptureFix
     assert any("PutObject" in m and "no-such-bucket-here/k" in m for m in warning)
 
 
-async def test_unreachable_endpoint_fails_fast_with_eio(
+async def test_unreachable_endpoint_fails_fast_as_unavailable(
     store_config: Config, unreachable_endpoint_url: str
 ) -> None:
     endpoint = unreachable_endpoint_url
@@ -270,7 +269,7 @@ async def test_unreachable_endpoint_fails_fast_with_eio(
             await unreachable.get("some/key")
         assert unreachable.stats.errors["GetObject"] == 1
     assert time.monotonic() - started < 5
-    assert failure.value.errno == errno.EIO
+    assert failure.value.kind is StoreKind.UNAVAILABLE and failure.value.transient
     assert failure.value.code == "EndpointConnectionError"
     assert endpoint in str(failure.value)
 
@@ -461,7 +460,7 @@ async def test_faults_fail_times_and_key_filter(store: S3Store) -> None:
     assert await faulty.get("a") == b"1"
     with pytest.raises(StoreError) as failure:
         await faulty.get("b")
-    assert failure.value.errno == errno.EACCES
+    assert failure.value.kind is StoreKind.ACCESS_DENIED
     assert await faulty.get("b") == b"2"  # used up
 
     faulty.fail("CopyObject", RuntimeError("injected"), key_filter=lambda key: key == "dst")
