@@ -640,7 +640,7 @@ async def streamed_with_evicted_parts(core: FsCore, name: str, data: bytes):
     return fh, node
 
 
-async def test_evicted_parts_read_right_while_an_early_completion_ends(make_core) -> None:
+async def test_evicted_parts_read_right_while_an_early_completion_ends(make_core, s3) -> None:
     """Between CompleteMultipartUpload and the rest of the bookkeeping, the completed object
     must already back the evicted parts: never holes read as data."""
     core = await make_core(cache_size=2 * PART)
@@ -659,6 +659,11 @@ async def test_evicted_parts_read_right_while_an_early_completion_ends(make_core
     await core.write(fh, PART + 3, patch)  # in an evicted part: completes the stream
     assert reads == [data[PART:PART + BLOCK]]
     await core.release(fh)
+    await drain(core)
+    expected = bytearray(data)
+    expected[3 * PART:3 * PART + BLOCK] = patch
+    expected[PART + 3:PART + 3 + BLOCK] = patch
+    assert s3.body(f"{PREFIX}images/100/vm-100-disk-0.raw") == expected
 
 
 async def test_crash_right_after_an_early_completion_loses_nothing(make_core, s3, tmp_path) -> None:
@@ -723,16 +728,26 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
     assert body == data[:len(body)]  # what the journal vouched for, never zeros
 
 
-async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_core) -> None:
-    """vzdump never rewrites; a half-written archive must never appear under its name."""
+async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_core, s3) -> None:
+    """vzdump never rewrites; a half-written archive must never appear under its name: the
+    write fails, and the name stays empty on S3 until the rename, when all of it lands."""
     core = await make_core(cache_size=2 * PART)
     data = b"\x28\xb5\x2f\xfd" + payload(5 * PART, seed=24)  # zstd magic: .vma.zst predicted
     dump = await inode(core, "dump")
-    fh, node = await write_file(core, dump, "vzdump-qemu-100-2026_11_21-01_00_00.vma.dat",
-                                data, release=False)
+    name = "vzdump-qemu-100-2026_11_21-01_00_00"
+    fh, node = await write_file(core, dump, f"{name}.vma.dat", data, release=False)
     await settled(lambda: node.data.unreadable(PART // BLOCK))
+    assert s3.uploads() == [f"{PREFIX}dump/{name}.vma.zst"]  # its parts go there
     await fails_with(errno.EIO, core.write, fh, PART + 10, b"x")
+    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/"]  # not completed early
     await core.release(fh)
+    await trio.sleep(1)  # virtual time: vzdump renames it a moment after closing it
+    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/"]
+    await core.rename(dump, f"{name}.vma.dat", dump, f"{name}.vma.zst")
+    await drain(core)
+    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/", f"{PREFIX}dump/{name}.vma.zst"]
+    assert s3.body(f"{PREFIX}dump/{name}.vma.zst") == data  # whole, without the failed write
+    assert s3.uploads() == []
 
 
 # -- writes into remote files ----------------------------------------------------------------
@@ -1137,8 +1152,12 @@ async def test_directory_rename_copy_failure_errno(make_core, store, s3) -> None
     faulty = FaultInjectingStore(store)
     core = await make_core(faulty)
     await make_tree(core)
+    before = s3.keys()
     faulty.fail("CopyObject", store_error("CopyObject", "AccessDenied"))
     await fails_with(errno.EACCES, core.rename, ROOT_INODE, "d", ROOT_INODE, "e")
+    assert s3.keys() == before  # nothing moved, nothing left behind
+    await fails_with(errno.ENOENT, core.lookup, ROOT_INODE, "e")
+    assert (await core.lookup(ROOT_INODE, "d")).is_dir
 
 
 async def test_rename_errors(make_core, store, s3) -> None:
@@ -1167,7 +1186,12 @@ async def test_rename_errors(make_core, store, s3) -> None:
     assert counts.changes == 0
     assert s3.keys() == before
     # renaming onto itself changes nothing
+    file_node = await core.lookup(ROOT_INODE, "file")
     await core.rename(ROOT_INODE, "file", ROOT_INODE, "file")
+    await drain(core)
+    assert await core.lookup(ROOT_INODE, "file") is file_node and not file_node.unlinked
+    assert await read_file(core, file_node.ino) == b"x"
+    assert counts.changes == 0 and s3.keys() == before
     assert empty.ino == await inode(core, "empty")
 
 
@@ -1467,7 +1491,7 @@ async def test_listing_with_many_pages(make_core, store, s3) -> None:
     assert await read_file(core, dict(entries)["f07"].ino) == b"f07"
 
 
-async def test_mkdir_during_listing_survives(make_core, store) -> None:
+async def test_mkdir_during_listing_survives(make_core, store, s3) -> None:
     slow = SlowListings(store)
     core = await make_core(slow)
     images = await inode(core, "images")
@@ -1484,6 +1508,7 @@ async def test_mkdir_during_listing_survives(make_core, store) -> None:
         nursery.start_soon(listing)
     assert "101" in core.node(images).children
     assert (await core.lookup(images, "101")).is_dir
+    assert f"{PREFIX}images/101/" in s3.keys()
 
 
 async def test_unlink_during_listing_stays_deleted(make_core, store) -> None:
@@ -1614,7 +1639,10 @@ async def test_statfs_never_zero_and_needs_no_s3(make_core, store) -> None:
 async def test_statfs_with_default_capacity(make_core) -> None:
     core = await make_core()
     info = core.statfs()
-    assert info.blocks > 0 and info.blocks_free > 0 and info.blocks_free <= info.blocks
+    assert info.blocks * info.block_size == Config().capacity  # 1 PiB unless configured
+    assert info.blocks_free == info.blocks  # nothing written yet
+    await write_file(core, await inode(core, "images"), "disk.raw", payload(3 * BLOCK))
+    assert core.statfs().blocks_free == info.blocks - 3 * BLOCK // info.block_size
 
 
 # -- durability under concurrency (the file is on S3 only once S3 shows all of it) ----------
