@@ -276,7 +276,7 @@ class SlowListings(FaultInjectingStore):
     async def list_page(self, *args, **kwargs):
         page = await super().list_page(*args, **kwargs)
         if self.answer_delay:
-            await trio.sleep(self.answer_delay)  # virtual time: the answer's latency  # virtual time: the answer's latency
+            await trio.sleep(self.answer_delay)  # virtual time: the answer's latency
         return page
 
 
@@ -702,7 +702,7 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
     async def crash_after_part_2(node, durable=False):  # later records never reach the disk
         nonlocal part_2_recorded
         if part_2_recorded:
-            await trio.sleep_forever()
+            await trio.sleep_forever()  # the kill: this mount journals nothing more
         await original(node, durable)
         part_2_recorded = node.stream is not None and 2 in node.stream.parts
 
