@@ -46,7 +46,7 @@ class WorkerThreads:
     autojump off (the loop then only waits for them), so a test sees the same order of events
     however slow the disk is."""
 
-    def __init__(self, clock: trio.testing.MockClock) -> None:
+    def __init__(self, clock: trio.testing.MockClock | None) -> None:
         self.clock = clock
         self.running = 0
         self._none_running = trio.Event()
@@ -56,12 +56,14 @@ class WorkerThreads:
         self.running += 1
         if self.running == 1:
             self._none_running = trio.Event()
-            self.clock.autojump_threshold = math.inf
+            if self.clock is not None:
+                self.clock.autojump_threshold = math.inf
 
     def done(self) -> None:
         self.running -= 1
         if self.running == 0:
-            self.clock.autojump_threshold = 0
+            if self.clock is not None:
+                self.clock.autojump_threshold = 0
             self._none_running.set()
 
     async def wait_none_running(self) -> None:
@@ -76,9 +78,18 @@ def run_on_virtual_time(fn, *, clock=None, instruments=()):
     test runs on a fresh autojumping MockClock (``trio.lowlevel.current_clock()``) that never
     jumps while a worker thread runs (WorkerThreads: ``trio.to_thread.run_sync`` reports its
     threads while the test runs)."""
-    global _worker_threads
     clock = trio.testing.MockClock(autojump_threshold=0) if clock is None else clock
-    threads = WorkerThreads(clock)
+    return _run_counting_threads(fn, clock, WorkerThreads(clock), instruments)
+
+
+def run_on_real_time(fn, *, clock=None, instruments=()):
+    """``trio.run`` on the real clock, counting worker threads as run_on_virtual_time does (so
+    that ``settle`` waits for them; it cannot see S3 requests in flight)."""
+    return _run_counting_threads(fn, clock, WorkerThreads(None), instruments)
+
+
+def _run_counting_threads(fn, clock, threads: WorkerThreads, instruments):
+    global _worker_threads
     original = trio.to_thread.run_sync
 
     async def counted_run_sync(sync_fn, *args, **kwargs):

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from helpers import MemoryBucket, ServerBucket, run_on_virtual_time, settle
+from helpers import MemoryBucket, ServerBucket, run_on_real_time, run_on_virtual_time, settle
 from s3pvefs.blockcache import BlockCache
 from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
@@ -68,7 +68,7 @@ def trio_run(item: pytest.Item):
     """The trio.run of a test here (tests/conftest.py asks): virtual time on the MemoryStore;
     the real clock on a server (its requests wait for sockets, which an autojumping clock
     would take for idleness)."""
-    return trio.run if runs_on_server(item) else run_on_virtual_time
+    return run_on_real_time if runs_on_server(item) else run_on_virtual_time
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
