@@ -357,6 +357,13 @@ class MemoryStore:
                  for upload_id, u in self._uploads.items() if u.key.startswith(prefix)]
         return sorted(found, key=lambda u: (u.key, u.initiated_ns))  # S3: by key, then age
 
+    def open_uploads(self) -> list[MultipartUploadInfo]:
+        """The multipart uploads not completed or aborted yet, for tests to look at without a
+        request (nothing counted, no checkpoint)."""
+        return sorted((MultipartUploadInfo(u.key, upload_id, u.initiated_ns)
+                       for upload_id, u in self._uploads.items()),
+                      key=lambda u: (u.key, u.initiated_ns))
+
     async def aclose(self) -> None:
         self._closed = True
 
