@@ -31,12 +31,17 @@ from s3pvefs import blockcache
 from s3pvefs.control import serve_control
 from s3pvefs.recovery import recover
 import test_core
-from test_core import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, wait_for,
+from test_core import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
                        write_file)
 
-# test_core's fixtures, for the tests here: a started FsCore on a fresh bucket.
+# test_core's fixtures and clock, for the tests here: a started FsCore on a fresh MemoryStore,
+# on virtual time (background deletions are settled, not polled for).
+server_config = test_core.server_config
+store = test_core.store
+s3 = test_core.s3
 core_config = test_core.core_config
 make_core = test_core.make_core
+trio_run = test_core.trio_run
 
 PACKAGE = Path(s3pvefs.__file__).parent
 PACKAGE_PREFIX = f"{PACKAGE}{os.sep}"
@@ -139,7 +144,7 @@ async def test_writes_reads_evictions_and_deletes_leave_the_disk_to_threads(make
         _, other = await write_file(core, dump, "vzdump-qemu-101.vma", payload(2 * PART, 2))
         await drain(core)
     assert not calls, listed(calls)
-    await wait_for(lambda: not cache_file.exists())
+    await settled(lambda: not cache_file.exists())
 
 
 async def test_a_file_deleted_while_open_leaves_the_disk_to_threads(make_core):
@@ -156,11 +161,11 @@ async def test_a_file_deleted_while_open_leaves_the_disk_to_threads(make_core):
         cache_file = node.data.path
         await core.release(fh)
     assert not calls, listed(calls)
-    await wait_for(lambda: not cache_file.exists())
+    await settled(lambda: not cache_file.exists())
 
 
 async def test_clean_data_kept_across_a_remount_leaves_the_disk_to_threads(
-        make_core, s3_client, bucket, tmp_path):
+        make_core, s3, tmp_path):
     """Unmount lists clean cache files; the next mount reuses one, drops one whose object
     changed, and drops the rest when a writer needs their room."""
     cache_dir = tmp_path / "kept"
@@ -173,7 +178,7 @@ async def test_clean_data_kept_across_a_remount_leaves_the_disk_to_threads(
         await first.keep_clean_data()
         await first.cache.aclose()
     assert not calls, listed(calls)
-    s3_client.put_object(Bucket=bucket, Key=f"{PREFIX}dump/notes-1.log", Body=b"changed")
+    s3.put(f"{PREFIX}dump/notes-1.log", b"changed")
 
     second = await make_core(cache_dir=cache_dir, cache_size=PART + PART // 4)
     kept = {path.name for path in (cache_dir / "data").iterdir()}
@@ -185,7 +190,7 @@ async def test_clean_data_kept_across_a_remount_leaves_the_disk_to_threads(
         await write_file(second, dump, "big.raw", payload(PART, seed=9))
         await drain(second)
     assert not calls, listed(calls)
-    await wait_for(lambda: len(kept & {p.name for p in (cache_dir / "data").iterdir()}) < 2)
+    await settled(lambda: len(kept & {p.name for p in (cache_dir / "data").iterdir()}) < 2)
 
 
 async def test_recovery_leaves_the_disk_to_threads(make_core, tmp_path):
