@@ -222,8 +222,7 @@ class Uploader:
             if node.holds:
                 return  # a rename or unlink waits for this lock; it schedules us again
             if not node.needs_upload:
-                if node.stale_key is not None and not node.unlinked:
-                    await self._delete_stale_key(node)
+                await self._delete_stale_keys(node)  # also an unlinked file's: they are its
                 return
             with trio.CancelScope() as scope:
                 node.sync_scope = scope
@@ -293,15 +292,24 @@ class Uploader:
         log.info("uploaded %s (%d bytes)", key, size)
         if self.attr_index is not None:
             await self.attr_index.publish_uploaded(node, key, etag)
-        await self.delete_stale_key(node)
+        await self.delete_stale_keys(node)
         await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
-            return await self.store.put(key, node.symlink_target.encode(), metadata)
+            return await self._put(key, node.symlink_target.encode(), metadata)
         if size < self.threshold:
-            return await self.store.put(key, await self._compose(node, 0, size), metadata)
+            return await self._put(key, await self._compose(node, 0, size), metadata)
         return await self._multipart(node, key, size, metadata)
+
+    # A rename or unlink cancels uploads (``held``). A request that makes an object (PUT,
+    # CompleteMultipartUpload, CopyObject) is never cancelled once sent: S3 may apply it all
+    # the same, after the rename deleted the key it left, or with an ETag nobody recorded
+    # (GETs then fail with 412 on the mount's own write). The caller learns its outcome.
+
+    async def _put(self, key: str, body: bytes, metadata: dict) -> str:
+        with trio.CancelScope(shield=True):
+            return await self.store.put(key, body, metadata)
 
     async def _finish_stream(self, node: Node, key: str, size: int, metadata: dict) -> str | None:
         """Complete a file's streaming upload at ``key``; None when it had to be dropped.
@@ -348,7 +356,7 @@ class Uploader:
         # attempt reads evicted blocks from it (never zeros from the cache file's holes).
         node.base = RemoteObject(streamed_at, etag, size)
         data.reset_base(size)
-        node.stale_key = streamed_at
+        node.stale_keys.add(streamed_at)
         await self.checkpoint(node, durable=True)
         return await self.copy_object(node.base, key, metadata)
 
@@ -378,24 +386,35 @@ class Uploader:
             await self.checkpoint(node, durable=True)
         return found
 
-    async def delete_stale_key(self, node: Node) -> None:
-        """Remove the object a file left at a key it no longer has, unless another file is
+    async def delete_stale_keys(self, node: Node) -> None:
+        """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
         try:
-            await self._delete_stale_key(node)
+            await self._delete_stale_keys(node)
         except FsError:
             self.schedule(node, RETRY_MIN)
 
-    async def _delete_stale_key(self, node: Node) -> None:
-        stale, node.stale_key = node.stale_key, None
-        if stale is None or stale == node.key(self.prefix) or self.key_owner(stale) is not None:
+    async def _delete_stale_keys(self, node: Node) -> None:
+        for key in sorted(node.stale_keys):
+            await self._delete_stale_key(node, key)
+
+    async def _delete_stale_key(self, node: Node, key: str) -> None:
+        base = node.base
+        if base is not None and base.key == key and not node.unlinked:
+            return  # its evicted blocks are read from there until its upload or rename
+        owner = self.key_owner(key)
+        if owner is not None and not owner.is_dir:
+            # That file's upload replaces the object; should it go first, it deletes it.
+            owner.remote_maybe = True
+            node.stale_keys.discard(key)
             return
         try:
-            await self.store.delete(stale)
+            with trio.CancelScope(shield=True):  # a DELETE landing late could hit a new object
+                await self.store.delete(key)
         except FsError as exc:
-            node.stale_key = stale
-            log.warning("could not delete %s (left by %s): %s", stale, node.path(), exc)
+            log.warning("could not delete %s (left by %s): %s", key, node.path(), exc)
             raise
+        node.stale_keys.discard(key)  # only now: a failed DELETE is tried again
 
     def in_flight(self, node: Node) -> _Progress | None:
         """The whole-file upload of ``node`` running now, if any."""
@@ -535,9 +554,10 @@ class Uploader:
                         nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
             if before_complete is not None:
                 await before_complete()
-            etag = await self.store.complete_multipart(key, upload_id, sorted(etags.items()),
-                                                       size)
-            await self.upload_ended(upload_id)
+            with trio.CancelScope(shield=True):  # see _put
+                etag = await self.store.complete_multipart(key, upload_id,
+                                                           sorted(etags.items()), size)
+                await self.upload_ended(upload_id)
             return etag
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
@@ -591,7 +611,9 @@ class Uploader:
         check_key_length(dest_key)
         try:
             if source.size <= MAX_COPY_SIZE:
-                return await self.store.copy(source.key, dest_key, metadata, if_match=source.etag)
+                with trio.CancelScope(shield=True):  # see _put
+                    return await self.store.copy(source.key, dest_key, metadata,
+                                                 if_match=source.etag)
             return await self._multipart_copy(source, dest_key, metadata)
         except StoreError as exc:
             if not exc.not_implemented:
@@ -620,7 +642,7 @@ class Uploader:
         metadata = await self._metadata_of(source, metadata)
         if source.size < self.threshold:
             body = await self.reader.read_range(source, 0, source.size) if source.size else b""
-            return await self.store.put(dest_key, body, metadata)
+            return await self._put(dest_key, body, metadata)
 
         async def part_body(offset: int, length: int) -> bytes:
             return await self.reader.read_range(source, offset, length)
