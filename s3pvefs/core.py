@@ -89,6 +89,7 @@ class FsCore:
         self.uploader.journal = self.journal
         self.uploader.checkpoint = self.checkpoint
         self.uploader.key_owner = self.node_at_key
+        self.dirs.left_behind = self.uploader.left_behind
         cache.on_pressure = self.uploader.relieve_pressure
         self.dirs.on_listed = self._prefetch_small_files
         # Told which directories `refresh` dropped, so the kernel's caches can follow.
@@ -937,10 +938,9 @@ class FsCore:
         node.remote_maybe = copied or target_on_s3
         node.ctime_ns = now_ns()
         if had_object:
-            node.stale_keys.add(old_key)
+            self.uploader.leave_key(node, old_key)
         if target is not None:  # the replaced file's leftovers are ours to delete now
-            node.stale_keys |= target.stale_keys
-            target.stale_keys = set()
+            self.uploader.hand_over_left_keys(target, node)
         # Durable before the old object is deleted (the journal must know the new key then);
         # without one, an old record still keeps the data safe.
         await self.checkpoint(node, durable=had_object)

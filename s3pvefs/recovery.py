@@ -93,7 +93,8 @@ async def _recover_file(core, record: dict) -> Node:
     if record["state"] == "open":
         await _keep_what_was_written(core, node)
     # Records written before "stale_keys" hold one "stale_key".
-    node.stale_keys = set(record.get("stale_keys") or filter(None, [record.get("stale_key")]))
+    for key in record.get("stale_keys") or filter(None, [record.get("stale_key")]):
+        core.uploader.leave_key(node, key)
     node.journal_id = record["id"]
     parent.children[name] = node
     node.touch()

@@ -7,6 +7,7 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import math
@@ -71,6 +72,7 @@ class Uploader:
         self.journal = None  # set by the core: multipart uploads in flight are listed there
         self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
         self.key_owner = lambda key: None  # set by the core: the node at a key, if any
+        self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
         self.attr_index = None  # set by the core: attrindex.AttributeIndex
 
     # -- background worker ------------------------------------------------------------------
@@ -351,12 +353,12 @@ class Uploader:
                                        "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
                     "there and copying", node.path(), key, streamed_at)
+        self.leave_key(node, streamed_at)  # before the object appears: listings must skip it
         etag = await self.streamer.finish(node, size, metadata)
         # The complete object is this file's base from now on: should the copy fail, the next
         # attempt reads evicted blocks from it (never zeros from the cache file's holes).
         node.base = RemoteObject(streamed_at, etag, size)
         data.reset_base(size)
-        node.stale_keys.add(streamed_at)
         await self.checkpoint(node, durable=True)
         return await self.copy_object(node.base, key, metadata)
 
@@ -386,6 +388,29 @@ class Uploader:
             await self.checkpoint(node, durable=True)
         return found
 
+    def leave_key(self, node: Node, key: str) -> None:
+        """An object of ``node`` may be at ``key``, which it no longer has: it is deleted
+        (``delete_stale_keys``), and until then listings do not show it as a file (a node made
+        of it would own the key, and keep it from being deleted)."""
+        if key not in node.stale_keys:
+            node.stale_keys.add(key)
+            self._left_behind[key] += 1
+
+    def _forget_left_key(self, node: Node, key: str) -> None:
+        if key in node.stale_keys:
+            node.stale_keys.discard(key)
+            self._left_behind[key] -= 1
+            if self._left_behind[key] <= 0:
+                del self._left_behind[key]
+
+    def hand_over_left_keys(self, giver: Node, taker: Node) -> None:
+        for key in sorted(giver.stale_keys):
+            self.leave_key(taker, key)
+            self._forget_left_key(giver, key)
+
+    def left_behind(self, key: str) -> bool:
+        return key in self._left_behind
+
     async def delete_stale_keys(self, node: Node) -> None:
         """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
@@ -406,7 +431,7 @@ class Uploader:
         if owner is not None and not owner.is_dir:
             # That file's upload replaces the object; should it go first, it deletes it.
             owner.remote_maybe = True
-            node.stale_keys.discard(key)
+            self._forget_left_key(node, key)
             return
         try:
             with trio.CancelScope(shield=True):  # a DELETE landing late could hit a new object
@@ -414,7 +439,7 @@ class Uploader:
         except FsError as exc:
             log.warning("could not delete %s (left by %s): %s", key, node.path(), exc)
             raise
-        node.stale_keys.discard(key)  # only now: a failed DELETE is tried again
+        self._forget_left_key(node, key)  # only now: a failed DELETE is tried again
 
     def in_flight(self, node: Node) -> _Progress | None:
         """The whole-file upload of ``node`` running now, if any."""

@@ -149,3 +149,23 @@ async def test_a_file_replaced_by_a_rename_hands_its_stale_key_on(make_core, sto
     assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
                                                              f"{PREFIX}images/t.raw"]
     assert s3_body(s3_client, bucket, f"{PREFIX}images/t.raw") == new
+
+
+async def test_a_listing_does_not_show_an_object_left_at_an_old_key(make_core, store, s3_client,
+                                                                   bucket):
+    """Stress seed 8: a stream completed at the key its file was renamed from; a listing
+    before that key's DELETE made a file of the object, which then owned the key and kept it
+    from ever being deleted."""
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    images = await inode(core, "images")
+    await write_file(core, images, "a.raw", payload(3 * BLOCK, seed=6))
+    await drain(core)
+    fail_delete_once(faulty, f"{PREFIX}images/a.raw")
+    await core.rename(images, "a.raw", images, "b.raw")
+    core.dirs.invalidate(core.node(images))
+    assert [name for name, _ in await core.readdir(images)] == ["b.raw"]
+    await trio.sleep(RETRY_WAIT)
+    await drain(core)
+    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+                                                             f"{PREFIX}images/b.raw"]
