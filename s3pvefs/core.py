@@ -92,6 +92,7 @@ class FsCore:
         self.uploader.journal = self.journal
         self.uploader.checkpoint = self.checkpoint
         self.uploader.key_owner = self.node_at_key
+        self.dirs.left_behind = self.uploader.left_behind
         cache.on_pressure = self.uploader.relieve_pressure
         self.dirs.on_listed = self._prefetch_small_files
         # Told which directories `refresh` dropped, so the kernel's caches can follow.
@@ -173,7 +174,7 @@ class FsCore:
                                  if b in data.dirty or b * data.block_size >= s3_has),
             "dirty": block_runs(data.dirty),
             "seq": time.time_ns(),
-            "stale_key": node.stale_key,
+            "stale_keys": sorted(node.stale_keys),
             "data_dirty": node.data_gen != node.uploaded_data_gen,
             "meta_dirty": node.meta_gen != node.uploaded_meta_gen,
             "stream": None if stream is None else self.streamer.record(stream),
@@ -868,7 +869,7 @@ class FsCore:
             await self._let_go_of_key(node)
             if node.remote_maybe or node.base is not None:
                 await self.store.delete(node.key(self.prefix))
-            await self.uploader.delete_stale_key(node)
+            await self.uploader.delete_stale_keys(node)
             node.unlinked = True  # no new upload may start
             await self.checkpoint(node)  # drops its journal record
 
@@ -1037,13 +1038,13 @@ class FsCore:
             await self._move_file(node, new_parent, new_name, target)
             if target is not None:
                 await self.checkpoint(target)
-            await self.uploader.delete_stale_key(node)
+            await self.uploader.delete_stale_keys(node)
         self._after_change(node)
 
     async def _move_file(self, node: Node, new_parent: Node, new_name: str,
                          target: Node | None) -> None:
         """Copy what S3 holds of the file to the new key (if needed), move the node, and
-        journal the new key; the old object is deleted after that (``stale_key``), so that
+        journal the new key; the old object is deleted after that (``stale_keys``), so that
         a failure or a crash never loses the only copy."""
         old_key = node.key(self.prefix)
         old_dir_key, old_name = node.parent.key(self.prefix), node.name
@@ -1054,7 +1055,9 @@ class FsCore:
         node.remote_maybe = copied or target_on_s3
         node.ctime_ns = now_ns()
         if had_object:
-            node.stale_key = old_key
+            self.uploader.leave_key(node, old_key)
+        if target is not None:  # the replaced file's leftovers are ours to delete now
+            self.uploader.hand_over_left_keys(target, node)
         # Durable before the old object is deleted (the journal must know the new key then);
         # without one, an old record still keeps the data safe.
         await self.checkpoint(node, durable=had_object)

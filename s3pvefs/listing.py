@@ -43,6 +43,7 @@ class Directories:
         self._refreshing: set[Node] = set()
         self.attr_index = None  # attrindex.AttributeIndex, set by the core
         self.on_listed: Callable[[Node], None] | None = None  # called after every (re)listing
+        self.left_behind: Callable[[str], bool] = lambda key: False  # set by the core
 
     # -- listings ---------------------------------------------------------------------------
 
@@ -171,6 +172,8 @@ class Directories:
                 continue
             if name.startswith((INDEX_PREFIX, KEPT_PREFIX)):
                 continue  # an attribute index, or a deleted file's data: not a file
+            if self.left_behind(obj.key):
+                continue  # left by a file of ours that moved away: deleted soon, not a file
             seen[name] = obj
         for common_prefix in prefixes:
             name = listing_name(dir_key, common_prefix)

@@ -46,7 +46,7 @@ class Node:
         "lookups", "changed_seq", "unlinked", "meta_loaded", "mtime_explicit", "children",
         "listed_at", "_listing_lock", "removed", "base", "data", "open_count", "write_handles",
         "data_gen", "meta_gen", "uploaded_data_gen", "uploaded_meta_gen", "remote_maybe",
-        "stale_key", "stream", "waiting_for_rename", "symlink_target", "_sync_lock", "holds",
+        "stale_keys", "stream", "waiting_for_rename", "symlink_target", "_sync_lock", "holds",
         "_journal_lock", "journal_id", "sync_scope", "last_error", "data_version",
         "kernel_version", "landing",
     )
@@ -89,7 +89,9 @@ class Node:
         self.uploaded_data_gen = 0
         self.uploaded_meta_gen = 0
         self.remote_maybe = False  # an object may exist at this node's key
-        self.stale_key: str | None = None  # an object of ours at a key we left, to delete
+        # Keys we left where an object of ours may still be: each is deleted once (a later
+        # rename adds another before the first is gone), unless another file is there now.
+        self.stale_keys: set[str] = set()
         self.stream = None  # streaming.Stream while parts upload during writing
         self.waiting_for_rename: str | None = None  # see errors.RenamePending
         self.symlink_target: str | None = None

@@ -92,7 +92,9 @@ async def _recover_file(core, record: dict) -> Node:
         core.streamer.restore(node, record["stream"])
     if record["state"] == "open":
         await _keep_what_was_written(core, node)
-    node.stale_key = record.get("stale_key")
+    # Records written before "stale_keys" hold one "stale_key".
+    for key in record.get("stale_keys") or filter(None, [record.get("stale_key")]):
+        core.uploader.leave_key(node, key)
     node.journal_id = record["id"]
     parent.children[name] = node
     node.touch()

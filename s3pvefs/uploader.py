@@ -7,6 +7,7 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -71,6 +72,7 @@ class Uploader:
         self.journal = None  # set by the core: multipart uploads in flight are listed there
         self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
         self.key_owner = lambda key: None  # set by the core: the node at a key, if any
+        self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
         self.attr_index = None  # set by the core: attrindex.AttributeIndex
 
     # -- background worker ------------------------------------------------------------------
@@ -223,8 +225,7 @@ class Uploader:
             if node.holds:
                 return  # a rename or unlink waits for this lock; it schedules us again
             if not node.needs_upload:
-                if node.stale_key is not None and not node.unlinked:
-                    await self._delete_stale_key(node)
+                await self._delete_stale_keys(node)  # also an unlinked file's: they are its
                 return
             with trio.CancelScope() as scope:
                 node.sync_scope = scope
@@ -299,21 +300,27 @@ class Uploader:
             log.info("uploaded %s (%d bytes)", key, size)
             if self.attr_index is not None:
                 await self.attr_index.publish_uploaded(node, key, etag)
-            await self.delete_stale_key(node)
+            await self.delete_stale_keys(node)
             await self.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
-            return await self.store.put(key, node.symlink_target.encode(), metadata)
+            return await self._put(key, node.symlink_target.encode(), metadata)
         if size < self.threshold:
             return await self._put(key, await self._compose(node, 0, size), metadata, node)
         return await self._multipart(node, key, size, metadata)
 
+    # A rename or unlink cancels uploads (``held``). A request that makes an object (PUT,
+    # CompleteMultipartUpload, CopyObject) is never cancelled once sent: S3 may apply it all
+    # the same, after the rename deleted the key it left, or with an ETag nobody recorded
+    # (GETs then fail with 412 on the mount's own write). The caller learns its outcome.
+
     async def _put(self, key: str, body: bytes, metadata: dict,
-                   landing_of: Node | None) -> str:
+                   landing_of: Node | None = None) -> str:
         if landing_of is not None and self.store.etags_are_md5:
             await self.announce_landing(landing_of, key, await body_etag(body), len(body))
-        return await self.store.put(key, body, metadata)
+        with trio.CancelScope(shield=True):
+            return await self.store.put(key, body, metadata)
 
     async def announce_landing(self, node: Node, key: str, etag: str, size: int) -> None:
         """Journal, durably, the object the next request makes at the file's key, before it
@@ -384,12 +391,12 @@ class Uploader:
                                         "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
                     "there and copying", node.path(), key, streamed_at)
+        self.leave_key(node, streamed_at)  # before the object appears: listings must skip it
         etag = await self.streamer.finish(node, size, metadata)
         # The complete object is this file's base from now on: should the copy fail, the next
         # attempt reads evicted blocks from it (never zeros from the cache file's holes).
         node.base = RemoteObject(streamed_at, etag, size)
         data.reset_base(size)
-        node.stale_key = streamed_at
         await self.checkpoint(node, durable=True)
         return await self.copy_object(node.base, key, metadata, landing_of=node)
 
@@ -419,24 +426,58 @@ class Uploader:
             await self.checkpoint(node, durable=True)
         return found
 
-    async def delete_stale_key(self, node: Node) -> None:
-        """Remove the object a file left at a key it no longer has, unless another file is
+    def leave_key(self, node: Node, key: str) -> None:
+        """An object of ``node`` may be at ``key``, which it no longer has: it is deleted
+        (``delete_stale_keys``), and until then listings do not show it as a file (a node made
+        of it would own the key, and keep it from being deleted)."""
+        if key not in node.stale_keys:
+            node.stale_keys.add(key)
+            self._left_behind[key] += 1
+
+    def _forget_left_key(self, node: Node, key: str) -> None:
+        if key in node.stale_keys:
+            node.stale_keys.discard(key)
+            self._left_behind[key] -= 1
+            if self._left_behind[key] <= 0:
+                del self._left_behind[key]
+
+    def hand_over_left_keys(self, giver: Node, taker: Node) -> None:
+        for key in sorted(giver.stale_keys):
+            self.leave_key(taker, key)
+            self._forget_left_key(giver, key)
+
+    def left_behind(self, key: str) -> bool:
+        return key in self._left_behind
+
+    async def delete_stale_keys(self, node: Node) -> None:
+        """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
         try:
-            await self._delete_stale_key(node)
+            await self._delete_stale_keys(node)
         except StoreError:
             self.schedule(node, RETRY_MIN)
 
-    async def _delete_stale_key(self, node: Node) -> None:
-        stale, node.stale_key = node.stale_key, None
-        if stale is None or stale == node.key(self.prefix) or self.key_owner(stale) is not None:
+    async def _delete_stale_keys(self, node: Node) -> None:
+        for key in sorted(node.stale_keys):
+            await self._delete_stale_key(node, key)
+
+    async def _delete_stale_key(self, node: Node, key: str) -> None:
+        base = node.base
+        if base is not None and base.key == key and not node.unlinked:
+            return  # its evicted blocks are read from there until its upload or rename
+        owner = self.key_owner(key)
+        if owner is not None and not owner.is_dir:
+            # That file's upload replaces the object; should it go first, it deletes it.
+            owner.remote_maybe = True
+            self._forget_left_key(node, key)
             return
         try:
-            await self.store.delete(stale)
+            with trio.CancelScope(shield=True):  # a DELETE landing late could hit a new object
+                await self.store.delete(key)
         except StoreError as exc:
-            node.stale_key = stale
-            log.warning("could not delete %s (left by %s): %s", stale, node.path(), exc)
+            log.warning("could not delete %s (left by %s): %s", key, node.path(), exc)
             raise
+        self._forget_left_key(node, key)  # only now: a failed DELETE is tried again
 
     def in_flight(self, node: Node) -> _Progress | None:
         """The whole-file upload of ``node`` running now, if any."""
@@ -583,8 +624,9 @@ class Uploader:
             expected = multipart_etag([etag for _, etag in parts])
             if landing_of is not None and expected is not None and self.store.etags_are_md5:
                 await self.announce_landing(landing_of, key, expected, size)
-            etag = await self.store.complete_multipart(key, upload_id, parts, size)
-            await self.upload_ended(upload_id)
+            with trio.CancelScope(shield=True):  # see _put
+                etag = await self.store.complete_multipart(key, upload_id, parts, size)
+                await self.upload_ended(upload_id)
             return etag
         except BaseException:
             with trio.CancelScope(shield=True), trio.move_on_after(30):
@@ -642,7 +684,9 @@ class Uploader:
         check_key_length(dest_key)
         try:
             if source.size <= MAX_COPY_SIZE:
-                return await self.store.copy(source.key, dest_key, metadata, if_match=source.etag)
+                with trio.CancelScope(shield=True):  # see _put
+                    return await self.store.copy(source.key, dest_key, metadata,
+                                                 if_match=source.etag)
             return await self._multipart_copy(source, dest_key, metadata, landing_of)
         except StoreError as exc:
             if not exc.not_implemented:
