@@ -18,15 +18,18 @@ from test_core import (
     drain,
     inode,
     payload,
-    s3_body,
-    s3_keys,
     write_file,
 )
 
 from s3pvefs.faults import FaultInjectingStore, store_error
 
-core_config = test_core.core_config  # the core tests' fixtures
+# The core tests' fixtures and clock: a MemoryStore on virtual time.
+server_config = test_core.server_config
+store = test_core.store
+s3 = test_core.s3
+core_config = test_core.core_config
 make_core = test_core.make_core
+trio_run = test_core.trio_run
 
 RETRY_WAIT = 2.0  # seconds: the uploader retries a failed delete after 1 s
 
@@ -68,7 +71,7 @@ def fail_delete_once(faulty: FaultInjectingStore, key: str) -> None:
 
 
 async def test_a_stale_key_whose_delete_was_cancelled_is_deleted_later(make_core, store,
-                                                                      s3_client, bucket):
+                                                                      s3):
     """The upload after a rename deletes the old key last; an unlink that cancels that delete
     must still see the key to delete (it was forgotten before the DELETE returned)."""
     gated = GatedStore(store)
@@ -90,11 +93,11 @@ async def test_a_stale_key_whose_delete_was_cancelled_is_deleted_later(make_core
             await trio.sleep(0.2)
             gated.open_gate("DeleteObject", f"{PREFIX}images/a.raw")
     await drain(core)
-    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/"]
+    assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/"]
 
 
 async def test_two_renames_before_the_first_old_key_is_deleted_leave_neither(
-        make_core, store, s3_client, bucket):
+        make_core, store, s3):
     faulty = FaultInjectingStore(store)
     core = await make_core(faulty)
     images = await inode(core, "images")
@@ -106,13 +109,13 @@ async def test_two_renames_before_the_first_old_key_is_deleted_leave_neither(
     await core.rename(images, "b.raw", images, "c.raw")
     await trio.sleep(RETRY_WAIT)
     await drain(core)
-    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+    assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/",
                                                              f"{PREFIX}images/c.raw"]
-    assert s3_body(s3_client, bucket, f"{PREFIX}images/c.raw") == data
+    assert s3.body(f"{PREFIX}images/c.raw") == data
 
 
 async def test_a_file_created_at_a_stale_key_deletes_the_object_there_when_unlinked(
-        make_core, store, s3_client, bucket):
+        make_core, store, s3):
     """The old key of a renamed file is not deleted while a new file is there (its upload
     will replace the object); should that file go before it was uploaded, the object must
     go with it."""
@@ -128,12 +131,11 @@ async def test_a_file_created_at_a_stale_key_deletes_the_object_there_when_unlin
     await core.unlink(images, "a.raw")
     await core.release(fh)
     await drain(core)
-    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+    assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/",
                                                              f"{PREFIX}images/b.raw"]
 
 
-async def test_a_file_replaced_by_a_rename_hands_its_stale_key_on(make_core, store, s3_client,
-                                                                 bucket):
+async def test_a_file_replaced_by_a_rename_hands_its_stale_key_on(make_core, store, s3):
     faulty = FaultInjectingStore(store)
     core = await make_core(faulty)
     images = await inode(core, "images")
@@ -146,13 +148,12 @@ async def test_a_file_replaced_by_a_rename_hands_its_stale_key_on(make_core, sto
     await core.rename(images, "n.raw", images, "t.raw")  # ... when t.raw is replaced
     await trio.sleep(RETRY_WAIT)
     await drain(core)
-    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+    assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/",
                                                              f"{PREFIX}images/t.raw"]
-    assert s3_body(s3_client, bucket, f"{PREFIX}images/t.raw") == new
+    assert s3.body(f"{PREFIX}images/t.raw") == new
 
 
-async def test_a_listing_does_not_show_an_object_left_at_an_old_key(make_core, store, s3_client,
-                                                                   bucket):
+async def test_a_listing_does_not_show_an_object_left_at_an_old_key(make_core, store, s3):
     """Stress seed 8: a stream completed at the key its file was renamed from; a listing
     before that key's DELETE made a file of the object, which then owned the key and kept it
     from ever being deleted."""
@@ -167,5 +168,5 @@ async def test_a_listing_does_not_show_an_object_left_at_an_old_key(make_core, s
     assert [name for name, _ in await core.readdir(images)] == ["b.raw"]
     await trio.sleep(RETRY_WAIT)
     await drain(core)
-    assert s3_keys(s3_client, bucket, f"{PREFIX}images/") == [f"{PREFIX}images/",
+    assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/",
                                                              f"{PREFIX}images/b.raw"]
