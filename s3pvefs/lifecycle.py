@@ -158,7 +158,7 @@ class FileState:
         self.remote_maybe = True
 
     def remote_possible(self) -> None:
-        """Another file's leftover is at this file's key: its upload replaces it."""
+        """An object may be at the file's key (its own, or one another file left there)."""
         self.remote_maybe = True
 
     def landing_announced(self, landing: RemoteObject) -> None:
