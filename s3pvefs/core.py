@@ -693,7 +693,8 @@ class FsCore:
         target = -(-(position + handle.window) // stretch) * stretch
         start = max(handle.requested_end, position)
         if target - start >= min(self.reader.max_range, handle.window // 2):
-            self.reader.prefetch(data, handle.node.file.base, start, target - start, handle.readahead)
+            self.reader.prefetch(data, handle.node.file.base, start, target - start,
+                                 handle.readahead)
             handle.requested_end = target
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
@@ -783,7 +784,8 @@ class FsCore:
                     self.inodes.drop(node)
             return
         if handle.writable and node.write_handles == 0 and node.file.journal_id is None:
-            await self.file_journal.checkpoint(node)  # flush journaled it already, unless it failed
+            # flush journaled it already, unless it failed
+            await self.file_journal.checkpoint(node)
         if node.open_count == 0 and node.file.data is not None:
             node.file.data.release_fd()
         self._after_change(node)
@@ -996,7 +998,8 @@ class FsCore:
         old_dir_key, old_name = node.parent.key(self.prefix), node.name
         had_object = node.file.remote_maybe or node.file.base is not None
         copied = await self._carry_base(node, new_parent.key(self.prefix) + new_name)
-        target_on_s3 = target is not None and (target.file.remote_maybe or target.file.base is not None)
+        target_on_s3 = target is not None and (target.file.remote_maybe
+                                                or target.file.base is not None)
         self._move(node, new_parent, new_name, target)
         node.file.moved(object_at_new_key=copied or target_on_s3)
         node.ctime_ns = now_ns()

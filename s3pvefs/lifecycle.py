@@ -5,12 +5,12 @@ rename holds the directories it moves). Its fields are written here only, by tra
 named after what happened; other modules read them and ask ``state``. Its journal record is
 built from it in one place, filejournal.FileJournal.
 
-The rules about order that the transitions keep (docs/design.md, "File lifecycle"):
-a streamed part's blocks leave the cache only after the record listing the part is on disk;
-an upload's object is announced (``landing_announced``) before the request that makes it, and
-settled before anything else uploads; a key a file left is deleted only after the record with
-its new key is durable; a completed stream backs the evicted blocks at once (no await between
-the completion and ``stream_completed``).
+Each transition is one step; the rules about order between steps and journal records are
+kept by the callers, at the places docs/design.md ("File lifecycle") names: a streamed part's
+blocks leave the cache only after the record listing the part is on disk; an upload's object
+is announced (``landing_announced``) and journaled before the request that makes it; a key a
+file left is deleted only after the record with its new key is durable; a completed stream
+backs the evicted blocks at once (no await between the completion and ``stream_completed``).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ class FileState:
             self._journal_lock = trio.Lock()
         return self._journal_lock
 
-    # -- questions ---------------------------------------------------------------------------
+    # -- questions -----------------------------------------------------------------------------
 
     @property
     def data_dirty(self) -> bool:
@@ -130,7 +130,7 @@ class FileState:
             return State.DIRTY
         return State.CLEAN if self.data is not None and self.data.cached else State.REMOTE
 
-    # -- local changes -----------------------------------------------------------------------
+    # -- local changes -------------------------------------------------------------------------
 
     def data_changed(self) -> None:
         """Creation or truncation: the object must be uploaded again."""
@@ -151,7 +151,7 @@ class FileState:
             self.data.discard()
             self.data = None
 
-    # -- what S3 holds ------------------------------------------------------------------------
+    # -- what S3 holds -------------------------------------------------------------------------
 
     def upload_started(self) -> None:
         """From the first request of an upload on, an object may be at the file's key."""
@@ -229,7 +229,7 @@ class FileState:
         self.stale_keys.discard(key)
         return True
 
-    # -- streaming -------------------------------------------------------------------------------
+    # -- streaming -----------------------------------------------------------------------------
 
     def stream_started(self, stream) -> None:
         """Parts upload while the file is written (or, restored, wait for ``finish``)."""
@@ -254,7 +254,7 @@ class FileState:
     def rename_not_awaited(self) -> None:
         self.waiting_for_rename = None
 
-    # -- uploads and holds -----------------------------------------------------------------------
+    # -- uploads and holds ---------------------------------------------------------------------
 
     def hold(self) -> None:
         """A rename or unlink is about to change this file: uploads queued step aside."""
@@ -285,7 +285,7 @@ class FileState:
         """A streamed request failed and is retried: `s3pvefs status` shows why."""
         self.last_error = str(exc)
 
-    # -- the journal -------------------------------------------------------------------------------
+    # -- the journal ---------------------------------------------------------------------------
 
     def journaled(self, file_id: str) -> None:
         """Its journal record is under ``file_id`` now."""

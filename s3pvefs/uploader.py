@@ -252,7 +252,8 @@ class Uploader:
             log.info("%s: written or read behind its streaming upload; completing the parts "
                      "uploaded so far so that evicted ones can be read back", node.path())
             await self.streamer.complete_prefix(node)  # node.file.base is that object now
-            await self.file_journal.checkpoint(node, durable=True)  # a restart reads them from there too
+            # a restart reads them from there too
+            await self.file_journal.checkpoint(node, durable=True)
 
     async def _upload(self, node: Node) -> None:
         if node.file.landing is not None:  # the last attempt's answer was lost: did it land?

@@ -579,7 +579,8 @@ async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core
     dump = await inode(core, "dump")
     fh, node = await write_file(core, dump, "big.raw", data, release=False)
     second_part = PART // BLOCK  # the first part stays cached (pinned) while streaming
-    await settled(lambda: node.file.data.unreadable(second_part))  # uploaded as a part, then evicted
+    # uploaded as a part, then evicted
+    await settled(lambda: node.file.data.unreadable(second_part))
     reader, _ = await core.open(node.ino, os.O_RDONLY)
     # the writer still has it open: the parts uploaded so far become the file's object
     with trio.fail_after(TIMEOUT):
@@ -626,7 +627,8 @@ async def test_rewrite_behind_the_stream_completes_it_and_copies_unchanged_parts
     offset = PART + BLOCK // 2  # inside part 2, not block-aligned: edges come from S3
     assert await core.write(fh, offset, patch) == len(patch)
     data[offset:offset + len(patch)] = patch
-    assert node.file.stream is None and node.file.base is not None  # completed with the parts so far
+    # completed with the parts so far
+    assert node.file.stream is None and node.file.base is not None
     counts = Counts(store)
     await core.release(fh)
     await drain(core)
