@@ -92,7 +92,7 @@ class AttributeIndex:
 
     def apply(self, node: Node, entries: list[dict] | None) -> bool:
         """Give a listed node its attributes from the index; False when a HEAD must decide."""
-        etag = DIRECTORY_ETAG if node.is_dir else (node.base.etag if node.base else None)
+        etag = DIRECTORY_ETAG if node.is_dir else (node.file.base.etag if node.file.base else None)
         listed_second = node.mtime_ns // 1_000_000_000  # LastModified, from the listing
         # A copy onto itself (a metadata change) keeps the ETag of a single-part object but
         # not its LastModified; entries of two hosts that still both match (within one

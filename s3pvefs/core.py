@@ -12,7 +12,6 @@ import itertools
 import logging
 import os
 import stat
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,12 +20,14 @@ import trio
 
 from .attrindex import DIRECTORY_ETAG, AttributeIndex, host_id
 from .blockcache import BlockCache, CachedFile
-from .journal import Journal, block_runs
+from .journal import Journal
+from .filejournal import FileJournal
 from .config import Config
 from .errors import FsError, FsKind, StoreError, first_fs_error, is_not_found, is_stale
 from .listing import Directories, walk
 from .names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
-from .nodes import ROOT_INODE, InodeTable, Node, RemoteObject, now_ns
+from .nodes import ROOT_INODE, InodeTable, Node, now_ns
+from .objectstore import RemoteObject
 from .reader import BlockReader
 from .store import ObjectStore
 from .uploader import MAX_OBJECT_SIZE, Uploader
@@ -72,7 +73,10 @@ class FsCore:
         self.cache = cache
         self.inodes = InodeTable()
         self.reader = BlockReader(store, config.max_connections, config.part_size)
-        self.uploader = Uploader(store, self.reader, config)
+        self.journal = Journal(cache.cache_dir)
+        self.journal.open()
+        self.file_journal = FileJournal(self.journal, cache, self.prefix)
+        self.uploader = Uploader(store, self.reader, config, self.journal, self.file_journal)
         self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
                                 self.default_attributes, config.max_connections)
         self.handles: dict[int, Handle] = {}
@@ -87,10 +91,6 @@ class FsCore:
         self.attr_index = AttributeIndex(store, self.prefix, host_id(cache.cache_dir),
                                          self.default_attributes)
         self.dirs.attr_index = self.uploader.attr_index = self.attr_index
-        self.journal = Journal(cache.cache_dir)
-        self.journal.open()
-        self.uploader.journal = self.journal
-        self.uploader.checkpoint = self.checkpoint
         self.uploader.key_owner = self.node_at_key
         self.dirs.left_behind = self.uploader.left_behind
         cache.on_pressure = self.uploader.relieve_pressure
@@ -129,56 +129,6 @@ class FsCore:
     async def shutdown(self) -> None:
         """Upload everything that is not on S3 yet."""
         await self.uploader.drain(self.dirty_nodes())
-
-    # -- journal ----------------------------------------------------------------------------
-
-    async def checkpoint(self, node: Node, durable: bool = False) -> None:
-        """Record (or drop) what a restarted mount needs to finish this file's upload.
-
-        ``durable``: the cache file and the record reach the disk before this returns.
-        """
-        if not node.is_file:
-            return
-        async with node.journal_lock:
-            data = node.data
-            keep = data is not None and not node.unlinked and (
-                node.needs_upload or node.stream is not None)
-            if not keep:
-                if node.journal_id is not None:
-                    await self.cache.run_io(self.journal.remove, node.journal_id)
-                    node.journal_id = None
-                return
-            record = self._journal_record(node)
-            if durable:
-                await data.sync()  # the data the record vouches for first
-            await self.cache.run_io(self.journal.write, data.file_id, record, durable)
-            node.journal_id = data.file_id
-
-    def _journal_record(self, node: Node) -> dict:
-        data, base, stream = node.data, node.base, node.stream
-        s3_has = max(data.base_valid_len, 0 if stream is None else stream.contiguous_end)
-        return {
-            "version": 1,
-            "id": data.file_id,
-            "key": node.key(self.prefix),
-            "state": "open" if node.write_handles else "closed",
-            "size": node.size,
-            "mode": node.mode, "uid": node.uid, "gid": node.gid, "mtime_ns": node.mtime_ns,
-            "base": _object_record(base),
-            "landing": _object_record(node.landing),
-            "base_valid_len": data.base_valid_len,
-            # Clean blocks may be evicted at any time after this record: only blocks S3 does
-            # not have count as cached; the rest is fetched again from the base, or (parts of
-            # the unfinished upload) is unreadable until that upload completes.
-            "cached": block_runs(b for b in data.cached
-                                 if b in data.dirty or b * data.block_size >= s3_has),
-            "dirty": block_runs(data.dirty),
-            "seq": time.time_ns(),
-            "stale_keys": sorted(node.stale_keys),
-            "data_dirty": node.data_gen != node.uploaded_data_gen,
-            "meta_dirty": node.meta_gen != node.uploaded_meta_gen,
-            "stream": None if stream is None else self.streamer.record(stream),
-        }
 
     # -- admin: `s3pvefs sync` and `s3pvefs status` -----------------------------------------
 
@@ -277,7 +227,7 @@ class FsCore:
             done, pending = self._upload_figures(node)
             files.append({"path": node.path(), "bytes_total": node.size, "bytes_done": done,
                           "bytes_dirty": pending, "uploading": node.ino in uploading,
-                          "waiting": _waiting_for(node)})
+                          "state": node.state.value, "waiting": _waiting_for(node)})
         figures = {file["path"]: file for file in files}
         for upload in uploads:
             upload.pop("ino")
@@ -294,8 +244,8 @@ class FsCore:
             "uploads": uploads,
             "files": files,
             "errors": [
-                {"path": node.path(), "error": node.last_error}
-                for node in dirty if node.last_error
+                {"path": node.path(), "error": node.file.last_error}
+                for node in dirty if node.file.last_error
             ],
             "requests": dict(self.store.stats.requests),
             "bytes_sent": self.store.stats.bytes_sent,
@@ -307,10 +257,10 @@ class FsCore:
         the file holds there, bytes the cache holds that neither such a part nor the file's
         object has: dirty blocks, and clean ones past the object, e.g. parts of a stream that
         was dropped)."""
-        size, data = node.size, node.data
+        size, data = node.size, node.file.data
         parts: list[tuple[int, int, dict[int, int]]] = []  # offset, length, generations read
-        if node.stream is not None:
-            stream = node.stream
+        if node.file.stream is not None:
+            stream = node.file.stream
             parts = [(offset, length, stream.part_snapshots.get(number, {}))
                      for number, (offset, length, _) in stream.parts.items()]
         elif (progress := self.uploader.in_flight(node)) is not None:
@@ -428,7 +378,7 @@ class FsCore:
                 await self.attr_index.publish(node, DIRECTORY_ETAG)
             return
         node.attributes_changed()
-        await self.checkpoint(node)
+        await self.file_journal.checkpoint(node)
         self._after_change(node)
 
     def schedule_upload(self, node: Node) -> None:
@@ -464,16 +414,16 @@ class FsCore:
             node.size = size
         node.mtime_ns = node.ctime_ns = now_ns()
         node.data_changed()
-        await self.checkpoint(node)
+        await self.file_journal.checkpoint(node)
 
     async def _truncate_stream(self, node: Node, size: int) -> None:
         """Cutting into the streamed part of a file ends its streaming upload: dropped when
         the cache holds what is left, otherwise completed with the parts uploaded so far (as
         a write into an evicted part does), so that the rest can be read back from S3."""
-        stream = node.stream
+        stream = node.file.stream
         if stream is None or size >= stream.next_offset:
             return
-        if any(node.data.unreadable(b) for b in node.data.blocks(0, size)):
+        if any(node.file.data.unreadable(b) for b in node.file.data.blocks(0, size)):
             await self.uploader.complete_stream_early(node)
         else:
             await self.streamer.abort(node)
@@ -483,7 +433,7 @@ class FsCore:
         if not node.is_symlink:
             raise FsError(FsKind.INVALID_ARGUMENT)
         if node.symlink_target is None:
-            body = await self.store.get(node.base.key)
+            body = await self.store.get(node.file.base.key)
             node.symlink_target = body.decode("utf-8", "surrogateescape")
         return node.symlink_target
 
@@ -561,12 +511,11 @@ class FsCore:
     # -- files ------------------------------------------------------------------------------
 
     def _data(self, node: Node) -> CachedFile:
-        if node.data is None:
-            base = node.base
+        if node.file.data is None:
+            base = node.file.base
             reused = base and self.cache.reuse_stored(base.key, base.etag, base.size)
-            node.data = reused or self.cache.new_file()
-            node.data.reset_base(base.size if base is not None else 0)
-        return node.data
+            node.file.cache_file_attached(reused or self.cache.new_file())
+        return node.file.data
 
     def _prefetch_small_files(self, directory: Node) -> None:
         """Fetch the small files Proxmox reads right after listing a directory (every
@@ -575,10 +524,10 @@ class FsCore:
         limit = self.config.prefetch_small
         budget = self.cache.size_limit // 2 - self.cache.used_bytes
         for node in list(directory.children.values()):
-            base = node.base
+            base = node.file.base
             if (not limit or budget <= 0 or not node.is_file or base is None or base.archived
                     or not 0 < base.size <= limit or not node.name.endswith(PREFETCH_SUFFIXES)
-                    or node.busy or (node.data is not None and node.data.cached)):
+                    or node.busy or (node.file.data is not None and node.file.data.cached)):
                 continue
             # A file deleted meanwhile: its cache file is discarded and the fetch drops its
             # bytes (CachedFile.discarded); nothing to cancel.
@@ -588,9 +537,9 @@ class FsCore:
     async def keep_clean_data(self) -> None:
         """At unmount: list the cached data of files entirely on S3 for the next mount."""
         for node in list(self.inodes):
-            data, base = node.data, node.base
+            data, base = node.file.data, node.file.base
             if (node.is_file and data is not None and base is not None and data.cached
-                    and not node.needs_upload and node.stream is None and not node.unlinked
+                    and not node.needs_upload and node.file.stream is None and not node.unlinked
                     and base.key == node.key(self.prefix)):
                 try:
                     await self.cache.store_clean(data, base.key, base.etag, base.size)
@@ -641,8 +590,8 @@ class FsCore:
                 await self._truncate(node, 0)
             node.mtime_ns = node.ctime_ns = now_ns()
             node.touch()
-        keep_cache = node.kernel_version == node.data_version
-        node.kernel_version = node.data_version
+        keep_cache = node.kernel_version == node.file.data_version
+        node.kernel_version = node.file.data_version
         return self._open_handle(node, flags), keep_cache
 
     async def read(self, fh: int, offset: int, length: int) -> bytes:
@@ -655,7 +604,7 @@ class FsCore:
         if any(data.unreadable(b) for b in data.blocks(offset, length)):
             await self._complete_for_read(node, data, offset, length)
         with data.in_use(offset, length):
-            if node.base is not None:
+            if node.file.base is not None:
                 await self._fetch(node, data, data.blocks(offset, length))
                 self._read_ahead(handle, data, offset, length)
             return await data.read(offset, length)
@@ -691,7 +640,7 @@ class FsCore:
                         node.path(), READ_WAITS_FOR_UPLOAD)
             raise unreadable
         # Reopened for writing, deleted or replaced meanwhile: not the data this read wanted.
-        if node.write_handles or node.unlinked or node.data is not data or any(
+        if node.write_handles or node.unlinked or node.file.data is not data or any(
                 data.unreadable(b) for b in data.blocks(offset, length)):
             raise unreadable
 
@@ -705,7 +654,7 @@ class FsCore:
         unlink of the open file overtook (it moved the object aside) reads from there.
         """
         for _ in range(OWN_UPLOADS_WAITED_FOR):
-            base = node.base
+            base = node.file.base
             if base is None:
                 return  # no object behind the file any more: every byte is local
             try:
@@ -716,7 +665,7 @@ class FsCore:
                 if not (is_stale(exc) or is_not_found(exc)):
                     raise
                 await self.uploader.settled(node)
-                if node.base is base:
+                if node.file.base is base:
                     if is_not_found(exc):
                         raise
                     log.error("%s changed on S3 while its blocks were cached here; refusing "
@@ -744,7 +693,8 @@ class FsCore:
         target = -(-(position + handle.window) // stretch) * stretch
         start = max(handle.requested_end, position)
         if target - start >= min(self.reader.max_range, handle.window // 2):
-            self.reader.prefetch(data, handle.node.base, start, target - start, handle.readahead)
+            self.reader.prefetch(data, handle.node.file.base, start, target - start,
+                                 handle.readahead)
             handle.requested_end = target
 
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
@@ -813,8 +763,8 @@ class FsCore:
     async def flush(self, fh: int) -> None:
         """close(): the data written is in the cache file; make it and the journal durable."""
         node = self.handle(fh).node
-        if node.needs_upload or node.stream is not None:  # also O_RDONLY|O_CREAT files
-            await self.checkpoint(node, durable=True)
+        if node.needs_upload or node.file.stream is not None:  # also O_RDONLY|O_CREAT files
+            await self.file_journal.checkpoint(node, durable=True)
 
     async def release(self, fh: int) -> None:
         handle = self.handles.pop(fh, None)
@@ -828,23 +778,22 @@ class FsCore:
             node.write_handles -= 1
         if node.unlinked:
             if node.open_count == 0:
-                if node.data is not None:
-                    node.data.discard()
-                    node.data = None
+                node.file.discard_data()
                 await self._delete_kept_aside(node.ino)
                 if node.lookups <= 0:
                     self.inodes.drop(node)
             return
-        if handle.writable and node.write_handles == 0 and node.journal_id is None:
-            await self.checkpoint(node)  # flush journaled it already, unless it failed
-        if node.open_count == 0 and node.data is not None:
-            node.data.release_fd()
+        if handle.writable and node.write_handles == 0 and node.file.journal_id is None:
+            # flush journaled it already, unless it failed
+            await self.file_journal.checkpoint(node)
+        if node.open_count == 0 and node.file.data is not None:
+            node.file.data.release_fd()
         self._after_change(node)
 
     async def fsync(self, fh: int) -> None:
         """Durable in the local cache and journal; with durability = "s3", on S3."""
         node = self.handle(fh).node
-        await self.checkpoint(node, durable=True)
+        await self.file_journal.checkpoint(node, durable=True)
         if self.config.durability != "s3":
             return
         try:
@@ -867,11 +816,11 @@ class FsCore:
         async with self.uploader.held(node):
             _still_at(node, parent, name)
             await self._let_go_of_key(node)
-            if node.remote_maybe or node.base is not None:
+            if node.file.remote_maybe or node.file.base is not None:
                 await self.store.delete(node.key(self.prefix))
             await self.uploader.delete_stale_keys(node)
             node.unlinked = True  # no new upload may start
-            await self.checkpoint(node)  # drops its journal record
+            await self.file_journal.checkpoint(node)  # drops its journal record
 
     # -- files deleted while open ------------------------------------------------------------
     # Their handles read and write on until the last close (POSIX; vzdump, qemu-img and tar
@@ -889,13 +838,12 @@ class FsCore:
             await self.streamer.abort(node)
             return
         await self._end_stream_of_deleted(node)
-        data, base = node.data, node.base
+        data, base = node.file.data, node.file.base
         if base is None or data is None:
             return
-        node.remote_maybe = True  # its key may hold an object still, whatever base becomes
+        node.file.remote_possible()  # its key may hold an object still, whatever base becomes
         if data.fully_local(node.size):
-            node.base = None  # its blocks stay in the cache (no longer evictable)
-            data.reset_base(0)
+            node.file.local_only()  # its blocks stay in the cache (no longer evictable)
         elif not base.archived:  # an archived object cannot be read anyway
             await self._keep_aside(node, base)
 
@@ -904,14 +852,14 @@ class FsCore:
         is still the file's) to be kept aside from there; otherwise it is dropped. A stream
         to a predicted name must never appear there: dropped, and its evicted parts read EIO
         (see _complete_for_read) instead of zeros."""
-        stream, data = node.stream, node.data
+        stream, data = node.file.stream, node.file.data
         if stream is None or data.fully_local(node.size):
             await self.streamer.abort(node)
             return
         if stream.key == node.key(self.prefix):
             try:
                 await self.streamer.complete_prefix(node)
-                await self.checkpoint(node, durable=True)
+                await self.file_journal.checkpoint(node, durable=True)
                 return
             except (FsError, StoreError) as exc:
                 log.error("%s: deleted while open; its streamed parts could not be completed "
@@ -934,7 +882,7 @@ class FsCore:
                         "meanwhile (%s): what the cache does not hold cannot be read", node.path(),
                         exc)
             return
-        node.base = RemoteObject(hidden, etag, base.size)
+        node.file.moved_aside(RemoteObject(hidden, etag, base.size))
         self._kept_aside[node.ino] = hidden
         log.info("%s: deleted while open; its data stays at %s until the last close",
                  node.path(), hidden)
@@ -980,8 +928,8 @@ class FsCore:
             raise
         node.symlink_target = target
         node.size = len(body)
-        node.base = RemoteObject(key, etag, len(body))
-        node.remote_maybe = node.meta_loaded = True
+        node.file.backed_by(RemoteObject(key, etag, len(body)))
+        node.meta_loaded = True
         await self.attr_index.publish_uploaded(node, key, etag)
         self._insert(parent, name, node)
         return self.remember(node)
@@ -1037,7 +985,7 @@ class FsCore:
                 await self._let_go_of_key(target)
             await self._move_file(node, new_parent, new_name, target)
             if target is not None:
-                await self.checkpoint(target)
+                await self.file_journal.checkpoint(target)
             await self.uploader.delete_stale_keys(node)
         self._after_change(node)
 
@@ -1048,11 +996,12 @@ class FsCore:
         a failure or a crash never loses the only copy."""
         old_key = node.key(self.prefix)
         old_dir_key, old_name = node.parent.key(self.prefix), node.name
-        had_object = node.remote_maybe or node.base is not None
+        had_object = node.file.remote_maybe or node.file.base is not None
         copied = await self._carry_base(node, new_parent.key(self.prefix) + new_name)
-        target_on_s3 = target is not None and (target.remote_maybe or target.base is not None)
+        target_on_s3 = target is not None and (target.file.remote_maybe
+                                                or target.file.base is not None)
         self._move(node, new_parent, new_name, target)
-        node.remote_maybe = copied or target_on_s3
+        node.file.moved(object_at_new_key=copied or target_on_s3)
         node.ctime_ns = now_ns()
         if had_object:
             self.uploader.leave_key(node, old_key)
@@ -1060,10 +1009,10 @@ class FsCore:
             self.uploader.hand_over_left_keys(target, node)
         # Durable before the old object is deleted (the journal must know the new key then);
         # without one, an old record still keeps the data safe.
-        await self.checkpoint(node, durable=had_object)
+        await self.file_journal.checkpoint(node, durable=had_object)
         await self.attr_index.forget(old_dir_key, old_name)
         if copied:
-            await self.attr_index.publish_uploaded(node, node.base.key, node.base.etag)
+            await self.attr_index.publish_uploaded(node, node.file.base.key, node.file.base.etag)
 
     async def _carry_base(self, node: Node, new_key: str) -> bool:
         """Make the file's remote data available at ``new_key``; True if copied there.
@@ -1071,19 +1020,17 @@ class FsCore:
         A file whose every byte is in the cache and that must be uploaded anyway needs no copy:
         its upload goes to the new key. Otherwise the server copies the object.
         """
-        if node.landing is not None:  # an upload cancelled by this rename may have landed
+        if node.file.landing is not None:  # an upload cancelled by this rename may have landed
             await self.uploader.settle_landing(node)
-        if node.base is None:
+        if node.file.base is None:
             return False
-        data = node.data
-        if node.data_dirty and data is not None and data.fully_local(node.size):
-            node.base = None
-            data.reset_base(0)
+        data = node.file.data
+        if node.file.data_dirty and data is not None and data.fully_local(node.size):
+            node.file.local_only()
             return False
         metadata = self.uploader.metadata_of(node)
-        etag = await self.uploader.copy_object(node.base, new_key, metadata)
-        node.base = RemoteObject(new_key, etag, node.base.size)
-        node.uploaded_meta_gen = node.meta_gen
+        etag = await self.uploader.copy_object(node.file.base, new_key, metadata)
+        node.file.copied_with_attributes(RemoteObject(new_key, etag, node.file.base.size))
         return True
 
     async def _rename_directory(self, node: Node, new_parent: Node, new_name: str,
@@ -1092,7 +1039,7 @@ class FsCore:
         async with self.uploader.held(*loaded):
             await self._move_tree(node, new_parent, new_name, target, loaded)
             for descendant in loaded:
-                await self.checkpoint(descendant, durable=True)
+                await self.file_journal.checkpoint(descendant, durable=True)
         for descendant in loaded:
             self._after_change(descendant)
 
@@ -1146,16 +1093,13 @@ class FsCore:
         return new_etags
 
     def _rebase(self, node: Node, old_prefix: str, new_prefix: str, new_etags: dict) -> None:
-        if node.base is None or not node.base.key.startswith(old_prefix):
+        if node.file.base is None or not node.file.base.key.startswith(old_prefix):
             return
-        new_key = new_prefix + node.base.key[len(old_prefix):]
+        new_key = new_prefix + node.file.base.key[len(old_prefix):]
         if new_key in new_etags:
-            node.base = RemoteObject(new_key, new_etags[new_key], node.base.size)
-            node.remote_maybe = True
+            node.file.backed_by(RemoteObject(new_key, new_etags[new_key], node.file.base.size))
         else:  # it was not on S3 when listed; only local data is left
-            node.base = None
-            if node.data is not None:
-                node.data.reset_base(0)
+            node.file.local_only()
 
     # -- statfs -----------------------------------------------------------------------------
 
@@ -1172,8 +1116,8 @@ def _waiting_for(node: Node) -> str | None:
     """Why a dirty file is not uploading (None when nothing holds it back)."""
     if node.write_handles:
         return "open for writing"
-    if node.waiting_for_rename:
-        return f"to be renamed to {node.waiting_for_rename}"
+    if node.file.waiting_for_rename:
+        return f"to be renamed to {node.file.waiting_for_rename}"
     return None
 
 
@@ -1189,7 +1133,3 @@ def _ancestors(node: Node):
         yield node
         node = node.parent
 
-
-def _object_record(remote: RemoteObject | None) -> dict | None:
-    return None if remote is None else {"key": remote.key, "etag": remote.etag,
-                                        "size": remote.size}

@@ -30,11 +30,130 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+
+from .objectstore import RemoteObject
 
 log = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 1  # of the file records; written by every mount since the journal exists
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """A streaming multipart upload as journaled: its parts on S3 survive a crash."""
+
+    key: str
+    upload_id: str
+    predicted: bool  # key is the name the file was expected to be renamed to
+    origin_name: str
+    meta_current: bool  # the upload's metadata carries the file's current attributes
+    parts: tuple[tuple[int, int, int, str], ...]  # (number, offset, length, ETag) on S3
+    launched: tuple[tuple[int, int, int], ...]  # (number, offset, length), on S3 or not
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "upload_id": self.upload_id, "predicted": self.predicted,
+                "origin_name": self.origin_name, "meta_current": self.meta_current,
+                "parts": [list(part) for part in self.parts],
+                "launched": [list(part) for part in self.launched]}
+
+    @classmethod
+    def from_json(cls, record: dict) -> StreamRecord:
+        return cls(record["key"], record["upload_id"], record["predicted"],
+                   record["origin_name"], record["meta_current"],
+                   tuple((n, o, length, e) for n, o, length, e in record["parts"]),
+                   tuple((n, o, length) for n, o, length in record["launched"]))
+
+
+@dataclass(frozen=True)
+class JournalRecord:
+    """What a restarted mount needs to finish one file's upload (see the module docstring).
+
+    Block sets are kept as [start, end) runs, as in the JSON: a checkpoint per streamed part
+    must not expand a large file's blocks one by one.
+    """
+
+    file_id: str  # of the cache file, which holds the data
+    key: str
+    writing: bool  # a writer still had it open: writes after the record are in the cache file
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    base: RemoteObject | None
+    landing: RemoteObject | None  # announced before the request that replaces ``base``
+    base_valid_len: int
+    cached_runs: tuple[tuple[int, int], ...]
+    dirty_runs: tuple[tuple[int, int], ...]
+    seq: int  # the newer of two records for one key wins
+    stale_keys: tuple[str, ...]
+    data_dirty: bool
+    meta_dirty: bool
+    stream: StreamRecord | None
+
+    @property
+    def cached(self) -> set[int]:
+        return expand_runs(self.cached_runs)
+
+    @property
+    def dirty(self) -> set[int]:
+        return expand_runs(self.dirty_runs)
+
+    def to_json(self) -> dict:
+        return {
+            "version": VERSION, "id": self.file_id, "key": self.key,
+            "state": "open" if self.writing else "closed",
+            "size": self.size, "mode": self.mode, "uid": self.uid, "gid": self.gid,
+            "mtime_ns": self.mtime_ns,
+            "base": _object_json(self.base), "landing": _object_json(self.landing),
+            "base_valid_len": self.base_valid_len,
+            "cached": [list(run) for run in self.cached_runs],
+            "dirty": [list(run) for run in self.dirty_runs],
+            "seq": self.seq, "stale_keys": list(self.stale_keys),
+            "data_dirty": self.data_dirty, "meta_dirty": self.meta_dirty,
+            "stream": None if self.stream is None else self.stream.to_json(),
+        }
+
+    @classmethod
+    def from_json(cls, record: dict) -> JournalRecord:
+        """Raises ValueError for a record this version cannot read."""
+        if not isinstance(record, dict) or record.get("version") != VERSION:
+            version = record.get("version") if isinstance(record, dict) else None
+            raise ValueError(f"unknown version {version!r}")
+        try:
+            return cls._from_version_1(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed record ({type(exc).__name__}: {exc})") from None
+
+    @classmethod
+    def _from_version_1(cls, record: dict) -> JournalRecord:
+        # Records written before "stale_keys" hold one "stale_key" (or none).
+        stale_keys = record.get("stale_keys") or list(filter(None, [record.get("stale_key")]))
+        stream = record.get("stream")
+        return cls(
+            file_id=record["id"], key=record["key"], writing=record["state"] == "open",
+            size=record["size"], mode=record["mode"], uid=record["uid"], gid=record["gid"],
+            mtime_ns=record["mtime_ns"],
+            base=_object_from_json(record["base"]),
+            landing=_object_from_json(record.get("landing")),
+            base_valid_len=record["base_valid_len"],
+            cached_runs=tuple((start, end) for start, end in record["cached"]),
+            dirty_runs=tuple((start, end) for start, end in record["dirty"]),
+            seq=record.get("seq", 0), stale_keys=tuple(stale_keys),
+            data_dirty=record["data_dirty"], meta_dirty=record["meta_dirty"],
+            stream=None if not stream else StreamRecord.from_json(stream),
+        )
+
+
+def _object_json(remote: RemoteObject | None) -> dict | None:
+    return None if remote is None else {"key": remote.key, "etag": remote.etag,
+                                        "size": remote.size}
+
+
+def _object_from_json(record: dict | None) -> RemoteObject | None:
+    return None if not record else RemoteObject(record["key"], record["etag"], record["size"])
 
 
 class Journal:
@@ -51,9 +170,9 @@ class Journal:
 
     # -- file records (called in worker threads) --------------------------------------------
 
-    def write(self, file_id: str, record: dict, durable: bool) -> None:
+    def write(self, record: JournalRecord, durable: bool) -> None:
         """Replace a file's record (its cache file was fsynced first when ``durable``)."""
-        self._replace(self.dir / f"{file_id}.json", record, durable)
+        self._replace(self.dir / f"{record.file_id}.json", record.to_json(), durable)
 
     def remove(self, file_id: str) -> None:
         try:
@@ -61,15 +180,13 @@ class Journal:
         except FileNotFoundError:
             pass
 
-    def records(self) -> tuple[list[dict], list[str]]:
+    def records(self) -> tuple[list[JournalRecord], list[str]]:
         """The readable records, and the file ids of unreadable ones (whose cache files must
         be kept for the admin)."""
         found, unreadable = [], []
         for path in sorted(self.dir.glob("*.json")):
             try:
-                record = json.loads(path.read_text())
-                if record.get("version") != VERSION:
-                    raise ValueError(f"unknown version {record.get('version')!r}")
+                record = JournalRecord.from_json(json.loads(path.read_text()))
             except (OSError, ValueError) as exc:
                 log.error("journal record %s cannot be read (%s); it and its cache file are "
                           "left in place", path, exc)

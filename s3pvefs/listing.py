@@ -16,7 +16,8 @@ import trio
 from .errors import FsError, FsKind, StoreError
 from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
                     decode_attributes, listing_name)
-from .nodes import InodeTable, Node, RemoteObject, next_change
+from .nodes import InodeTable, Node, next_change
+from .objectstore import RemoteObject
 from .s3options import ARCHIVE_CLASSES
 from .store import ObjectInfo, ObjectStore
 
@@ -200,21 +201,17 @@ class Directories:
         if is_dir_entry != child.is_dir:
             self.detach(directory, name, child)
             directory.children[name] = self._node_from_listing(directory, name, entry)
-        elif not is_dir_entry and (child.base is None or child.base.etag != entry.etag):
+        elif not is_dir_entry and (child.file.base is None or child.file.base.etag != entry.etag):
             log.debug("%s changed on S3; dropping cached data", entry.key)
             self._set_remote(child, entry)
             child.meta_loaded = False
 
     def _set_remote(self, node: Node, info: ObjectInfo) -> None:
         """Point a clean node at a (new) remote object, dropping cached data of the old one."""
-        node.base = RemoteObject(info.key, info.etag, info.size,
-                                 archived=info.storage_class in ARCHIVE_CLASSES)
+        node.file.remote_changed(RemoteObject(info.key, info.etag, info.size,
+                                              archived=info.storage_class in ARCHIVE_CLASSES))
         node.size = info.size
         node.mtime_ns = node.ctime_ns = info.mtime_ns
-        node.data_version += 1
-        if node.data is not None:
-            node.data.discard()
-            node.data = None
 
     def _holds_local_state(self, node: Node) -> bool:
         return any(n.busy for n in walk(node))
@@ -225,9 +222,8 @@ class Directories:
             del directory.children[name]
         for node in walk(child):
             node.unlinked = True
-            if node.open_count == 0 and node.data is not None:
-                node.data.discard()
-                node.data = None
+            if node.open_count == 0:
+                node.file.discard_data()
             if node.lookups <= 0:
                 self.inodes.drop(node)
 
@@ -240,7 +236,7 @@ class Directories:
         async with self.limiter:
             if node.is_dir:
                 await self._load_directory_attributes(node)
-            elif node.base is not None:
+            elif node.file.base is not None:
                 await self._load_file_attributes(node)
         node.meta_loaded = True
 
@@ -254,8 +250,8 @@ class Directories:
         self._apply(node, info, stat.S_IFDIR)
 
     async def _load_file_attributes(self, node: Node) -> None:
-        info = await self.store.head(node.base.key)
-        if info.etag != node.base.etag:
+        info = await self.store.head(node.file.base.key)
+        if info.etag != node.file.base.etag:
             self._set_remote(node, info)
         self._apply(node, info, stat.S_IFREG)
 

@@ -153,7 +153,7 @@ async def _serve(core: FsCore, config: Config, mountpoint: Path,
     if left:
         log.error("%d file(s) are not on S3 yet: %s. Their data stays in the cache journal "
                   "(%s) and is uploaded when this cache directory is mounted again.", len(left),
-                  "; ".join(n.last_error or n.path() for n in left[:20]), config.cache_dir)
+                  "; ".join(n.file.last_error or n.path() for n in left[:20]), config.cache_dir)
         return EXIT_FAILED
     return EXIT_OK
 

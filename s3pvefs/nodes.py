@@ -5,11 +5,9 @@ from __future__ import annotations
 import itertools
 import stat
 import time
-from dataclasses import dataclass
-
 import trio
 
-from .blockcache import CachedFile
+from .lifecycle import FileState, State
 from .names import Attributes
 
 ROOT_INODE = 1
@@ -27,28 +25,15 @@ def now_ns() -> int:
     return time.time_ns()
 
 
-@dataclass(frozen=True)
-class RemoteObject:
-    """The S3 object a file's clean data comes from."""
-
-    key: str
-    etag: str
-    size: int
-    archived: bool = False  # GLACIER / DEEP_ARCHIVE, per the listing: GETs fail until restored
-
-
 class Node:
-    """One inode. Directories hold their children; files hold their cache state."""
+    """One inode. Directories hold their children; files their lifecycle (``file``)."""
 
     # Slots, and locks made on first use: a listed entry costs about 0.9 KiB, not 3.
     __slots__ = (
         "ino", "parent", "name", "mode", "uid", "gid", "mtime_ns", "ctime_ns", "atime_ns", "size",
         "lookups", "changed_seq", "unlinked", "meta_loaded", "mtime_explicit", "children",
-        "listed_at", "_listing_lock", "removed", "base", "data", "open_count", "write_handles",
-        "data_gen", "meta_gen", "uploaded_data_gen", "uploaded_meta_gen", "remote_maybe",
-        "stale_keys", "stream", "waiting_for_rename", "symlink_target", "_sync_lock", "holds",
-        "_journal_lock", "journal_id", "sync_scope", "last_error", "data_version",
-        "kernel_version", "landing",
+        "listed_at", "_listing_lock", "removed", "file", "open_count", "write_handles",
+        "symlink_target", "kernel_version",
     )
 
     def __init__(self, ino: int, parent: Node | None, name: str, attrs: Attributes):
@@ -74,53 +59,18 @@ class Node:
         self.listed_at: float | None = None  # trio.current_time() of the listing's start
         self._listing_lock: trio.Lock | None = None  # locks made when first needed
         self.removed: dict[str, int] = {}  # names removed locally -> change number
-        # -- files and symlinks --
-        self.base: RemoteObject | None = None
-        # The object an upload announced (by the ETag S3 will give it) before the request that
-        # replaces the one at ``base``: journaled, so that a restart can tell whether it landed.
-        self.landing: RemoteObject | None = None
-        self.data: CachedFile | None = None
+        # -- files and symlinks (a rename holds directories through theirs too) --
+        self.file = FileState()  # written by its transitions only (lifecycle.py)
         self.open_count = 0
         self.write_handles = 0
-        # Changes that only a new upload publishes: data_gen for creation and truncation,
-        # meta_gen for attributes; compared with what the last successful upload carried.
-        self.data_gen = 0
-        self.meta_gen = 0
-        self.uploaded_data_gen = 0
-        self.uploaded_meta_gen = 0
-        self.remote_maybe = False  # an object may exist at this node's key
-        # Keys we left where an object of ours may still be: each is deleted once (a later
-        # rename adds another before the first is gone), unless another file is there now.
-        self.stale_keys: set[str] = set()
-        self.stream = None  # streaming.Stream while parts upload during writing
-        self.waiting_for_rename: str | None = None  # see errors.RenamePending
         self.symlink_target: str | None = None
-        self._sync_lock: trio.Lock | None = None
-        self.holds = 0  # renames/unlinks waiting to change this node (uploads step aside)
-        self._journal_lock: trio.Lock | None = None
-        self.journal_id: str | None = None  # the cache file id its journal record is under
-        self.sync_scope: trio.CancelScope | None = None
-        self.last_error: str | None = None
-        self.data_version = 0  # bumped when the remote content changed under us
-        self.kernel_version = -1  # data_version the kernel's page cache was filled from
+        self.kernel_version = -1  # file.data_version the kernel's page cache was filled from
 
     @property
     def listing_lock(self) -> trio.Lock:
         if self._listing_lock is None:
             self._listing_lock = trio.Lock()
         return self._listing_lock
-
-    @property
-    def sync_lock(self) -> trio.Lock:
-        if self._sync_lock is None:
-            self._sync_lock = trio.Lock()
-        return self._sync_lock
-
-    @property
-    def journal_lock(self) -> trio.Lock:
-        if self._journal_lock is None:
-            self._journal_lock = trio.Lock()
-        return self._journal_lock
 
     # -- kind -------------------------------------------------------------------------------
 
@@ -173,37 +123,28 @@ class Node:
 
     def data_changed(self) -> None:
         """Creation or truncation: the object must be uploaded again."""
-        self.data_gen += 1
+        self.file.data_changed()
         self.touch()
 
     def attributes_changed(self) -> None:
-        self.meta_gen += 1
+        self.file.attributes_changed()
         self.touch()
-
-    @property
-    def data_dirty(self) -> bool:
-        """Not on S3 as it is here. An unfinished streaming upload counts: its parts made
-        their blocks clean, but S3 shows no object of them until the upload completes."""
-        dirty_blocks = self.data is not None and bool(self.data.dirty)
-        return (dirty_blocks or self.data_gen != self.uploaded_data_gen
-                or self.stream is not None)
 
     @property
     def needs_upload(self) -> bool:
         if self.unlinked or self.is_dir:
             return False
-        return self.data_dirty or self.meta_gen != self.uploaded_meta_gen
-
-    @property
-    def syncing(self) -> bool:
-        """An upload (or a rename or unlink holding uploads off) is working on this node."""
-        return self._sync_lock is not None and self._sync_lock.locked()
+        return self.file.changed
 
     @property
     def busy(self) -> bool:
         """Local state a listing must not override."""
-        return (self.open_count > 0 or self.needs_upload or self.syncing
-                or self.stream is not None)
+        return (self.open_count > 0 or self.needs_upload or self.file.syncing
+                or self.file.stream is not None)
+
+    @property
+    def state(self) -> State:
+        return self.file.state(writing=self.write_handles > 0, unlinked=self.unlinked)
 
     def listing_fresh(self, now: float, ttl: float) -> bool:
         return self.listed_at is not None and now - self.listed_at < ttl

@@ -40,6 +40,16 @@ class ListPage:
 
 
 @dataclass(frozen=True)
+class RemoteObject:
+    """The S3 object a file's clean data comes from."""
+
+    key: str
+    etag: str
+    size: int
+    archived: bool = False  # GLACIER / DEEP_ARCHIVE, per the listing: GETs fail until restored
+
+
+@dataclass(frozen=True)
 class MultipartUploadInfo:
     key: str
     upload_id: str

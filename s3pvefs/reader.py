@@ -14,7 +14,7 @@ import trio
 from .blockcache import CachedFile
 from .config import MiB
 from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
-from .nodes import RemoteObject
+from .objectstore import RemoteObject
 from .store import ObjectStore
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ import logging
 import os
 
 from .errors import FsError, StoreError
-from .journal import expand_runs
+from .journal import JournalRecord
 from .names import Attributes
-from .nodes import Node, RemoteObject
+from .nodes import Node
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,19 @@ async def recover(core) -> int:
     for file_id in unreadable:
         core.cache.keep_file_id(file_id)
     # Every upload a record refers to stays, even if that record cannot be recovered now.
-    needed_uploads = {r["stream"]["upload_id"] for r in records if r.get("stream")}
+    needed_uploads = {r.stream.upload_id for r in records if r.stream is not None}
     recovered = 0
     for record in await _newest_per_key(core, records):
         try:
             node = await _recover_file(core, record)
         except FileNotFoundError as exc:  # nothing left to recover
-            log.error("journal record for %s: %s; dropped", record.get("key"), exc)
-            await core.cache.run_io(core.journal.remove, record["id"])
+            log.error("journal record for %s: %s; dropped", record.key, exc)
+            await core.cache.run_io(core.journal.remove, record.file_id)
             continue
         except (FsError, StoreError, OSError, KeyError, ValueError) as exc:
             log.error("cannot recover %s from the journal: %s; its record and data stay in %s",
-                      record.get("key"), exc, core.cache.cache_dir)
-            core.cache.keep_file_id(record.get("id", ""))
+                      record.key, exc, core.cache.cache_dir)
+            core.cache.keep_file_id(record.file_id)
             continue
         recovered += 1
         log.warning("recovered %s (%d bytes) from the journal; uploading it", node.path(), node.size)
@@ -49,26 +49,26 @@ async def recover(core) -> int:
     return recovered
 
 
-async def _newest_per_key(core, records: list[dict]) -> list[dict]:
+async def _newest_per_key(core, records: list[JournalRecord]) -> list[JournalRecord]:
     """Two records for one key (a crash in the middle of a rename over a file being written):
     the newer one wins, the older one is dropped."""
-    newest: dict[str, dict] = {}
-    for record in sorted(records, key=lambda r: r.get("seq", 0)):
-        older = newest.get(record.get("key"))
+    newest: dict[str, JournalRecord] = {}
+    for record in sorted(records, key=lambda r: r.seq):
+        older = newest.get(record.key)
         if older is not None:
-            log.warning("dropping an older journal record for %s", older["key"])
-            await core.cache.run_io(core.journal.remove, older["id"])
-        newest[record.get("key")] = record
+            log.warning("dropping an older journal record for %s", older.key)
+            await core.cache.run_io(core.journal.remove, older.file_id)
+        newest[record.key] = record
     return list(newest.values())
 
 
-async def _recover_file(core, record: dict) -> Node:
-    key = record["key"]
+async def _recover_file(core, record: JournalRecord) -> Node:
+    key = record.key
     if not key.startswith(core.prefix):
         raise ValueError(f"its key {key!r} is not under the prefix {core.prefix!r}")
     *dir_names, name = key[len(core.prefix):].split("/")
-    data = await core.cache.adopt_file(record["id"], expand_runs(record["cached"]),
-                                       expand_runs(record["dirty"]), record["size"])
+    data = await core.cache.adopt_file(record.file_id, record.cached, record.dirty,
+                                       record.size)
     try:
         parent = await _directory(core, dir_names)
     except BaseException:
@@ -78,34 +78,23 @@ async def _recover_file(core, record: dict) -> Node:
     existing = parent.children.get(name)
     if existing is not None:
         core.dirs.detach(parent, name, existing)  # the journal is newer than what S3 holds
-    attrs = Attributes(record["mode"], record["uid"], record["gid"], record["mtime_ns"])
+    attrs = Attributes(record.mode, record.uid, record.gid, record.mtime_ns)
     node = core.inodes.new(parent, name, attrs)
-    node.meta_loaded = node.remote_maybe = True
-    node.size = record["size"]
-    node.base = _remote_object(record["base"])
-    node.landing = _remote_object(record.get("landing"))
-    node.data = data
-    data.reset_base(record["base_valid_len"])
-    node.data_gen = 1 if record["data_dirty"] or record["state"] == "open" else 0
-    node.meta_gen = 1 if record["meta_dirty"] else 0
-    if record["stream"]:
-        core.streamer.restore(node, record["stream"])
-    if record["state"] == "open":
+    node.meta_loaded = True
+    node.size = record.size
+    node.file.restored(record, data)
+    if record.stream is not None:
+        core.streamer.restore(node, record.stream)
+    if record.writing:
         await _keep_what_was_written(core, node)
-    # Records written before "stale_keys" hold one "stale_key".
-    for key in record.get("stale_keys") or filter(None, [record.get("stale_key")]):
+    for key in record.stale_keys:
         core.uploader.leave_key(node, key)
-    node.journal_id = record["id"]
     parent.children[name] = node
     node.touch()
-    if node.landing is not None:
+    if node.file.landing is not None:
         await _settle_landing(core, node)
     core.schedule_upload(node)
     return node
-
-
-def _remote_object(record: dict | None) -> RemoteObject | None:
-    return RemoteObject(record["key"], record["etag"], record["size"]) if record else None
 
 
 async def _settle_landing(core, node: Node) -> None:
@@ -120,9 +109,9 @@ async def _settle_landing(core, node: Node) -> None:
 
 async def _keep_what_was_written(core, node: Node) -> None:
     """A writer was still at work: writes after its last checkpoint are in the cache file."""
-    length = (await core.cache.run_io(os.stat, node.data.path)).st_size
+    length = (await core.cache.run_io(os.stat, node.file.data.path)).st_size
     if length > node.size:
-        node.data.mark_written(node.size, length - node.size)
+        node.file.data.mark_written(node.size, length - node.size)
         node.size = length
 
 

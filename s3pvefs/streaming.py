@@ -23,8 +23,11 @@ import trio
 
 from .config import GiB
 from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
+from .journal import StreamRecord
+from .filejournal import FileJournal
 from .names import MAGIC_BYTES, predict_final_name
-from .nodes import Node, RemoteObject
+from .nodes import Node
+from .objectstore import RemoteObject
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +114,21 @@ class Stream:
     def uploaded_bytes(self) -> int:
         return sum(length for _, length, _ in self.parts.values())
 
+    def record(self) -> StreamRecord | None:
+        """Its sub-record of the file's journal record (see lifecycle.FileJournal)."""
+        if not self.created.is_set():
+            return None  # nothing on S3 yet: a restart uploads from the cache
+        return StreamRecord(
+            key=self.key, upload_id=self.upload_id, predicted=self.predicted,
+            origin_name=self.origin_name, meta_current=self.meta_gen == self.node.file.meta_gen,
+            parts=tuple((n, o, length, e) for n, (o, length, e) in sorted(self.parts.items())),
+            launched=tuple((n, o, length) for n, (o, length) in sorted(self.launched.items())))
+
 
 class Streamer:
-    def __init__(self, uploader, prefix: str, min_part: int):
+    def __init__(self, uploader, prefix: str, min_part: int, file_journal: FileJournal):
         self.uploader = uploader
+        self.file_journal = file_journal
         self.store = uploader.store
         self.prefix = prefix
         self.min_part = min_part
@@ -126,18 +140,19 @@ class Streamer:
 
     def after_write(self, node: Node) -> None:
         """Called after every write: start a stream, or let the pump look for a full part."""
-        data = node.data
+        data = node.file.data
         if self.nursery is None or data is None or not node.is_file or node.unlinked:
             return
-        stream = node.stream
+        stream = node.file.stream
         if stream is None:
             # Not while an upload of the whole file runs (under cache pressure): it may
             # make an object of what was written so far, and the stream would then upload
             # over it. Once that upload is done the file has an object and never streams.
-            if (data.base_valid_len or node.syncing
+            if (data.base_valid_len or node.file.syncing
                     or not self._filled(node, 0, self._part_size(0, data))):
                 return
-            stream = node.stream = Stream(node)
+            stream = Stream(node)
+            node.file.stream_started(stream)
             data.pinned_blocks = len(data.blocks(0, self._part_size(0, data)))
             stream.origin_name = node.name
             stream.started = trio.current_time()
@@ -150,7 +165,7 @@ class Streamer:
         """The end of the next part to launch, when a write at ``offset`` fills it, for a
         file that streams or may start to (written from the start, nothing on S3 behind
         it); None otherwise."""
-        data, stream = node.data, node.stream
+        data, stream = node.file.data, node.file.stream
         if data is None or (stream is None and data.base_valid_len):
             return None
         start = stream.next_offset if stream is not None else 0
@@ -160,8 +175,8 @@ class Streamer:
     def first_part_pending(self, node: Node) -> bool:
         """A file being written from the start, with nothing on S3 behind it, that will
         stream once its first part is full: it holds less than that part so far."""
-        data = node.data
-        return (node.write_handles > 0 and node.stream is None and data is not None
+        data = node.file.data
+        return (node.write_handles > 0 and node.file.stream is None and data is not None
                 and not data.base_valid_len and data.dirty_bytes <= self.allowance(node))
 
     def under_pressure(self) -> None:
@@ -175,7 +190,7 @@ class Streamer:
         blocks: its next part, less the uploaded blocks that cannot be evicted yet (their
         journal record is on its way to the disk, or an earlier part still uploads). Under
         load that wait grows; not counting those blocks broke the bound."""
-        stream, data = node.stream, node.data
+        stream, data = node.file.stream, node.file.data
         if stream is None:
             return self._part_size(0, data)
         settling = data.blocks(data.streamed_len, stream.next_offset - data.streamed_len)
@@ -189,7 +204,7 @@ class Streamer:
         """The writer has written all of [offset, offset+length) — or, when the cache is full,
         the writer has gone past it: holes are zeros then (a sparse writer would wait
         forever otherwise; should it fill a hole later, the part is uploaded again)."""
-        data = node.data
+        data = node.file.data
         if node.size < offset + length:
             return False
         if all(b in data.dirty for b in data.blocks(offset, length)):
@@ -214,11 +229,11 @@ class Streamer:
 
     async def _create(self, stream: Stream) -> None:
         node = stream.node
-        head = await node.data.read(0, MAGIC_BYTES)
+        head = await node.file.data.read(0, MAGIC_BYTES)
         stream.key = self._target_key(node, head)
         stream.predicted = stream.key != node.key(self.prefix)
         metadata = self.uploader.metadata_of(node)
-        stream.meta_gen = node.meta_gen  # attributes changed later need a copy afterwards
+        stream.meta_gen = node.file.meta_gen  # attributes changed later need a copy afterwards
         # No checkpoint between the (shielded) creation and created.set(): abort() sees it.
         stream.upload_id = await self._retrying(
             lambda: self.uploader.start_multipart(stream.key, metadata), stream, "start")
@@ -234,7 +249,7 @@ class Streamer:
         return node.parent.key(self.prefix) + final_name
 
     async def _launch_ready_parts(self, stream: Stream) -> None:
-        data = stream.node.data
+        data = stream.node.file.data
         while not stream.closing:
             offset = stream.next_offset
             length = self._part_size(offset, data)
@@ -261,7 +276,7 @@ class Streamer:
 
     def _rewritten_parts(self, stream: Stream) -> list[int]:
         """Uploaded parts with dirty blocks, all of them cached, not being uploaded now."""
-        data = stream.node.data
+        data = stream.node.file.data
         numbers = []
         for number in sorted(stream.parts):
             blocks = data.blocks(*stream.launched[number])
@@ -276,7 +291,7 @@ class Streamer:
         self.nursery.start_soon(self._upload_part, stream, number, offset, length)
 
     async def _upload_part(self, stream: Stream, number: int, offset: int, length: int) -> None:
-        data = stream.node.data
+        data = stream.node.file.data
         try:
             # Busy until the journal lists the part with this upload's ETag: an upload
             # again cleans blocks below streamed_len, which must not be evicted before that.
@@ -292,7 +307,7 @@ class Streamer:
                 # record that lists the part as on S3 (and its blocks as not cached) is on
                 # disk: a restart must neither lose the part nor take evicted holes for data.
                 data.mark_clean(snapshot)
-                await self.uploader.checkpoint(stream.node, durable=True)
+                await self.file_journal.checkpoint(stream.node, durable=True)
                 data.streamed_len = stream.contiguous_end
             data.cache.space_freed()  # evictable now: a writer may go on
         except Exception as exc:  # incl. local disk errors: never take the mount down
@@ -322,7 +337,7 @@ class Streamer:
                     delay = min(delay, DRAIN_RETRY_MAX)
                 log.warning("streaming %s of %s failed, retrying in %.0f s: %s",
                             what, stream.node.path(), delay, exc)
-                stream.node.last_error = str(exc)
+                stream.node.file.request_failed(exc)
             await trio.sleep(delay)
             delay = min(RETRY_MAX, delay * 2)
 
@@ -341,11 +356,11 @@ class Streamer:
 
     async def finish(self, node: Node, size: int, metadata: dict) -> str:
         """Upload what is left (tail and rewritten parts) and complete; returns the ETag."""
-        stream = node.stream
+        stream = node.file.stream
         await self._stop(stream)
         if stream.failure or not stream.created.is_set():
             raise FsError(FsKind.IO, f"streaming upload failed: {stream.failure}")
-        data = node.data
+        data = node.file.data
         stale = [n for n, (offset, length) in stream.launched.items()
                  if n not in stream.parts or any(b in data.dirty for b in data.blocks(offset, length))]
         for n in stale:
@@ -373,20 +388,15 @@ class Streamer:
         """The multipart upload is an object now: it backs the evicted parts from this very
         moment (no await in between: a read or write must never find neither the stream nor
         the object behind them, and take the holes for data)."""
-        node.base = RemoteObject(stream.key, etag, size)
-        node.remote_maybe = True
-        node.data.reset_base(valid_len)
-        self.forget(node, stream)
+        node.file.stream_completed(stream, RemoteObject(stream.key, etag, size), valid_len)
+        self.streams.discard(stream)
 
     def forget(self, node: Node, stream: Stream) -> None:
-        if node.stream is stream:
-            node.stream = None
+        node.file.stream_forgotten(stream)
         self.streams.discard(stream)
-        if node.data is not None:
-            node.data.streamed_len = node.data.pinned_blocks = 0
 
     async def _upload_remaining(self, stream: Stream, uploads) -> None:
-        data = stream.node.data
+        data = stream.node.file.data
 
         async def one(number: int, offset: int, length: int) -> None:
             try:
@@ -406,7 +416,7 @@ class Streamer:
 
     async def abort(self, node: Node) -> None:
         """Drop the stream: no object, no multipart upload left behind."""
-        stream = node.stream
+        stream = node.file.stream
         if stream is None:
             return
         stream.cancel()
@@ -428,33 +438,20 @@ class Streamer:
 
     # -- journal ----------------------------------------------------------------------------
 
-    @staticmethod
-    def record(stream: Stream) -> dict | None:
-        if not stream.created.is_set():
-            return None  # nothing on S3 yet: a restart uploads from the cache
-        return {
-            "key": stream.key,
-            "upload_id": stream.upload_id,
-            "predicted": stream.predicted,
-            "origin_name": stream.origin_name,
-            "meta_current": stream.meta_gen == stream.node.meta_gen,
-            "parts": [[n, o, l, e] for n, (o, l, e) in sorted(stream.parts.items())],
-            "launched": [[n, o, l] for n, (o, l) in sorted(stream.launched.items())],
-        }
-
-    def restore(self, node: Node, record: dict) -> Stream:
+    def restore(self, node: Node, record: StreamRecord) -> Stream:
         """A stream from the journal: its parts are on S3, the rest uploads at ``finish``."""
-        stream = node.stream = Stream(node)
+        stream = Stream(node)
+        node.file.stream_started(stream)
         stream.restored = True
-        stream.key, stream.upload_id = record["key"], record["upload_id"]
-        stream.predicted, stream.origin_name = record["predicted"], record["origin_name"]
+        stream.key, stream.upload_id = record.key, record.upload_id
+        stream.predicted, stream.origin_name = record.predicted, record.origin_name
         # The restored node counts attribute changes afresh (see recovery): 1 if any is pending.
-        stream.meta_gen = node.meta_gen if record["meta_current"] else node.meta_gen - 1
-        for number, offset, length, etag in record["parts"]:
+        stream.meta_gen = node.file.meta_gen if record.meta_current else node.file.meta_gen - 1
+        for number, offset, length, etag in record.parts:
             stream.parts[number] = (offset, length, etag)
         # Parts in flight at the crash are launched but not uploaded: finish() uploads them
         # again from the cache, where their blocks stayed dirty.
-        for number, offset, length in record["launched"]:
+        for number, offset, length in record.launched:
             stream.launched[number] = (offset, length)
         stream.next_number = max(stream.launched, default=0) + 1
         stream.next_offset = max((o + l for o, l in stream.launched.values()), default=0)
@@ -462,14 +459,14 @@ class Streamer:
         stream.settled.set()
         stream.closing = True
         stream.finished.set()  # no pump: the writer is gone
-        node.data.streamed_len = stream.contiguous_end
+        node.file.data.streamed_len = stream.contiguous_end
         self.streams.add(stream)
         return stream
 
     def rewrites_evicted_part(self, node: Node, offset: int, length: int) -> bool:
         """True when a write would land in a part that was uploaded and left the cache
         (a restore writing clusters out of order into an image larger than the cache)."""
-        data = node.data
+        data = node.file.data
         return any(any(data.unreadable(b) for b in data.blocks(part_offset, part_length))
                    for part_offset, part_length in _launched_parts_under(node, offset, length))
 
@@ -477,7 +474,7 @@ class Streamer:
         """Stop the stream and complete its multipart upload with the parts uploaded so far
         (those that follow each other from part 1); returns (ETag, length) of the object,
         which then backs the file's evicted blocks. The caller holds the node's sync_lock."""
-        stream = node.stream
+        stream = node.file.stream
         await self._stop(stream)
         if stream.failure or not stream.created.is_set():
             raise FsError(FsKind.IO, f"streaming upload failed: {stream.failure}")
@@ -493,10 +490,10 @@ class Streamer:
     def before_write(self, node: Node, offset: int, length: int) -> None:
         """A write behind the start of the next part rewrites launched parts: they are
         uploaded again at the end, so all their blocks must stay (dirty) in the cache."""
-        stream = node.stream
+        stream = node.file.stream
         if stream is None:
             return
-        data = node.data
+        data = node.file.data
         if stream.failure is not None and not data.fully_local(node.size):
             raise FsError(FsKind.IO, f"{node.path()}: its streaming upload failed "
                                       f"({stream.failure}) after parts left the cache")
@@ -507,7 +504,7 @@ class Streamer:
         """Mark whole every launched part a write there rewrites: it stays in the cache,
         dirty, until it is uploaded again."""
         for part_offset, part_length in _launched_parts_under(node, offset, length):
-            node.data.mark_written(part_offset, part_length)
+            node.file.data.mark_written(part_offset, part_length)
 
     def rewrite_span(self, node: Node, offset: int, length: int) -> tuple[int, int]:
         """(offset, length) covering a write and the launched parts it rewrites: kept busy
@@ -520,7 +517,7 @@ class Streamer:
 
 def _launched_parts_under(node: Node, offset: int, length: int) -> list[tuple[int, int]]:
     """(offset, length) of the stream's launched parts that a write there rewrites."""
-    stream = node.stream
+    stream = node.file.stream
     if stream is None or offset >= stream.next_offset:
         return []
     return [(part_offset, part_length) for part_offset, part_length in stream.launched.values()

@@ -1,6 +1,6 @@
 """Makes S3 match local state: uploads files (PUT or parallel multipart) and copies objects.
 
-One sync of a node at a time (``node.sync_lock``). A background worker syncs files handed to
+One sync of a node at a time (``node.file.sync_lock``). A background worker syncs files handed to
 ``schedule`` (on release) and retries failures with backoff for outages longer than botocore's own
 retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 """
@@ -17,8 +17,11 @@ import trio
 
 from .config import Config, GiB, MiB
 from .errors import FsError, FsKind, RenamePending, StoreError, StoreKind, first_fs_error
+from .journal import Journal
+from .filejournal import FileJournal
 from .names import check_key_length, encode_attributes
-from .nodes import Node, RemoteObject
+from .nodes import Node
+from .objectstore import RemoteObject
 from .reader import BlockReader
 from .attrindex import PENDING
 from .streaming import Streamer
@@ -47,7 +50,8 @@ def choose_part_size(size: int, min_part: int) -> int:
 
 
 class Uploader:
-    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config):
+    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config,
+                 journal: Journal, file_journal: FileJournal):
         self.store = store
         self.reader = reader
         self.prefix = config.prefix
@@ -67,10 +71,10 @@ class Uploader:
         self._running: set[int] = set()
         self._wakeup = trio.Event()
         self._in_flight: dict[int, _Progress] = {}
-        self.streamer = Streamer(self, self.prefix, self.min_part)
+        self.journal = journal  # multipart uploads in flight are listed there
+        self.file_journal = file_journal
+        self.streamer = Streamer(self, self.prefix, self.min_part, file_journal)
         self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
-        self.journal = None  # set by the core: multipart uploads in flight are listed there
-        self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
         self.key_owner = lambda key: None  # set by the core: the node at a key, if any
         self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
         self.attr_index = None  # set by the core: attrindex.AttributeIndex
@@ -152,9 +156,9 @@ class Uploader:
         for node in self.dirty_nodes():
             if node.ino in self._running or node.ino in self._not_before:
                 continue  # uploading, or waiting to retry or for its rename: not sooner
-            if node.stream is None:
+            if node.file.stream is None:
                 self.streamer.after_write(node)  # holes count as written now
-            stream = node.stream
+            stream = node.file.stream
             if stream is None:
                 if not self.streamer.first_part_pending(node):
                     self.schedule(node)
@@ -167,7 +171,7 @@ class Uploader:
         for the next mount: a shutdown must not wait forever for an S3 that is gone)."""
         self.draining = True
         for node in nodes:
-            if node.needs_upload and node.waiting_for_rename is None:
+            if node.needs_upload and node.file.waiting_for_rename is None:
                 self.schedule(node)
         failures_at_start = (self._given_up_at if self._given_up_at is not None
                              else dict(self._failures))
@@ -187,7 +191,7 @@ class Uploader:
     async def sync_now(self, node: Node) -> None:
         """Return once the node's current state is on S3 (raises FsError or StoreError if it cannot be)."""
         while node.needs_upload:
-            if node.holds:
+            if node.file.holds:
                 await trio.sleep(0.05)  # a rename or unlink is changing where it goes
                 continue
             await self.sync(node)
@@ -195,8 +199,8 @@ class Uploader:
     async def settled(self, node: Node) -> None:
         """Wait until no upload of the node is running (the one running may replace its
         object)."""
-        if node.syncing:
-            async with node.sync_lock:
+        if node.file.syncing:
+            async with node.file.sync_lock:
                 pass
 
     @asynccontextmanager
@@ -208,35 +212,26 @@ class Uploader:
         """
         nodes = sorted(set(nodes), key=lambda n: n.ino)
         for node in nodes:
-            node.holds += 1  # uploads queued on the lock before us step aside (see sync)
+            node.file.hold()  # uploads queued on the lock before us step aside (see sync)
         try:
             async with AsyncExitStack() as stack:
                 for node in nodes:
-                    if node.sync_scope is not None:
-                        node.sync_scope.cancel()
-                    await stack.enter_async_context(node.sync_lock)
+                    node.file.cancel_upload()
+                    await stack.enter_async_context(node.file.sync_lock)
                 yield
         finally:
             for node in nodes:
-                node.holds -= 1
+                node.file.release_hold()
 
     async def sync(self, node: Node) -> None:
-        async with node.sync_lock:
-            if node.holds:
+        async with node.file.sync_lock:
+            if node.file.holds:
                 return  # a rename or unlink waits for this lock; it schedules us again
             if not node.needs_upload:
                 await self._delete_stale_keys(node)  # also an unlinked file's: they are its
                 return
-            with trio.CancelScope() as scope:
-                node.sync_scope = scope
-                try:
-                    await self._upload(node)
-                    node.last_error = None
-                except (FsError, StoreError) as exc:
-                    node.last_error = str(exc)
-                    raise
-                finally:
-                    node.sync_scope = None
+            with trio.CancelScope() as scope, node.file.upload_attempt(scope):
+                await self._upload(node)
 
     async def complete_stream_early(self, node: Node) -> None:
         """Make a streaming file's evicted parts readable again before a write lands in one:
@@ -245,8 +240,8 @@ class Uploader:
         a stream at the file's own key: an archive streamed to the name vzdump will rename
         it to must never appear there half-written. Once renamed there, it may (its writer
         closed it, and the kernel's RELEASE may still be on its way)."""
-        async with node.sync_lock:
-            stream = node.stream
+        async with node.file.sync_lock:
+            stream = node.file.stream
             if stream is None:
                 return
             key = node.key(self.prefix)
@@ -256,40 +251,40 @@ class Uploader:
                                           f"to {stream.key}, where its upload goes")
             log.info("%s: written or read behind its streaming upload; completing the parts "
                      "uploaded so far so that evicted ones can be read back", node.path())
-            await self.streamer.complete_prefix(node)  # node.base is that object now
-            await self.checkpoint(node, durable=True)  # a restart reads them from there too
+            await self.streamer.complete_prefix(node)  # node.file.base is that object now
+            # a restart reads them from there too
+            await self.file_journal.checkpoint(node, durable=True)
 
     async def _upload(self, node: Node) -> None:
-        if node.landing is not None:  # the last attempt's answer was lost: did it land?
+        if node.file.landing is not None:  # the last attempt's answer was lost: did it land?
             await self.settle_landing(node)
         key = node.key(self.prefix)
         check_key_length(key)
-        size, data_gen, meta_gen = node.size, node.data_gen, node.meta_gen
-        data = node.data
+        size, data_gen, meta_gen = node.size, node.file.data_gen, node.file.meta_gen
+        data = node.file.data
         snapshot = data.dirty_snapshot() if data is not None else {}
         metadata = self.metadata_of(node)
         if data is not None:
             data.low_water = size
-        node.remote_maybe = True
+        node.file.upload_started()
         if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
             await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time(), snapshot)
         try:
-            if node.stream is not None:
-                streamed_meta_gen = node.stream.meta_gen
+            if node.file.stream is not None:
+                streamed_meta_gen = node.file.stream.meta_gen
                 etag = await self._finish_stream(node, key, size, metadata)
                 if etag is None:  # the stream was dropped: upload in one go
                     etag = await self._upload_whole(node, key, size, metadata)
                 else:  # its metadata is as old as the stream: newer attributes follow by copy
                     meta_gen = streamed_meta_gen
             elif self._attributes_only(node, key, snapshot):
-                etag = await self.copy_object(node.base, key, metadata, landing_of=node)
+                etag = await self.copy_object(node.file.base, key, metadata, landing_of=node)
             else:
                 etag = await self._upload_whole(node, key, size, metadata)
         finally:
             self._in_flight.pop(node.ino, None)
-        node.base, node.landing = RemoteObject(key, etag, size), None
-        node.uploaded_data_gen, node.uploaded_meta_gen = data_gen, meta_gen
+        node.file.uploaded(RemoteObject(key, etag, size), data_gen, meta_gen)
         node.touch()  # a listing that started before this upload must not drop the file
         # The journal lists the blocks cleaned here as dirty until the checkpoint below: a
         # restart before it uploads them from the cache file again, so none may be evicted.
@@ -301,7 +296,7 @@ class Uploader:
             if self.attr_index is not None:
                 await self.attr_index.publish_uploaded(node, key, etag)
             await self.delete_stale_keys(node)
-            await self.checkpoint(node)  # clean now: the journal record goes
+            await self.file_journal.checkpoint(node)  # clean now: the journal record goes
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
@@ -326,8 +321,8 @@ class Uploader:
         """Journal, durably, the object the next request makes at the file's key, before it
         is sent: a crash before its answer is journaled leaves a record whose base S3 no
         longer has, and the restart needs this to know the object that replaced it is ours."""
-        node.landing = RemoteObject(key, etag, size)
-        await self.checkpoint(node, durable=True)
+        node.file.landing_announced(RemoteObject(key, etag, size))
+        await self.file_journal.checkpoint(node, durable=True)
 
     async def settle_landing(self, node: Node) -> None:
         """An announced upload may have landed without its answer reaching the journal. If
@@ -335,21 +330,19 @@ class Uploader:
         clean blocks hold there what they held in the old base (only dirty blocks differ, and
         they are uploaded again). Anything else at the key is not taken for ours: the base
         stays, and reads of it answer ESTALE if it changed."""
-        landing = node.landing
+        landing = node.file.landing
         try:
             found = await self.store.head(landing.key)
         except StoreError as exc:
             if not exc.not_found:
                 raise  # S3 away: the landing stays for the next attempt
             found = None
-        if (found is not None and found.size == landing.size
-                and found.etag.lower() == landing.etag.lower()):
+        landed = (found is not None and found.size == landing.size
+                  and found.etag.lower() == landing.etag.lower())
+        if landed:
             log.warning("%s: its upload to %s landed before a crash or a lost answer; the "
                         "file's clean data is read from that object", node.path(), landing.key)
-            node.base = landing
-            if node.data is not None:
-                node.data.reset_base(min(node.data.base_valid_len, landing.size))
-        node.landing = None
+        node.file.landing_settled(landed)
 
     async def _finish_stream(self, node: Node, key: str, size: int, metadata: dict) -> str | None:
         """Complete a file's streaming upload at ``key``; None when it had to be dropped.
@@ -358,8 +351,8 @@ class Uploader:
         renamed as predicted, or renamed elsewhere) is dropped when the cache still holds the
         whole file; otherwise it is completed where it is and copied to the right key.
         """
-        stream, data = node.stream, node.data
-        node.waiting_for_rename = None
+        stream, data = node.file.stream, node.file.data
+        node.file.rename_not_awaited()
         await stream.settled.wait()
         broken = (stream.failure is not None or size < stream.next_offset
                   or not stream.created.is_set())
@@ -370,7 +363,7 @@ class Uploader:
                 if stream.restored:
                     found = await self._completed_before_crash(node, stream, size)
                     if found == "whole":
-                        return node.base.etag
+                        return node.file.base.etag
                     if found == "prefix":
                         return None  # the rest goes up in one upload, over that object
                 if data.fully_local(size):  # start afresh next time; leave no upload behind
@@ -383,7 +376,7 @@ class Uploader:
             raise FsError(FsKind.IO, f"{node.path()}: its streaming upload failed after parts "
                                       "left the cache; the data cannot be recovered")
         if stream.predicted and node.name == stream.origin_name:
-            node.waiting_for_rename = stream.key
+            node.file.rename_awaited(stream.key)
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
         if self.key_owner(streamed_at) not in (None, node):
@@ -395,10 +388,9 @@ class Uploader:
         etag = await self.streamer.finish(node, size, metadata)
         # The complete object is this file's base from now on: should the copy fail, the next
         # attempt reads evicted blocks from it (never zeros from the cache file's holes).
-        node.base = RemoteObject(streamed_at, etag, size)
-        data.reset_base(size)
-        await self.checkpoint(node, durable=True)
-        return await self.copy_object(node.base, key, metadata, landing_of=node)
+        node.file.backed_by(RemoteObject(streamed_at, etag, size), valid_len=size)
+        await self.file_journal.checkpoint(node, durable=True)
+        return await self.copy_object(node.file.base, key, metadata, landing_of=node)
 
     async def _completed_before_crash(self, node: Node, stream, size: int) -> str | None:
         """A journaled upload that fails to finish may have been completed just before the
@@ -423,26 +415,24 @@ class Uploader:
         self.streamer.completed(node, stream, info.etag, info.size, valid_len)
         await self.upload_ended(stream.upload_id)
         if found == "prefix":
-            await self.checkpoint(node, durable=True)
+            await self.file_journal.checkpoint(node, durable=True)
         return found
 
     def leave_key(self, node: Node, key: str) -> None:
         """An object of ``node`` may be at ``key``, which it no longer has: it is deleted
         (``delete_stale_keys``), and until then listings do not show it as a file (a node made
         of it would own the key, and keep it from being deleted)."""
-        if key not in node.stale_keys:
-            node.stale_keys.add(key)
+        if node.file.left_key(key):
             self._left_behind[key] += 1
 
     def _forget_left_key(self, node: Node, key: str) -> None:
-        if key in node.stale_keys:
-            node.stale_keys.discard(key)
+        if node.file.forget_left_key(key):
             self._left_behind[key] -= 1
             if self._left_behind[key] <= 0:
                 del self._left_behind[key]
 
     def hand_over_left_keys(self, giver: Node, taker: Node) -> None:
-        for key in sorted(giver.stale_keys):
+        for key in sorted(giver.file.stale_keys):
             self.leave_key(taker, key)
             self._forget_left_key(giver, key)
 
@@ -458,17 +448,17 @@ class Uploader:
             self.schedule(node, RETRY_MIN)
 
     async def _delete_stale_keys(self, node: Node) -> None:
-        for key in sorted(node.stale_keys):
+        for key in sorted(node.file.stale_keys):
             await self._delete_stale_key(node, key)
 
     async def _delete_stale_key(self, node: Node, key: str) -> None:
-        base = node.base
+        base = node.file.base
         if base is not None and base.key == key and not node.unlinked:
             return  # its evicted blocks are read from there until its upload or rename
         owner = self.key_owner(key)
         if owner is not None and not owner.is_dir:
             # That file's upload replaces the object; should it go first, it deletes it.
-            owner.remote_maybe = True
+            owner.file.remote_possible()
             self._forget_left_key(node, key)
             return
         try:
@@ -486,7 +476,7 @@ class Uploader:
     def progress(self) -> list[dict]:
         now = trio.current_time()
         # A streaming file's upload is reported by its stream (which counts its parts).
-        return ([p.report(now) for p in self._in_flight.values() if p.node.stream is None]
+        return ([p.report(now) for p in self._in_flight.values() if p.node.file.stream is None]
                 + self.streamer.progress(now))
 
     @staticmethod
@@ -503,17 +493,17 @@ class Uploader:
         """Only attributes changed: a copy of the object onto itself publishes them."""
         return (
             not dirty_snapshot
-            and node.data_gen == node.uploaded_data_gen
-            and node.base is not None
-            and node.base.key == key
-            and node.base.size == node.size
+            and node.file.data_gen == node.file.uploaded_data_gen
+            and node.file.base is not None
+            and node.file.base.key == key
+            and node.file.base.size == node.size
         )
 
     async def _compose(self, node: Node, offset: int, length: int) -> bytes:
         """The file's bytes in [offset, offset+length): cached blocks, else the remote object."""
-        data = node.data
+        data = node.file.data
         if data is None:
-            return await self.reader.read_range(node.base, offset, length) if length else b""
+            return await self.reader.read_range(node.file.base, offset, length) if length else b""
         pieces = []
         with data.in_use(offset, length):  # cached blocks chosen below must stay until read
             for local, start, end in _segments(data, offset, length):
@@ -521,7 +511,7 @@ class Uploader:
                     pieces.append(await data.read(start, end - start))
                 else:
                     remote_end = min(end, data.base_valid_len)
-                    chunk = await self.reader.read_range(node.base, start, remote_end - start)
+                    chunk = await self.reader.read_range(node.file.base, start, remote_end - start)
                     pieces.append(chunk + bytes(end - start - len(chunk)))
         return b"".join(pieces)
 
@@ -531,7 +521,7 @@ class Uploader:
         larger than the cache, re-uploaded after a few blocks changed)."""
         part_size = choose_part_size(size, self.min_part)
         progress = self._in_flight.get(node.ino)
-        base, copied_from_base = node.base, []
+        base, copied_from_base = node.file.base, []
 
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             etag = None
@@ -567,7 +557,7 @@ class Uploader:
         """The object behind the file holds exactly these bytes (no block in the range was
         written since) and some are not cached: copying them on the server moves nothing
         through this host. Fully cached ranges are sent from the cache."""
-        data, base = node.data, node.base
+        data, base = node.file.data, node.file.base
         if (base is None or data is None or self.part_copy_unsupported or base.archived
                 or offset + length > min(data.base_valid_len, base.size)):
             return False
@@ -638,29 +628,21 @@ class Uploader:
         unlink cancels uploads): an upload S3 created that nobody knows of is never
         aborted."""
         with trio.CancelScope(shield=True):
-            intent = await self._upload_intended(key)
+            intent = await trio.to_thread.run_sync(self.journal.upload_intended, key)
             try:
                 upload_id = await self.store.create_multipart(key, metadata)
-            except BaseException:
-                if intent is not None:  # S3 answered: no upload was created
-                    await trio.to_thread.run_sync(self.journal.intent_done, intent)
+            except BaseException:  # S3 answered: no upload was created
+                await trio.to_thread.run_sync(self.journal.intent_done, intent)
                 raise
             await self.upload_started(key, upload_id, intent)
         return upload_id
 
-    async def _upload_intended(self, key: str) -> str | None:
-        if self.journal is None:
-            return None
-        return await trio.to_thread.run_sync(self.journal.upload_intended, key)
-
     async def upload_started(self, key: str, upload_id: str, intent: str | None = None) -> None:
         """List a multipart upload so that a restart after a crash can abort it."""
-        if self.journal is not None:
-            await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id, intent)
+        await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id, intent)
 
     async def upload_ended(self, upload_id: str) -> None:
-        if self.journal is not None:
-            await trio.to_thread.run_sync(self.journal.upload_ended, upload_id)
+        await trio.to_thread.run_sync(self.journal.upload_ended, upload_id)
 
     async def abort_quietly(self, key: str, upload_id: str) -> None:
         try:
@@ -761,10 +743,6 @@ class _Progress:
         return {"path": self.node.path(), "ino": self.node.ino, "bytes_total": self.total,
                 "bytes_done": self.done, "seconds": round(elapsed, 3),
                 "bytes_per_second": int(self.done / elapsed)}
-
-
-async def _no_checkpoint(node: Node, durable: bool = False) -> None:
-    return None
 
 
 def _is_completion_of(etag: str, stream) -> bool:

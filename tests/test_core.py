@@ -391,7 +391,7 @@ async def test_fsync_failure_is_eio(make_core, store, operation, size) -> None:
     faulty.fail(operation, store_error(operation, "AccessDenied"))  # permanent: EACCES
     await fails_with(errno.EIO, core.fsync, fh)
     node = core.node(await inode(core, "dump/backup.vma"))
-    assert "AccessDenied" in node.last_error
+    assert "AccessDenied" in node.file.last_error
 
 
 @pytest.mark.parametrize("operation, size", [("PutObject", 3 * BLOCK), ("UploadPart", PART + 1)])
@@ -433,7 +433,7 @@ async def test_background_upload_failure_is_retried(make_core, store, s3,
         await drain(core)  # after one backoff of RETRY_MIN
         nursery.cancel_scope.cancel()
     assert faulty.injected[operation] == 1
-    assert not node.needs_upload and node.last_error is None
+    assert not node.needs_upload and node.file.last_error is None
     assert s3.body(f"{PREFIX}dump/retry.vma") == data
     assert s3.uploads() == []
 
@@ -449,7 +449,7 @@ async def test_writes_during_fsync_are_uploaded_too(make_core, store, s3) -> Non
 
     async def write_meanwhile() -> None:
         await settle()  # the first PUT has its snapshot and is on its way (in the delay)
-        assert counts["PutObject"] == 0 and node.syncing
+        assert counts["PutObject"] == 0 and node.file.syncing
         await core.write(fh, BLOCK + 7, b"changed")
         await core.write(fh, len(data), b"grown")
 
@@ -558,7 +558,7 @@ async def test_cache_evicts_closed_clean_files(make_core, store, s3) -> None:
     ino_a, ino_b = await inode(core, "images/a.raw"), await inode(core, "images/b.raw")
     assert await read_file(core, ino_a) == a  # open: kept although over the limit
     assert await read_file(core, ino_b) == b  # a is closed and clean: evicted
-    assert not core.node(ino_a).data.cached
+    assert not core.node(ino_a).file.data.cached
     counts = Counts(store)
     assert await read_file(core, ino_a) == a
     assert (counts["GetObject"], counts.received) == (1, 6 * BLOCK)  # one ranged GET
@@ -579,12 +579,13 @@ async def test_reading_evicted_streamed_parts_waits_for_the_completion(make_core
     dump = await inode(core, "dump")
     fh, node = await write_file(core, dump, "big.raw", data, release=False)
     second_part = PART // BLOCK  # the first part stays cached (pinned) while streaming
-    await settled(lambda: node.data.unreadable(second_part))  # uploaded as a part, then evicted
+    # uploaded as a part, then evicted
+    await settled(lambda: node.file.data.unreadable(second_part))
     reader, _ = await core.open(node.ino, os.O_RDONLY)
     # the writer still has it open: the parts uploaded so far become the file's object
     with trio.fail_after(TIMEOUT):
         assert await core.read(reader, PART, BLOCK) == data[PART:PART + BLOCK]
-    assert node.stream is None and node.base is not None and node.needs_upload
+    assert node.file.stream is None and node.file.base is not None and node.needs_upload
     await core.release(fh)
     with trio.fail_after(TIMEOUT):
         assert await core.read(reader, 0, len(data)) == data
@@ -621,12 +622,13 @@ async def test_rewrite_behind_the_stream_completes_it_and_copies_unchanged_parts
     fh, node = await write_file(core, images.ino, "vm-100-disk-0.raw", bytes(data),
                                 release=False)
     second_part = PART // BLOCK
-    await settled(lambda: node.data.unreadable(second_part))
+    await settled(lambda: node.file.data.unreadable(second_part))
     patch = payload(3 * BLOCK, seed=23)
     offset = PART + BLOCK // 2  # inside part 2, not block-aligned: edges come from S3
     assert await core.write(fh, offset, patch) == len(patch)
     data[offset:offset + len(patch)] = patch
-    assert node.stream is None and node.base is not None  # completed with the parts so far
+    # completed with the parts so far
+    assert node.file.stream is None and node.file.base is not None
     counts = Counts(store)
     await core.release(fh)
     await drain(core)
@@ -640,7 +642,7 @@ async def streamed_with_evicted_parts(core: FsCore, name: str, data: bytes):
     left the cache; returns (handle, node)."""
     images = await core.mkdir(await inode(core, "images"), "100", 0o755, UID, GID)
     fh, node = await write_file(core, images.ino, name, data, release=False)
-    await settled(lambda: node.data.unreadable(PART // BLOCK))
+    await settled(lambda: node.file.data.unreadable(PART // BLOCK))
     return fh, node
 
 
@@ -700,7 +702,7 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
     would upload zeros)."""
     core = await make_core(cache_size=2 * PART)
     data = payload(6 * PART, seed=29)
-    original = core.uploader.checkpoint
+    original = core.file_journal.checkpoint
     part_2_recorded = False
 
     async def crash_after_part_2(node, durable=False):  # later records never reach the disk
@@ -708,9 +710,9 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
         if part_2_recorded:
             await trio.sleep_forever()  # the kill: this mount journals nothing more
         await original(node, durable)
-        part_2_recorded = node.stream is not None and 2 in node.stream.parts
+        part_2_recorded = node.file.stream is not None and 2 in node.file.stream.parts
 
-    core.uploader.checkpoint = crash_after_part_2
+    core.file_journal.checkpoint = crash_after_part_2
     fh, node = await core.create(await inode(core, "dump"), "big.raw", FILE_MODE, WRITE_FLAGS,
                                  UID, GID)
 
@@ -721,7 +723,7 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
     crashed = tmp_path / "crashed-cache"
     async with trio.open_nursery() as nursery:
         nursery.start_soon(writer)
-        await settled(lambda: (part_2_recorded and node.data.unreadable(PART // BLOCK)))
+        await settled(lambda: (part_2_recorded and node.file.data.unreadable(PART // BLOCK)))
         crash_copy(core.cache.cache_dir, crashed)  # kill -9 now
         nursery.cancel_scope.cancel()
     restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
@@ -740,7 +742,7 @@ async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_co
     dump = await inode(core, "dump")
     name = "vzdump-qemu-100-2026_11_21-01_00_00"
     fh, node = await write_file(core, dump, f"{name}.vma.dat", data, release=False)
-    await settled(lambda: node.data.unreadable(PART // BLOCK))
+    await settled(lambda: node.file.data.unreadable(PART // BLOCK))
     assert s3.uploads() == [f"{PREFIX}dump/{name}.vma.zst"]  # its parts go there
     await fails_with(errno.EIO, core.write, fh, PART + 10, b"x")
     assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/"]  # not completed early
@@ -916,7 +918,7 @@ async def test_rename_clean_file_copies_on_server(make_core, store, s3) -> None:
     assert s3.keys(f"{PREFIX}images/a") == []
     assert s3.body(f"{PREFIX}dump/b.raw") == data
     assert s3_attributes(s3, f"{PREFIX}dump/b.raw").mode == FILE_MODE
-    assert node.base.key == f"{PREFIX}dump/b.raw"
+    assert node.file.base.key == f"{PREFIX}dump/b.raw"
     assert await read_file(core, node.ino) == data
 
     other = await make_core()
@@ -965,7 +967,7 @@ async def test_rename_during_upload_restarts_it_at_new_key(make_core, store, s3,
     data = payload(size, seed=26)
     faulty.delay(operation, 0.5)
     _, node = await write_file(core, dump, "x.tmp", data)
-    await settled(lambda: node.sync_lock.locked())  # the upload waits in the delay
+    await settled(lambda: node.file.sync_lock.locked())  # the upload waits in the delay
     await core.rename(dump, "x.tmp", dump, "x.vma")
     faulty.clear()
     await drain(core)
@@ -1210,7 +1212,7 @@ async def test_unlink_during_multipart_upload(make_core, store, s3) -> None:
     _, node = await write_file(core, images, "big.raw", payload(PART + 1, seed=40))
     await settle()  # the upload exists; its parts wait in the delay
     assert s3.uploads() == [f"{PREFIX}images/big.raw"]
-    assert node.sync_lock.locked()
+    assert node.file.sync_lock.locked()
     with trio.fail_after(5):
         await core.unlink(images, "big.raw")
     await drain(core)
@@ -1258,7 +1260,7 @@ async def open_uploaded(make_core, path: str, data: bytes) -> tuple[FsCore, int]
     await drain(core)
     await core.cache.evict(core.cache.used_bytes // 2)
     fh, _ = await core.open(await inode(core, path), os.O_RDWR)
-    assert any(core.handle(fh).node.data.needs_fetch(b) for b in range(len(data) // BLOCK))
+    assert any(core.handle(fh).node.file.data.needs_fetch(b) for b in range(len(data) // BLOCK))
     return core, fh
 
 
@@ -1333,7 +1335,7 @@ async def test_unlink_of_an_archive_streamed_to_its_predicted_name(make_core, s3
     dump = await inode(core, "dump")
     name = "vzdump-qemu-100-2026_11_21-01_00_00.vma.dat"
     fh, node = await write_file(core, dump, name, data, release=False)
-    await settled(lambda: node.data.unreadable(PART // BLOCK))
+    await settled(lambda: node.file.data.unreadable(PART // BLOCK))
     await core.unlink(dump, name)
     await fails_with(errno.EIO, core.read, fh, PART, BLOCK)
     await core.release(fh)
@@ -1543,7 +1545,7 @@ async def test_file_uploaded_during_listing_is_not_dropped(make_core, store) -> 
     slow.delay("PutObject", 0.3)  # the object appears after the listing was answered
     slow.answer_delay = 0.6  # and the listing is merged after the upload finished
     _, node = await write_file(core, images, "new.raw", b"new")
-    await settled(lambda: node.sync_lock.locked())
+    await settled(lambda: node.file.sync_lock.locked())
     core.dirs.invalidate(core.node(images))
     await core.dirs.ensure_listed(core.node(images))
     assert not node.needs_upload  # the upload finished meanwhile
@@ -1683,10 +1685,10 @@ async def test_an_upload_of_a_file_being_written_keeps_it_from_streaming(
     fh, node = await write_file(core, dump, "disk.raw", data[:PART // 2], release=False)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(core.uploader.sync, node)  # what pressure relief used to start
-        await settled(lambda: node.syncing)
+        await settled(lambda: node.file.syncing)
         for offset in range(PART // 2, len(data), 128 * KiB):
             await core.write(fh, offset, data[offset:offset + 128 * KiB])
-        assert node.stream is None  # never while that upload runs
+        assert node.file.stream is None  # never while that upload runs
     await core.release(fh)
     await drain(core)
     assert not node.needs_upload
@@ -1700,12 +1702,12 @@ async def test_a_stream_whose_parts_are_all_uploaded_is_not_on_s3_until_complete
     data = payload(2 * PART, seed=42)
     dump = await inode(core, "dump")
     fh, node = await write_file(core, dump, "disk.raw", data, release=False)
-    await settled(lambda: node.stream is not None and len(node.stream.parts) == 2
-                   and not node.data.dirty)
+    await settled(lambda: node.file.stream is not None and len(node.file.stream.parts) == 2
+                   and not node.file.data.dirty)
     assert node.needs_upload and node in core.dirty_nodes()
     assert core.status()["dirty_files"] == 1
     assert await core.sync_path("dump/disk.raw") == {}  # `s3pvefs sync FILE` completes it
-    assert not node.needs_upload and node.stream is None
+    assert not node.needs_upload and node.file.stream is None
     assert s3.body(f"{PREFIX}dump/disk.raw") == data
     await core.release(fh)
     await drain(core)
@@ -1737,7 +1739,7 @@ async def test_reads_while_the_own_upload_replaces_the_object_get_the_data(
     _, node = await write_file(core, dump, "disk.raw", data)
     await drain(core)
     await core.cache.evict(core.cache.used_bytes)
-    assert node.data.needs_fetch(node.data.blocks(2 * PART, 1)[0])
+    assert node.file.data.needs_fetch(node.file.data.blocks(2 * PART, 1)[0])
     slow.answer_delay = 1.5
     fh, _ = await core.open(node.ino, os.O_RDWR)
     await core.write(fh, 0, b"new")
@@ -1745,7 +1747,7 @@ async def test_reads_while_the_own_upload_replaces_the_object_get_the_data(
     expected = b"new" + data[3:]
     await settled(lambda: slow.stats.requests["CompleteMultipartUpload"] >= 2
                    or slow.stats.requests["PutObject"] >= 2)
-    assert node.syncing  # S3 has the new version, the mount waits for the answer
+    assert node.file.syncing  # S3 has the new version, the mount waits for the answer
     with trio.fail_after(TIMEOUT):
         assert await read_file(core, node.ino, 2 * PART, PART) == expected[2 * PART:]
     await drain(core)
@@ -1761,10 +1763,10 @@ async def test_truncating_into_evicted_streamed_parts_keeps_what_is_left(
     dump = await inode(core, "dump")
     fh, node = await write_file(core, dump, "big.raw", data, release=False)
     second_part = PART // BLOCK  # the first part stays cached (pinned) while streaming
-    await settled(lambda: node.data.unreadable(second_part))
+    await settled(lambda: node.file.data.unreadable(second_part))
     with trio.fail_after(TIMEOUT):
         await core.setattr(node.ino, size=2 * PART + 7)
-    assert node.stream is None and node.size == 2 * PART + 7
+    assert node.file.stream is None and node.size == 2 * PART + 7
     await core.release(fh)
     await drain(core)
     assert await read_file(core, node.ino) == data[:2 * PART + 7]
@@ -1802,7 +1804,7 @@ async def test_a_read_sharing_a_cancelled_readahead_fetches_again(make_core, sto
     await core.cache.evict(core.cache.used_bytes)
     slow.delay("GetObject", 0.5)
     scopes: set[trio.CancelScope] = set()
-    core.reader.prefetch(node.data, node.base, 0, 4 * BLOCK, scopes)
+    core.reader.prefetch(node.file.data, node.file.base, 0, 4 * BLOCK, scopes)
     got = []
 
     async def read_and_keep():
@@ -1851,7 +1853,7 @@ async def test_a_write_behind_a_stream_on_a_full_cache_does_not_wait_forever(
     images = await core.mkdir(await inode(core, "images"), "100", 0o755, UID, GID)
     fh, node = await write_file(core, images.ino, "vm-100-disk-0.raw", bytes(data[:2 * PART]),
                                 release=False)
-    await settled(lambda: node.data.streamed_len == 2 * PART)  # both parts on S3
+    await settled(lambda: node.file.data.streamed_len == 2 * PART)  # both parts on S3
     patch = payload(BLOCK + 3, seed=61)
     offset = PART + PART // 2  # inside part 2, which is still cached
     assert await core.write(fh, offset, patch) == len(patch)
@@ -1859,7 +1861,7 @@ async def test_a_write_behind_a_stream_on_a_full_cache_does_not_wait_forever(
     with trio.fail_after(TIMEOUT):
         for start in range(2 * PART, len(data), 128 * KiB):
             await core.write(fh, start, bytes(data[start:start + 128 * KiB]))
-    assert node.stream is not None  # still streaming: nothing completed early
+    assert node.file.stream is not None  # still streaming: nothing completed early
     await core.release(fh)
     await drain(core)
     assert s3.body(f"{PREFIX}images/100/vm-100-disk-0.raw") == bytes(data)
@@ -1875,7 +1877,7 @@ async def test_an_archive_renamed_before_its_release_reads_back_at_once(
     dump = await inode(core, "dump")
     name = "vzdump-qemu-100-2026_11_21-02_00_00"
     fh, node = await write_file(core, dump, f"{name}.vma.dat", data, release=False)
-    await settled(lambda: node.data.unreadable(PART // BLOCK))
+    await settled(lambda: node.file.data.unreadable(PART // BLOCK))
     await core.rename(dump, f"{name}.vma.dat", dump, f"{name}.vma.zst")
     with trio.fail_after(TIMEOUT):
         assert await read_file(core, node.ino, PART, PART) == data[PART:2 * PART]
@@ -1895,7 +1897,7 @@ async def test_crash_after_closing_an_empty_file_keeps_it(make_core, store, s3,
     dump = await inode(core, "dump")
     fh, node = await core.create(dump, "empty.vma.dat", FILE_MODE, WRITE_FLAGS, UID, GID)
     await core.flush(fh)
-    assert node.journal_id is not None and not node.data.path.exists()
+    assert node.file.journal_id is not None and not node.file.data.path.exists()
     crashed = tmp_path / "crashed-cache"
     crash_copy(core.cache.cache_dir, crashed)  # kill -9 now
     restarted = await make_core(cache_dir=crashed)
@@ -2029,4 +2031,4 @@ async def test_a_restart_never_takes_a_foreign_object_for_its_own_upload(
     ino = await inode(restarted, "dump/big.raw")
     await fails_with(errno.ESTALE, read_file, restarted, ino, 2 * BLOCK, BLOCK)
     assert s3.body(f"{PREFIX}dump/big.raw") == foreign
-    assert [r["key"] for r in restarted.journal.records()[0]] == [f"{PREFIX}dump/big.raw"]
+    assert [r.key for r in restarted.journal.records()[0]] == [f"{PREFIX}dump/big.raw"]

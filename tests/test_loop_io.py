@@ -139,7 +139,7 @@ async def test_writes_reads_evictions_and_deletes_leave_the_disk_to_threads(make
         await core.release(fh)
         await drain(core)
         assert await read_file(core, node.ino) == data
-        cache_file = node.data.path
+        cache_file = node.file.data.path
         await core.unlink(dump, "vzdump-qemu-100.vma")
         _, other = await write_file(core, dump, "vzdump-qemu-101.vma", payload(2 * PART, 2))
         await drain(core)
@@ -158,7 +158,7 @@ async def test_a_file_deleted_while_open_leaves_the_disk_to_threads(make_core):
         await core.flush(fh)
         await core.unlink(images, "vm-100-disk-0.raw")
         assert await core.read(fh, 0, 10) == payload(BLOCK * 3)[:10]
-        cache_file = node.data.path
+        cache_file = node.file.data.path
         await core.release(fh)
     assert not calls, listed(calls)
     await settled(lambda: not cache_file.exists())
