@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 from contextlib import contextmanager
+from typing import Protocol
 
 import trio
 
@@ -25,6 +26,7 @@ from .config import GiB
 from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
 from .names import MAGIC_BYTES, predict_final_name
 from .nodes import Node, RemoteObject
+from .objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +114,27 @@ class Stream:
         return sum(length for _, length, _ in self.parts.values())
 
 
+class Uploads(Protocol):
+    """What a stream asks of the uploader that owns it (uploader.Uploader)."""
+
+    part_slots: trio.Semaphore  # shared with whole-file uploads: bounds parts in memory
+    draining: bool  # a shutdown waits: give up on a failing request soon
+
+    def metadata_of(self, node: Node) -> dict[str, str]: ...
+
+    async def start_multipart(self, key: str, metadata: dict) -> str: ...
+
+    async def upload_ended(self, upload_id: str) -> None: ...
+
+    async def abort_quietly(self, key: str, upload_id: str) -> None: ...
+
+    async def checkpoint(self, node: Node, durable: bool = False) -> None: ...
+
+
 class Streamer:
-    def __init__(self, uploader, prefix: str, min_part: int):
+    def __init__(self, uploader: Uploads, store: ObjectStore, prefix: str, min_part: int):
         self.uploader = uploader
-        self.store = uploader.store
+        self.store = store
         self.prefix = prefix
         self.min_part = min_part
         self.nursery: trio.Nursery | None = None  # the uploader's, set when it runs

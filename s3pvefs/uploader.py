@@ -18,9 +18,9 @@ import trio
 from .config import Config, GiB, MiB
 from .errors import FsError, FsKind, RenamePending, StoreError, StoreKind, first_fs_error
 from .names import check_key_length, encode_attributes
-from .nodes import Node, RemoteObject
+from .nodes import InodeTable, Node, RemoteObject
 from .reader import BlockReader
-from .attrindex import PENDING
+from .attrindex import PENDING, AttributeIndex
 from .streaming import Streamer
 from .store import ObjectStore, body_etag, multipart_etag
 
@@ -47,9 +47,14 @@ def choose_part_size(size: int, min_part: int) -> int:
 
 
 class Uploader:
-    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config):
+    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config, *,
+                 inodes: InodeTable, attr_index: AttributeIndex,
+                 pressure: trio.MemoryReceiveChannel[None]):
         self.store = store
         self.reader = reader
+        self.inodes = inodes  # which files are dirty, and which file is at a key
+        self.attr_index = attr_index
+        self.pressure = pressure  # the cache's: a writer waits for space (relieve_pressure)
         self.prefix = config.prefix
         self.threshold = config.multipart_threshold
         self.min_part = config.part_size
@@ -67,13 +72,10 @@ class Uploader:
         self._running: set[int] = set()
         self._wakeup = trio.Event()
         self._in_flight: dict[int, _Progress] = {}
-        self.streamer = Streamer(self, self.prefix, self.min_part)
-        self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
+        self.streamer = Streamer(self, store, self.prefix, self.min_part)
         self.journal = None  # set by the core: multipart uploads in flight are listed there
         self.checkpoint = _no_checkpoint  # set by the core: journal a node's state
-        self.key_owner = lambda key: None  # set by the core: the node at a key, if any
         self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
-        self.attr_index = None  # set by the core: attrindex.AttributeIndex
 
     # -- background worker ------------------------------------------------------------------
 
@@ -92,6 +94,7 @@ class Uploader:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.streamer.nursery = nursery
+            nursery.start_soon(self._relieve_when_signalled)
             task_status.started()
             while True:
                 node = self._next_ready()
@@ -139,6 +142,10 @@ class Uploader:
             self.file_slots.release()
             self._wakeup.set()
 
+    async def _relieve_when_signalled(self) -> None:
+        async for _ in self.pressure:
+            self.relieve_pressure()
+
     def relieve_pressure(self) -> None:
         """The cache is full of dirty data: upload files now, even those still open.
 
@@ -149,7 +156,7 @@ class Uploader:
         more than its allowance.
         """
         self.streamer.under_pressure()
-        for node in self.dirty_nodes():
+        for node in self.inodes.needing_upload():
             if node.ino in self._running or node.ino in self._not_before:
                 continue  # uploading, or waiting to retry or for its rename: not sooner
             if node.stream is None:
@@ -271,7 +278,7 @@ class Uploader:
         if data is not None:
             data.low_water = size
         node.remote_maybe = True
-        if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
+        if self.attr_index.entry_for(node) is not None:
             await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time(), snapshot)
         try:
@@ -298,8 +305,7 @@ class Uploader:
                 data.reset_base(min(size, data.low_water))
                 data.mark_clean(snapshot)
             log.info("uploaded %s (%d bytes)", key, size)
-            if self.attr_index is not None:
-                await self.attr_index.publish_uploaded(node, key, etag)
+            await self.attr_index.publish_uploaded(node, key, etag)
             await self.delete_stale_keys(node)
             await self.checkpoint(node)  # clean now: the journal record goes
 
@@ -386,7 +392,7 @@ class Uploader:
             node.waiting_for_rename = stream.key
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
-        if self.key_owner(streamed_at) not in (None, node):
+        if self._key_owner(streamed_at) not in (None, node):
             raise FsError(FsKind.BUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
                                         "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
@@ -449,6 +455,13 @@ class Uploader:
     def left_behind(self, key: str) -> bool:
         return key in self._left_behind
 
+    def _key_owner(self, key: str) -> Node | None:
+        """The file this mount has at an object key, if any."""
+        if not key.startswith(self.prefix) or key.endswith("/"):
+            return None
+        node = self.inodes.at_path(key[len(self.prefix):])
+        return None if node is None or node.unlinked else node
+
     async def delete_stale_keys(self, node: Node) -> None:
         """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
@@ -465,7 +478,7 @@ class Uploader:
         base = node.base
         if base is not None and base.key == key and not node.unlinked:
             return  # its evicted blocks are read from there until its upload or rename
-        owner = self.key_owner(key)
+        owner = self._key_owner(key)
         if owner is not None and not owner.is_dir:
             # That file's upload replaces the object; should it go first, it deletes it.
             owner.remote_maybe = True
