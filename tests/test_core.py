@@ -1439,6 +1439,20 @@ async def test_symlink_round_trip(make_core, s3) -> None:
 # -- listings --------------------------------------------------------------------------------
 
 
+async def test_listing_prefetches_the_small_files_proxmox_reads_next(make_core, store, s3):
+    notes, backup = payload(300, seed=3), payload(2 * BLOCK, seed=4)
+    s3.put(f"{PREFIX}dump/vzdump-qemu-100.vma.zst.notes", notes)
+    s3.put(f"{PREFIX}dump/vzdump-qemu-100.vma.zst", backup)
+    core = await make_core()
+    await core.readdir(await inode(core, "dump"))
+    await settle()
+    counts = Counts(store)
+    assert await read_file(core, await inode(core, "dump/vzdump-qemu-100.vma.zst.notes")) == notes
+    assert counts["GetObject"] == 0
+    assert await read_file(core, await inode(core, "dump/vzdump-qemu-100.vma.zst")) == backup
+    assert counts["GetObject"] == 1  # not a small file's name: fetched when read
+
+
 async def test_listing_shows_objects_and_skips_odd_keys(make_core, s3) -> None:
     odd = f"{PREFIX}odd/"
     bodies = {
