@@ -22,6 +22,7 @@ seconds). A deleted file's blocks count as used until its deletion is done.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -73,7 +74,8 @@ class BlockCache:
         self.used_bytes = 0  # charged bytes of the cached blocks of every file
         self.peak_used_bytes = 0
         self._space_freed = trio.Event()
-        self.on_pressure = None  # called (no arguments) when a writer has to wait for uploads
+        # A signal per wait of a writer for uploads to free space; one pending is enough.
+        self._pressure_sent, self.pressure = trio.open_memory_channel[None](1)
         # Cache files whose descriptor is to be closed or which are to be deleted (see run):
         # at most one entry per cache file, so this stays as small as the set of files.
         self._to_let_go: dict[CachedFile, None] = {}
@@ -279,8 +281,8 @@ class BlockCache:
                 return
             if not can_wait:
                 raise OSError(errno.ENOSPC, "cache full of data that is not on S3")
-            if self.on_pressure is not None:
-                self.on_pressure()
+            with contextlib.suppress(trio.WouldBlock):
+                self._pressure_sent.send_nowait(None)
             await self._wait_for_space()
 
     async def _wait_for_space(self) -> None:

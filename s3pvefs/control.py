@@ -28,8 +28,9 @@ import math
 import os
 import socket
 import stat
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -58,7 +59,23 @@ def control_socket_path(mountpoint: Path) -> Path:
 # -- server ---------------------------------------------------------------------------------
 
 
-async def serve_control(core: Any, mountpoint: Path, *, socket_path: Path | None = None,
+class _File(Protocol):
+    def path(self) -> str: ...
+
+
+class Admin(Protocol):
+    """The operations the admin channel answers with (core.FsCore)."""
+
+    def status(self) -> dict: ...
+
+    async def sync_path(self, path: str | None) -> dict[str, str]: ...
+
+    async def refresh(self, path: str | None) -> int: ...
+
+    def dirty_nodes(self) -> Sequence[_File]: ...
+
+
+async def serve_control(core: Admin, mountpoint: Path, *, socket_path: Path | None = None,
                         task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Answer admin requests for ``core`` until cancelled; the socket is removed at exit.
 
@@ -143,7 +160,7 @@ def _remove_if_ours(path: Path, identity: tuple[int, int]) -> None:
 
 
 class _Server:
-    def __init__(self, core: Any, jobs: trio.Nursery):
+    def __init__(self, core: Admin, jobs: trio.Nursery):
         self.core = core
         self.jobs = jobs  # syncs: they outlive the connection (and the wait) that started them
 
@@ -229,7 +246,7 @@ class _SyncJob:
         self.failures: dict[str, str] = {}
         self.error: str | None = None
 
-    async def run(self, core: Any, path: str) -> None:
+    async def run(self, core: Admin, path: str) -> None:
         try:
             self.failures = dict(await core.sync_path(path))
         except (FsError, StoreError) as exc:
@@ -241,7 +258,7 @@ class _SyncJob:
             self.done.set()
 
 
-def _pending(core: Any, path: str) -> int:
+def _pending(core: Admin, path: str) -> int:
     """Files at or below ``path`` whose current state is not on S3 yet."""
     below = path + "/"
     return sum(1 for node in core.dirty_nodes()

@@ -13,12 +13,12 @@ import logging
 import os
 import stat
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
-from .attrindex import DIRECTORY_ETAG, AttributeIndex, host_id
+from .attrindex import DIRECTORY_ETAG, AttributeIndex
 from .blockcache import BlockCache, CachedFile
 from .journal import Journal
 from .filejournal import FileJournal
@@ -65,55 +65,59 @@ class StatFs:
     name_max: int = 255
 
 
+class KernelCache(Protocol):
+    """What the kernel remembers besides its lookups (fuse_adapter.KernelCaches)."""
+
+    async def forget(self, directories: set[int], files: set[int]) -> None:
+        """Missing names in these directories, and these files' attributes."""
+
+
 class FsCore:
-    def __init__(self, config: Config, store: ObjectStore, cache: BlockCache):
+    """Built by assembly.build_filesystem, which hands it its collaborators."""
+
+    def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
+                 inodes: InodeTable, reader: BlockReader, journal: Journal,
+                 file_journal: FileJournal, uploader: Uploader, dirs: Directories,
+                 attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node],
+                 kernel: KernelCache | None):
         self.config = config
         self.prefix = config.prefix
         self.store = store
         self.cache = cache
-        self.inodes = InodeTable()
-        self.reader = BlockReader(store, config.max_connections, config.part_size)
-        self.journal = Journal(cache.cache_dir)
-        self.journal.open()
-        self.file_journal = FileJournal(self.journal, cache, self.prefix)
-        self.uploader = Uploader(store, self.reader, config, self.journal, self.file_journal)
-        self.dirs = Directories(store, self.inodes, self.prefix, config.dir_ttl,
-                                self.default_attributes, config.max_connections)
+        self.inodes = inodes
+        self.reader = reader
+        self.journal = journal
+        self.file_journal = file_journal
+        self.uploader = uploader
+        self.dirs = dirs
+        self.attr_index = attr_index
+        self._listed = listed  # directories just listed: their small files are prefetched
+        self._kernel = kernel  # None without a kernel mount (tests)
         self.handles: dict[int, Handle] = {}
         # Inode -> the hidden key keeping the data of a file deleted while open (see unlink).
         self._kept_aside: dict[int, str] = {}
         self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))  # `s3pvefs sync`
         self._next_handle = 1
-        self.root = self.inodes.new(None, "", self.default_attributes(stat.S_IFDIR, now_ns()))
-        self.root.meta_loaded = True
-        self.streamer = self.uploader.streamer
-        self.uploader.dirty_nodes = self.dirty_nodes
-        self.attr_index = AttributeIndex(store, self.prefix, host_id(cache.cache_dir),
-                                         self.default_attributes)
-        self.dirs.attr_index = self.uploader.attr_index = self.attr_index
-        self.uploader.key_owner = self.node_at_key
-        self.dirs.left_behind = self.uploader.left_behind
-        cache.on_pressure = self.uploader.relieve_pressure
-        self.dirs.on_listed = self._prefetch_small_files
-        # Told which directories `refresh` dropped, so the kernel's caches can follow.
-        self.on_refresh: Callable[[set[int], set[int]], Awaitable[None]] | None = None
-
-    def default_attributes(self, kind: int, mtime_ns: int) -> Attributes:
-        permissions = self.config.dir_mode if kind == stat.S_IFDIR else self.config.file_mode
-        return Attributes(kind | permissions, self.config.uid, self.config.gid, mtime_ns)
+        self.root = inodes.root
+        self.streamer = uploader.streamer
 
     # -- start and stop ---------------------------------------------------------------------
 
     async def create_proxmox_dirs(self) -> None:
         """Make the content directories exist (as markers) before the first request."""
         for path in PROXMOX_DIRS:
-            parent = self.root
-            for part in path.split("/"):
-                await self.dirs.ensure_listed(parent)
-                child = parent.children.get(part)
-                if child is None or not child.is_dir:
-                    child = await self.make_directory(parent, part)
-                parent = child
+            await self.directory_at(path.split("/"))
+
+    async def directory_at(self, names: list[str]) -> Node:
+        """The directory at that path, made (as markers) where it does not exist."""
+        directory = self.root
+        for name in names:
+            await self.dirs.ensure_listed(directory)
+            child = directory.children.get(name)
+            if child is None or not child.is_dir:
+                child = await self.make_directory(directory, name)
+            directory = child
+        return directory
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """The core's background work: uploads, readahead, closing and deleting cache files."""
@@ -121,10 +125,11 @@ class FsCore:
             await nursery.start(self.cache.run)
             await nursery.start(self.uploader.run)
             await nursery.start(self.reader.run)
+            nursery.start_soon(self._prefetch_listed)
             task_status.started()
 
     def dirty_nodes(self) -> list[Node]:
-        return [node for node in self.inodes if node.needs_upload]
+        return self.inodes.needing_upload()
 
     async def shutdown(self) -> None:
         """Upload everything that is not on S3 yet."""
@@ -184,28 +189,15 @@ class FsCore:
                 if node.lookups > 0:
                     known_files.add(node.ino)
             count += 1
-        if self.on_refresh is not None:
-            await self.on_refresh(directories, known_files)
+        if self._kernel is not None:
+            await self._kernel.forget(directories, known_files)
         return count
-
-    def node_at_key(self, key: str) -> Node | None:
-        """The node this mount has at an object key (files only), if any."""
-        if not key.startswith(self.prefix) or key.endswith("/"):
-            return None
-        try:
-            node = self._loaded_node(key[len(self.prefix):])
-        except FsError:
-            return None
-        return None if node.unlinked else node
 
     def _loaded_node(self, path: str) -> Node:
         """The node at ``path`` if this mount has seen it (unseen paths hold nothing dirty)."""
-        node = self.root
-        for part in filter(None, path.split("/")):
-            child = node.children.get(part)
-            if child is None:
-                raise FsError(FsKind.NOT_FOUND, f"{path}: not found in this mount")
-            node = child
+        node = self.inodes.at_path(path)
+        if node is None:
+            raise FsError(FsKind.NOT_FOUND, f"{path}: not found in this mount")
         return node
 
     def status(self) -> dict:
@@ -503,6 +495,14 @@ class FsCore:
         parent.touch()
         node.touch()
 
+    def new_file(self, parent: Node, name: str, attrs: Attributes) -> Node:
+        """A file node for ``name`` in ``parent`` in place of what a listing put there (for
+        recovery: the journal is newer than S3); the caller inserts it once it is complete."""
+        existing = parent.children.get(name)
+        if existing is not None:
+            self.dirs.detach(parent, name, existing)
+        return self.inodes.new(parent, name, attrs)
+
     def _remove(self, parent: Node, name: str, node: Node) -> None:
         parent.remember_removal(name)
         parent.mtime_ns = parent.ctime_ns = now_ns()
@@ -516,6 +516,10 @@ class FsCore:
             reused = base and self.cache.reuse_stored(base.key, base.etag, base.size)
             node.file.cache_file_attached(reused or self.cache.new_file())
         return node.file.data
+
+    async def _prefetch_listed(self) -> None:
+        async for directory in self._listed:
+            self._prefetch_small_files(directory)
 
     def _prefetch_small_files(self, directory: Node) -> None:
         """Fetch the small files Proxmox reads right after listing a directory (every

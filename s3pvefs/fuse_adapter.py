@@ -39,20 +39,38 @@ def _answer(method):
     return wrapper
 
 
+class KernelCaches:
+    """What the kernel may remember beyond its lookups, for `s3pvefs refresh` to drop
+    (core.KernelCache): names answered "does not exist", and the attributes of files."""
+
+    def __init__(self, negative_ttl: float):
+        self._negative = TTLCache(maxsize=65536, ttl=max(negative_ttl, 0.001))
+
+    def remember_missing(self, parent_inode: int, name: bytes) -> None:
+        self._negative[(parent_inode, name)] = True
+
+    async def forget(self, directories: set[int], files: set[int]) -> None:
+        """Make the kernel forget the missing names it remembers in these directories and the
+        attributes of these files, before `s3pvefs refresh` returns (from a worker thread:
+        the kernel may have to wait for requests this loop answers meanwhile)."""
+        entries = [key for key in list(self._negative.keys()) if key[0] in directories]
+        for key in entries:
+            self._negative.pop(key, None)
+        if entries or files:
+            await trio.to_thread.run_sync(_invalidate, entries, sorted(files))
+
+
 class FuseOperations(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, core: FsCore):
+    def __init__(self, core: FsCore, kernel: KernelCaches):
         super().__init__()
         self.core = core
+        self.kernel = kernel  # shared with the core, whose refresh makes it forget
         self.attr_timeout = core.config.attr_ttl
         self.negative_timeout = core.config.negative_ttl
-        # Names answered "does not exist" that the kernel may still remember: so that
-        # `s3pvefs refresh` can make it forget them too.
-        self._negative = TTLCache(maxsize=65536, ttl=max(self.negative_timeout, 0.001))
-        core.on_refresh = self._forget_kernel_caches
         self._dir_snapshots: dict[int, list[tuple[str, Node]]] = {}
         self._next_dir_handle = 1
 
@@ -94,18 +112,8 @@ class FuseOperations(pyfuse3.Operations):
         entry = pyfuse3.EntryAttributes()
         entry.st_ino = 0
         entry.entry_timeout = self.negative_timeout
-        self._negative[(parent_inode, name)] = True
+        self.kernel.remember_missing(parent_inode, name)
         return entry
-
-    async def _forget_kernel_caches(self, directories: set[int], files: set[int]) -> None:
-        """Make the kernel forget the missing names it remembers in these directories and the
-        attributes of these files, before `s3pvefs refresh` returns (from a worker thread:
-        the kernel may have to wait for requests this loop answers meanwhile)."""
-        entries = [key for key in list(self._negative.keys()) if key[0] in directories]
-        for key in entries:
-            self._negative.pop(key, None)
-        if entries or files:
-            await trio.to_thread.run_sync(_invalidate, entries, sorted(files))
 
     @_answer
     async def getattr(self, inode, ctx=None):

@@ -7,12 +7,14 @@ started, and never drops a node that holds unsaved data or open handles.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import stat
 from collections.abc import Callable, Iterator
 
 import trio
 
+from .attrindex import AttributeIndex
 from .errors import FsError, FsKind, StoreError
 from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
                     decode_attributes, listing_name)
@@ -33,6 +35,10 @@ class Directories:
         dir_ttl: float,
         defaults: Callable[[int, int], Attributes],
         max_parallel: int,
+        *,
+        attr_index: AttributeIndex,
+        left_behind: Callable[[str], bool],
+        listed: trio.MemorySendChannel[Node],
     ):
         self.store = store
         self.inodes = inodes
@@ -42,9 +48,9 @@ class Directories:
         self.skipped = SkippedKeys()
         self.limiter = trio.CapacityLimiter(max_parallel)
         self._refreshing: set[Node] = set()
-        self.attr_index = None  # attrindex.AttributeIndex, set by the core
-        self.on_listed: Callable[[Node], None] | None = None  # called after every (re)listing
-        self.left_behind: Callable[[str], bool] = lambda key: False  # set by the core
+        self.attr_index = attr_index
+        self.left_behind = left_behind  # keys a file left, still there until deleted: unlisted
+        self.listed = listed  # every directory (re)listed; dropped while the reader lags
 
     # -- listings ---------------------------------------------------------------------------
 
@@ -76,8 +82,8 @@ class Directories:
             await self._apply_index(directory, dir_key, objects)
             directory.listed_at = started
             directory.forget_removals_before(start_seq)
-        if self.on_listed is not None:
-            self.on_listed(directory)
+        with contextlib.suppress(trio.WouldBlock):
+            self.listed.send_nowait(directory)
 
     async def _apply_index(self, directory: Node, dir_key: str, objects) -> None:
         """Attributes of the listed entries from the directory's attribute indexes: defaults

@@ -21,13 +21,13 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from .assembly import build_filesystem, recover_journal
 from .blockcache import BlockCache
 from .config import Config, human_size
 from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError, StoreKind
-from .fuse_adapter import FuseOperations
-from .recovery import recover
+from .fuse_adapter import FuseOperations, KernelCaches
 from .sdnotify import Notifier
 from .store import ObjectStore, open_s3_store
 
@@ -64,12 +64,13 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
         async with open_s3_store(config) as store:
             notifier.status(f"checking {_where(config)}")
             await check_bucket(store, config)
-            core = FsCore(config, store, cache)
+            kernel = KernelCaches(config.negative_ttl)
+            core = build_filesystem(config, store, cache, kernel)
             await core.create_proxmox_dirs()
             notifier.status(f"recovering journaled uploads from {config.cache_dir}")
-            await recover(core)
+            await recover_journal(core)
             try:
-                return await _serve(core, config, mountpoint, notifier)
+                return await _serve(core, kernel, config, mountpoint, notifier)
             finally:
                 with trio.CancelScope(shield=True):
                     await core.keep_clean_data()
@@ -115,9 +116,9 @@ def _where(config: Config) -> str:
     return f"s3://{config.bucket}/{config.prefix}"
 
 
-async def _serve(core: FsCore, config: Config, mountpoint: Path,
+async def _serve(core: FsCore, kernel: KernelCaches, config: Config, mountpoint: Path,
                  notifier: Notifier | None = None) -> int:
-    operations = FuseOperations(core)
+    operations = FuseOperations(core, kernel)
     try:
         pyfuse3.init(operations, str(mountpoint), _fuse_options(config))
     except RuntimeError as exc:

@@ -160,9 +160,11 @@ class Node:
 class InodeTable:
     """Inode number -> node. Numbers are never reused while the mount is up."""
 
-    def __init__(self) -> None:
+    def __init__(self, root: Attributes) -> None:
         self._nodes: dict[int, Node] = {}
         self._numbers = itertools.count(ROOT_INODE + 1)
+        self.root = self.new(None, "", root)
+        self.root.meta_loaded = True
 
     def new(self, parent: Node | None, name: str, attrs: Attributes) -> Node:
         ino = ROOT_INODE if parent is None else next(self._numbers)
@@ -175,6 +177,18 @@ class InodeTable:
 
     def drop(self, node: Node) -> None:
         self._nodes.pop(node.ino, None)
+
+    def at_path(self, path: str) -> Node | None:
+        """The node at ``path`` (from the root) if this mount has seen it."""
+        node = self.root
+        for part in filter(None, path.split("/")):
+            node = node.children.get(part)
+            if node is None:
+                return None
+        return node
+
+    def needing_upload(self) -> list[Node]:
+        return [node for node in self if node.needs_upload]
 
     def __iter__(self):
         return iter(list(self._nodes.values()))

@@ -18,6 +18,7 @@ import itertools
 import logging
 import math
 from contextlib import contextmanager
+from typing import Protocol
 
 import trio
 
@@ -27,7 +28,7 @@ from .journal import StreamRecord
 from .filejournal import FileJournal
 from .names import MAGIC_BYTES, predict_final_name
 from .nodes import Node
-from .objectstore import RemoteObject
+from .objectstore import ObjectStore, RemoteObject
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,27 @@ class Stream:
             launched=tuple((n, o, length) for n, (o, length) in sorted(self.launched.items())))
 
 
+class Uploads(Protocol):
+    """What a stream asks of the uploader that owns it (uploader.Uploader)."""
+
+    part_slots: trio.Semaphore  # shared with whole-file uploads: bounds parts in memory
+    draining: bool  # a shutdown waits: give up on a failing request soon
+
+    def metadata_of(self, node: Node) -> dict[str, str]: ...
+
+    async def start_multipart(self, key: str, metadata: dict) -> str: ...
+
+    async def upload_ended(self, upload_id: str) -> None: ...
+
+    async def abort_quietly(self, key: str, upload_id: str) -> None: ...
+
+
 class Streamer:
-    def __init__(self, uploader, prefix: str, min_part: int, file_journal: FileJournal):
+    def __init__(self, uploader: Uploads, store: ObjectStore, prefix: str, min_part: int,
+                 file_journal: FileJournal):
         self.uploader = uploader
         self.file_journal = file_journal
-        self.store = uploader.store
+        self.store = store
         self.prefix = prefix
         self.min_part = min_part
         self.nursery: trio.Nursery | None = None  # the uploader's, set when it runs

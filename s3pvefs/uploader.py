@@ -20,10 +20,10 @@ from .errors import FsError, FsKind, RenamePending, StoreError, StoreKind, first
 from .journal import Journal
 from .filejournal import FileJournal
 from .names import check_key_length, encode_attributes
-from .nodes import Node
+from .nodes import InodeTable, Node
 from .objectstore import RemoteObject
 from .reader import BlockReader
-from .attrindex import PENDING
+from .attrindex import PENDING, AttributeIndex
 from .streaming import Streamer
 from .store import ObjectStore, body_etag, multipart_etag
 
@@ -50,10 +50,14 @@ def choose_part_size(size: int, min_part: int) -> int:
 
 
 class Uploader:
-    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config,
-                 journal: Journal, file_journal: FileJournal):
+    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config, *,
+                 journal: Journal, file_journal: FileJournal, inodes: InodeTable,
+                 attr_index: AttributeIndex, pressure: trio.MemoryReceiveChannel[None]):
         self.store = store
         self.reader = reader
+        self.inodes = inodes  # which files are dirty, and which file is at a key
+        self.attr_index = attr_index
+        self.pressure = pressure  # the cache's: a writer waits for space (relieve_pressure)
         self.prefix = config.prefix
         self.threshold = config.multipart_threshold
         self.min_part = config.part_size
@@ -73,11 +77,8 @@ class Uploader:
         self._in_flight: dict[int, _Progress] = {}
         self.journal = journal  # multipart uploads in flight are listed there
         self.file_journal = file_journal
-        self.streamer = Streamer(self, self.prefix, self.min_part, file_journal)
-        self.dirty_nodes = lambda: []  # set by the core: what pressure relief may upload
-        self.key_owner = lambda key: None  # set by the core: the node at a key, if any
+        self.streamer = Streamer(self, store, self.prefix, self.min_part, file_journal)
         self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
-        self.attr_index = None  # set by the core: attrindex.AttributeIndex
 
     # -- background worker ------------------------------------------------------------------
 
@@ -96,6 +97,7 @@ class Uploader:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.streamer.nursery = nursery
+            nursery.start_soon(self._relieve_when_signalled)
             task_status.started()
             while True:
                 node = self._next_ready()
@@ -143,6 +145,10 @@ class Uploader:
             self.file_slots.release()
             self._wakeup.set()
 
+    async def _relieve_when_signalled(self) -> None:
+        async for _ in self.pressure:
+            self.relieve_pressure()
+
     def relieve_pressure(self) -> None:
         """The cache is full of dirty data: upload files now, even those still open.
 
@@ -153,7 +159,7 @@ class Uploader:
         more than its allowance.
         """
         self.streamer.under_pressure()
-        for node in self.dirty_nodes():
+        for node in self.inodes.needing_upload():
             if node.ino in self._running or node.ino in self._not_before:
                 continue  # uploading, or waiting to retry or for its rename: not sooner
             if node.file.stream is None:
@@ -267,7 +273,7 @@ class Uploader:
         if data is not None:
             data.low_water = size
         node.file.upload_started()
-        if self.attr_index is not None and self.attr_index.entry_for(node) is not None:
+        if self.attr_index.entry_for(node) is not None:
             await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time(), snapshot)
         try:
@@ -293,8 +299,7 @@ class Uploader:
                 data.reset_base(min(size, data.low_water))
                 data.mark_clean(snapshot)
             log.info("uploaded %s (%d bytes)", key, size)
-            if self.attr_index is not None:
-                await self.attr_index.publish_uploaded(node, key, etag)
+            await self.attr_index.publish_uploaded(node, key, etag)
             await self.delete_stale_keys(node)
             await self.file_journal.checkpoint(node)  # clean now: the journal record goes
 
@@ -379,7 +384,7 @@ class Uploader:
             node.file.rename_awaited(stream.key)
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
-        if self.key_owner(streamed_at) not in (None, node):
+        if self._key_owner(streamed_at) not in (None, node):
             raise FsError(FsKind.BUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
                                         "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
@@ -439,6 +444,13 @@ class Uploader:
     def left_behind(self, key: str) -> bool:
         return key in self._left_behind
 
+    def _key_owner(self, key: str) -> Node | None:
+        """The file this mount has at an object key, if any."""
+        if not key.startswith(self.prefix) or key.endswith("/"):
+            return None
+        node = self.inodes.at_path(key[len(self.prefix):])
+        return None if node is None or node.unlinked else node
+
     async def delete_stale_keys(self, node: Node) -> None:
         """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
@@ -455,7 +467,7 @@ class Uploader:
         base = node.file.base
         if base is not None and base.key == key and not node.unlinked:
             return  # its evicted blocks are read from there until its upload or rename
-        owner = self.key_owner(key)
+        owner = self._key_owner(key)
         if owner is not None and not owner.is_dir:
             # That file's upload replaces the object; should it go first, it deletes it.
             owner.file.remote_possible()

@@ -1,8 +1,8 @@
 """The filesystem core (core.py and the layers under it) on a MemoryStore, no server, no kernel.
 
-Each test builds FsCore objects directly, calls them with inode numbers and str names as the
-FUSE adapter does, and checks the bucket (the ``s3`` fixture, a view that counts no request)
-and the store's request counts. A "second core" on the same bucket with an empty cache plays
+Each test builds FsCore objects (assembly.build_filesystem), calls them with inode numbers and
+str names as the FUSE adapter does, and checks the bucket (the ``s3`` fixture, a view that
+counts no request) and the store's request counts. A "second core" on the same bucket with an empty cache plays
 another mount, or this mount after a restart.
 
 Time is virtual (tests/helpers.py, ``run_on_virtual_time``): trio's MockClock jumps to the
@@ -31,6 +31,7 @@ import pytest
 import trio
 
 from helpers import MemoryBucket, ServerBucket, run_on_real_time, run_on_virtual_time, settle
+from s3pvefs.assembly import build_filesystem, recover_journal
 from s3pvefs.blockcache import BlockCache
 from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
@@ -41,7 +42,6 @@ from s3pvefs.memstore import MemoryStore
 from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, decode_attributes
 from s3pvefs.nodes import ROOT_INODE, Node
 from s3pvefs.objectstore import multipart_etag
-from s3pvefs.recovery import recover
 from s3pvefs.store import open_s3_store
 
 BLOCK = 64 * KiB
@@ -139,7 +139,7 @@ async def make_core(core_config, store, tmp_path):
                                config.cache_size)
             cache.open()
             caches.append(cache)
-            core = FsCore(config, backend if backend is not None else store, cache)
+            core = build_filesystem(config, backend if backend is not None else store, cache)
             if start_uploader:
                 await nursery.start(core.run)
             await core.create_proxmox_dirs()
@@ -691,7 +691,7 @@ async def test_crash_right_after_an_early_completion_loses_nothing(make_core, s3
     await core.write(fh, PART + 3, b"after the crash point")
     assert crashed.exists()  # this mount uploads nothing more: its file stays open
     restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
-    await recover(restarted)
+    await recover_journal(restarted)
     await drain(restarted)
     assert s3.body(f"{PREFIX}images/100/vm-100-disk-0.raw") == data
 
@@ -727,7 +727,7 @@ async def test_crash_after_streamed_parts_left_the_cache_loses_nothing(make_core
         crash_copy(core.cache.cache_dir, crashed)  # kill -9 now
         nursery.cancel_scope.cancel()
     restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
-    await recover(restarted)
+    await recover_journal(restarted)
     await drain(restarted)
     body = s3.body(f"{PREFIX}dump/big.raw")
     assert len(body) >= 2 * PART
@@ -1361,7 +1361,7 @@ async def test_a_crash_before_the_last_close_deletes_the_kept_data(make_core, s3
     crashed = tmp_path / "crashed-cache"  # what a kill -9 now leaves on disk
     crash_copy(core.cache.cache_dir, crashed)
     restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)
-    await recover(restarted)
+    await recover_journal(restarted)
     assert kept_aside(s3) == []
     assert restarted.journal.pending_deletes() == []
     await fails_with(errno.ENOENT, restarted.lookup, await inode(restarted, "images"), "big.raw")
@@ -1439,6 +1439,20 @@ async def test_symlink_round_trip(make_core, s3) -> None:
 
 
 # -- listings --------------------------------------------------------------------------------
+
+
+async def test_listing_prefetches_the_small_files_proxmox_reads_next(make_core, store, s3):
+    notes, backup = payload(300, seed=3), payload(2 * BLOCK, seed=4)
+    s3.put(f"{PREFIX}dump/vzdump-qemu-100.vma.zst.notes", notes)
+    s3.put(f"{PREFIX}dump/vzdump-qemu-100.vma.zst", backup)
+    core = await make_core()
+    await core.readdir(await inode(core, "dump"))
+    await settle()
+    counts = Counts(store)
+    assert await read_file(core, await inode(core, "dump/vzdump-qemu-100.vma.zst.notes")) == notes
+    assert counts["GetObject"] == 0
+    assert await read_file(core, await inode(core, "dump/vzdump-qemu-100.vma.zst")) == backup
+    assert counts["GetObject"] == 1  # not a small file's name: fetched when read
 
 
 async def test_listing_shows_objects_and_skips_odd_keys(make_core, s3) -> None:
@@ -1901,7 +1915,7 @@ async def test_crash_after_closing_an_empty_file_keeps_it(make_core, store, s3,
     crashed = tmp_path / "crashed-cache"
     crash_copy(core.cache.cache_dir, crashed)  # kill -9 now
     restarted = await make_core(cache_dir=crashed)
-    await recover(restarted)
+    await recover_journal(restarted)
     await drain(restarted)
     assert s3.body(f"{PREFIX}dump/empty.vma.dat") == b""
 
@@ -1920,7 +1934,7 @@ async def crash_right_after_creating_a_multipart_upload(make_core, store, s3,
     crashed = tmp_path / "crashed-cache"
     crash_copy(core.cache.cache_dir, crashed)
     restarted = await make_core(cache_dir=crashed, start_uploader=False)
-    await recover(restarted)
+    await recover_journal(restarted)
     assert s3.uploads() == [f"{PREFIX}dump/other.raw"]
     assert restarted.journal.uploads() == [] and intent
     await store.abort_multipart(f"{PREFIX}dump/other.raw", other)
@@ -2003,7 +2017,7 @@ async def test_a_crash_right_after_an_upload_landed_keeps_the_file_readable(
                                                           data, patch)
     patched = data[:BLOCK + 5] + patch + data[BLOCK + 5 + len(patch):]
     restarted = await make_core(cache_dir=crashed)
-    assert await recover(restarted) == 1
+    assert await recover_journal(restarted) == 1
     ino = await inode(restarted, "dump/big.raw")
     assert await read_file(restarted, ino) == patched  # the clean blocks come from S3
     fh, _ = await restarted.open(ino, os.O_RDWR)
@@ -2027,7 +2041,7 @@ async def test_a_restart_never_takes_a_foreign_object_for_its_own_upload(
     foreign = payload(size, seed=43)
     s3.put(f"{PREFIX}dump/big.raw", foreign)
     restarted = await make_core(cache_dir=crashed, start_uploader=False)
-    assert await recover(restarted) == 1
+    assert await recover_journal(restarted) == 1
     ino = await inode(restarted, "dump/big.raw")
     await fails_with(errno.ESTALE, read_file, restarted, ino, 2 * BLOCK, BLOCK)
     assert s3.body(f"{PREFIX}dump/big.raw") == foreign

@@ -28,8 +28,8 @@ import trio
 
 import s3pvefs
 from s3pvefs import blockcache
+from s3pvefs.assembly import recover_journal
 from s3pvefs.control import serve_control
-from s3pvefs.recovery import recover
 import test_core
 from test_core import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
                        write_file)
@@ -206,7 +206,7 @@ async def test_recovery_leaves_the_disk_to_threads(make_core, tmp_path):
     (crashed / "data" / "orphan").write_bytes(b"left by nobody")
     restarted = await make_core(cache_dir=crashed)
     with disk_calls_on_the_loop() as calls:
-        assert await recover(restarted) == 1
+        assert await recover_journal(restarted) == 1
         await drain(restarted)
     assert not calls, listed(calls)
     assert not (crashed / "data" / "orphan").exists()

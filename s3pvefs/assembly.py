@@ -1,0 +1,81 @@
+"""Builds one filesystem: FsCore and its collaborators, in dependency order, each handed what
+it uses when it is made.
+
+    inodes      the tree, from its root
+    reader      block GETs
+    attr_index  the attribute index objects
+    journal     the cache directory's journal, and the file journal that keeps each file's
+                record in step with its lifecycle (checkpoints)
+    uploader    (and its streamer) asks the inodes which files are dirty and which file is at
+                a key; listens to the cache's pressure signals
+    dirs        listings; sends every directory it listed on a channel
+    core        every operation; reads that channel (prefetch of small files) and tells the
+                kernel's caches (when mounted) what `refresh` dropped
+
+Nothing is set on an object after it is made. Where a lower layer tells a higher one
+something, it does so through a channel (cache pressure, listed directories) or through a
+typed protocol that the higher one fulfils (streaming.Uploads, recovery.Tree,
+core.KernelCache, control.Admin).
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable
+
+import trio
+
+from .attrindex import AttributeIndex, host_id
+from .blockcache import BlockCache
+from .config import Config
+from .core import FsCore, KernelCache
+from .filejournal import FileJournal
+from .journal import Journal
+from .listing import Directories
+from .names import Attributes
+from .nodes import InodeTable, Node, now_ns
+from .objectstore import ObjectStore
+from .reader import BlockReader
+from .recovery import recover
+from .uploader import Uploader
+
+# Directories listed that the core has not looked at yet for small files to prefetch; a
+# listing past these only misses its prefetch.
+LISTED_BACKLOG = 64
+
+
+def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache,
+                     kernel: KernelCache | None = None) -> FsCore:
+    """A core over ``store`` and the opened ``cache``; ``kernel`` is None without a mount."""
+    defaults = attribute_defaults(config)
+    inodes = InodeTable(defaults(stat.S_IFDIR, now_ns()))
+    reader = BlockReader(store, config.max_connections, config.part_size)
+    attr_index = AttributeIndex(store, config.prefix, host_id(cache.cache_dir), defaults)
+    journal = Journal(cache.cache_dir)
+    journal.open()
+    file_journal = FileJournal(journal, cache, config.prefix)
+    uploader = Uploader(store, reader, config, journal=journal, file_journal=file_journal,
+                        inodes=inodes, attr_index=attr_index, pressure=cache.pressure)
+    listed_sent, listed = trio.open_memory_channel[Node](LISTED_BACKLOG)
+    dirs = Directories(store, inodes, config.prefix, config.dir_ttl, defaults,
+                       config.max_connections, attr_index=attr_index,
+                       left_behind=uploader.left_behind, listed=listed_sent)
+    return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
+                  file_journal=file_journal, uploader=uploader, dirs=dirs,
+                  attr_index=attr_index, listed=listed, kernel=kernel)
+
+
+def attribute_defaults(config: Config) -> Callable[[int, int], Attributes]:
+    """(file type bits, mtime_ns) -> the attributes of an entry that S3 holds none for."""
+
+    def defaults(kind: int, mtime_ns: int) -> Attributes:
+        permissions = config.dir_mode if kind == stat.S_IFDIR else config.file_mode
+        return Attributes(kind | permissions, config.uid, config.gid, mtime_ns)
+
+    return defaults
+
+
+async def recover_journal(core: FsCore) -> int:
+    """Put back and finish what the journal of the core's cache directory holds."""
+    return await recover(core, cache=core.cache, journal=core.journal, uploader=core.uploader,
+                         streamer=core.streamer, store=core.store)
