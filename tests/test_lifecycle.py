@@ -240,8 +240,8 @@ async def test_a_checkpoint_journals_a_dirty_file_and_drops_a_clean_one(cache) -
     journal = Journal(cache.cache_dir)
     journal.open()
     files = FileJournal(journal, cache, PREFIX)
-    inodes = InodeTable()
-    root = inodes.new(None, "", Attributes(stat.S_IFDIR | 0o755, 0, 0, 0))
+    inodes = InodeTable(Attributes(stat.S_IFDIR | 0o755, 0, 0, 0))
+    root = inodes.root
     node = inodes.new(root, "a.raw", Attributes(stat.S_IFREG | 0o640, 7, 8, 9))
     root.children["a.raw"] = node
     node.file.cache_file_attached(cache.new_file())
