@@ -204,10 +204,17 @@ class Uploader:
 
     async def settled(self, node: Node) -> None:
         """Wait until no upload of the node is running (the one running may replace its
-        object)."""
-        if node.file.syncing:
-            async with node.file.sync_lock:
-                pass
+        object), and find out whether a failed one landed all the same: a PUT whose answer
+        was lost replaced the object, and the file's reads must follow it now, not when the
+        retry comes (they would answer ESTALE until then)."""
+        async with node.file.sync_lock:
+            if node.file.landing is None:
+                return
+            try:
+                await self.settle_landing(node)
+            except StoreError as exc:  # S3 away: the retry settles it before it uploads
+                log.info("cannot tell yet whether the last upload of %s landed: %s",
+                         node.path(), exc)
 
     @asynccontextmanager
     async def held(self, *nodes: Node):

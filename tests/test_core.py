@@ -2046,3 +2046,44 @@ async def test_a_restart_never_takes_a_foreign_object_for_its_own_upload(
     await fails_with(errno.ESTALE, read_file, restarted, ino, 2 * BLOCK, BLOCK)
     assert s3.body(f"{PREFIX}dump/big.raw") == foreign
     assert [r.key for r in restarted.journal.records()[0]] == [f"{PREFIX}dump/big.raw"]
+
+
+class AnswerLostOnce(FaultInjectingStore):
+    """The first PUT of ``key`` once armed reaches S3, but its answer does not come back: the
+    caller sees a timeout (a connection dropped after the server applied the request)."""
+
+    def __init__(self, inner, key: str) -> None:
+        super().__init__(inner)
+        self.key, self.armed = key, False
+
+    async def put(self, key, data, metadata):
+        etag = await super().put(key, data, metadata)
+        if self.armed and key == self.key:
+            self.armed = False
+            raise store_error("PutObject", "RequestTimeout", key, "answer lost")
+        return etag
+
+
+async def test_a_read_follows_an_upload_that_landed_although_its_answer_was_lost(
+        make_core, store, s3) -> None:
+    """S3 replaced the object but the PUT's answer was lost: the file's evicted clean blocks
+    are read from the new object at once (its ETag was announced), not ESTALE until the
+    retry (stress seed 10 saw a lasting ESTALE after renames of a fresh download)."""
+    size = 3 * BLOCK + 100
+    data, patch = payload(size, seed=44), b"patched" * 20
+    losing = AnswerLostOnce(store, f"{PREFIX}dump/big.raw")
+    core = await make_core(losing)
+    _, node = await write_file(core, await inode(core, "dump"), "big.raw", data)
+    await drain(core)
+    losing.armed = True
+    fh, _ = await core.open(node.ino, os.O_RDWR)
+    await core.write(fh, BLOCK + 5, patch)
+    await core.release(fh)
+    await settled(lambda: not losing.armed and node.file.landing is not None)
+    patched = data[:BLOCK + 5] + patch + data[BLOCK + 5 + len(patch):]
+    assert s3.body(f"{PREFIX}dump/big.raw") == patched  # it landed; the mount did not hear
+    await core.cache.evict(size)  # the clean blocks leave the cache: reads go to S3
+    assert node.file.data.needs_fetch(2)
+    assert await read_file(core, node.ino, 2 * BLOCK, BLOCK) == patched[2 * BLOCK:3 * BLOCK]
+    await drain(core)
+    assert s3.body(f"{PREFIX}dump/big.raw") == patched
