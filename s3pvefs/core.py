@@ -825,6 +825,7 @@ class FsCore:
             await self.uploader.delete_stale_keys(node)
             node.unlinked = True  # no new upload may start
             await self.file_journal.checkpoint(node)  # drops its journal record
+        await self._delete_kept_aside_if_closed(node)
 
     # -- files deleted while open ------------------------------------------------------------
     # Their handles read and write on until the last close (POSIX; vzdump, qemu-img and tar
@@ -890,6 +891,12 @@ class FsCore:
         self._kept_aside[node.ino] = hidden
         log.info("%s: deleted while open; its data stays at %s until the last close",
                  node.path(), hidden)
+
+    async def _delete_kept_aside_if_closed(self, node: Node) -> None:
+        """Its last handle may have closed while the unlink or rename copied it aside or
+        deleted its key: that release saw a file not unlinked yet, and left the copy."""
+        if node.unlinked and node.open_count == 0:
+            await self._delete_kept_aside(node.ino)
 
     async def _delete_kept_aside(self, ino: int) -> None:
         key = self._kept_aside.pop(ino, None)
@@ -991,6 +998,8 @@ class FsCore:
             if target is not None:
                 await self.file_journal.checkpoint(target)
             await self.uploader.delete_stale_keys(node)
+        if target is not None:
+            await self._delete_kept_aside_if_closed(target)
         self._after_change(node)
 
     async def _move_file(self, node: Node, new_parent: Node, new_name: str,
