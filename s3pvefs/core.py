@@ -840,6 +840,7 @@ class FsCore:
         """Before a file's name goes (unlink, or a rename over it; the caller holds its
         uploads off): no stream of it may land anywhere, and open handles keep its data."""
         if not node.open_count:
+            await self.file_journal.forget(node)  # first: see forget
             await self.streamer.abort(node)
             return
         await self._end_stream_of_deleted(node)
@@ -859,6 +860,7 @@ class FsCore:
         (see _complete_for_read) instead of zeros."""
         stream, data = node.file.stream, node.file.data
         if stream is None or data.fully_local(node.size):
+            await self.file_journal.forget(node)  # first: see forget
             await self.streamer.abort(node)
             return
         if stream.key == node.key(self.prefix):
@@ -870,6 +872,7 @@ class FsCore:
                 log.error("%s: deleted while open; its streamed parts could not be completed "
                           "(%s): reading them fails", node.path(), exc)
         lost = data.streamed_len
+        await self.file_journal.forget(node)
         await self.streamer.abort(node)
         data.streamed_len = lost
 

@@ -43,6 +43,14 @@ class FileJournal:
             await self.cache.run_io(self.journal.write, record, durable)
             file.journaled(data.file_id)
 
+    async def forget(self, node: Node) -> None:
+        """The file is being deleted (unlink, or a rename over it), before its streaming
+        upload is aborted: a restart must not resume an upload that is gone. A crash in
+        the middle leaves the file as S3 holds it (the delete was not acknowledged) and the
+        upload to the restart's clean-up (journal/uploads)."""
+        async with node.file.journal_lock:
+            await self._remove(node.file)
+
     async def _remove(self, file: FileState) -> None:
         if file.journal_id is not None:
             await self.cache.run_io(self.journal.remove, file.journal_id)
