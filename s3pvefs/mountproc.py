@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .errors import S3PveFsError
+from .control import control_socket_path
 from .preflight import is_mounted
 
 MOUNT_TIMEOUT = 60.0  # seconds for a mount to show in /proc/self/mountinfo
@@ -52,14 +53,15 @@ class MountProcess:
         return [sys.executable, "-m", "s3pvefs", "mount", *self.args, os.fspath(self.path)]
 
     def start(self) -> MountProcess:
-        """Start it and return once the mountpoint shows; MountProcessError (and nothing left
+        """Start it and return once it serves (the mountpoint shows and its admin socket exists);
+        MountProcessError (and nothing left
         running) if it exits or does not mount within ``mount_timeout``."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + self.mount_timeout
-        while not is_mounted(self.path):
+        while not self._serving():
             if self.process.poll() is not None:
                 raise MountProcessError(f"s3pvefs mount exited with "
                                         f"{self.process.returncode}:\n{self.log_tail()}")
@@ -69,6 +71,11 @@ class MountProcess:
                                         f"{self.mount_timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.05)
         return self
+
+    def _serving(self) -> bool:
+        """Mounted, and its admin socket made: the kernel mount appears before the socket
+        does, and callers ask for status (or sync) right away."""
+        return is_mounted(self.path) and control_socket_path(self.path).exists()
 
     def log(self) -> str:
         with contextlib.suppress(OSError):
