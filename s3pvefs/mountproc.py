@@ -53,9 +53,9 @@ class MountProcess:
         return [sys.executable, "-m", "s3pvefs", "mount", *self.args, os.fspath(self.path)]
 
     def start(self) -> MountProcess:
-        """Start it and return once it serves (the mountpoint shows and its admin socket exists);
-        MountProcessError (and nothing left
-        running) if it exits or does not mount within ``mount_timeout``."""
+        """Start it and return once it serves (the mountpoint shows and its admin socket
+        exists); MountProcessError (and nothing left running) if it exits or does not mount
+        within ``mount_timeout``."""
         self.path.mkdir(parents=True, exist_ok=True)
         with self.output.open("ab") as out:
             self.process = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL,
