@@ -67,6 +67,19 @@ def fail_delete_once(faulty: FaultInjectingStore, key: str) -> None:
                 times=1, key_filter=lambda k: k == key)
 
 
+async def renamed_with_its_old_key_left(make_core, store, seed: int):
+    """images/a.raw uploaded, then renamed to b.raw while the DELETE of its old key fails
+    once (the retry comes later): returns (core, images inode)."""
+    faulty = FaultInjectingStore(store)
+    core = await make_core(faulty)
+    images = await inode(core, "images")
+    await write_file(core, images, "a.raw", payload(3 * BLOCK, seed=seed))
+    await drain(core)
+    fail_delete_once(faulty, f"{PREFIX}images/a.raw")
+    await core.rename(images, "a.raw", images, "b.raw")
+    return core, images
+
+
 # -- stale keys (stress seed 8) ----------------------------------------------------------------
 
 
@@ -119,13 +132,7 @@ async def test_a_file_created_at_a_stale_key_deletes_the_object_there_when_unlin
     """The old key of a renamed file is not deleted while a new file is there (its upload
     will replace the object); should that file go before it was uploaded, the object must
     go with it."""
-    faulty = FaultInjectingStore(store)
-    core = await make_core(faulty)
-    images = await inode(core, "images")
-    await write_file(core, images, "a.raw", payload(3 * BLOCK, seed=3))
-    await drain(core)
-    fail_delete_once(faulty, f"{PREFIX}images/a.raw")
-    await core.rename(images, "a.raw", images, "b.raw")
+    core, images = await renamed_with_its_old_key_left(make_core, store, seed=3)
     fh, _ = await write_file(core, images, "a.raw", b"new", release=False)
     await trio.sleep(RETRY_WAIT)  # the retry finds the new file at the key: not deleted
     await core.unlink(images, "a.raw")
@@ -157,13 +164,7 @@ async def test_a_listing_does_not_show_an_object_left_at_an_old_key(make_core, s
     """Stress seed 8: a stream completed at the key its file was renamed from; a listing
     before that key's DELETE made a file of the object, which then owned the key and kept it
     from ever being deleted."""
-    faulty = FaultInjectingStore(store)
-    core = await make_core(faulty)
-    images = await inode(core, "images")
-    await write_file(core, images, "a.raw", payload(3 * BLOCK, seed=6))
-    await drain(core)
-    fail_delete_once(faulty, f"{PREFIX}images/a.raw")
-    await core.rename(images, "a.raw", images, "b.raw")
+    core, images = await renamed_with_its_old_key_left(make_core, store, seed=6)
     core.dirs.invalidate(core.node(images))
     assert [name for name, _ in await core.readdir(images)] == ["b.raw"]
     await trio.sleep(RETRY_WAIT)
