@@ -680,14 +680,16 @@ class FsCore:
 
     def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
         """Adaptive readahead: none for random reads, and none until a sequential reader has
-        read a whole block (so reading a backup's header fetches just its first block); then
-        a window that doubles with every read up to ``readahead_max``."""
+        read two whole blocks; then a window that doubles with every read up to
+        ``readahead_max``. Two, not one: "show configuration" needs a backup's first 128 KiB,
+        but zstd reads ahead in its own buffers (up to ~1.4 MiB under load), and readahead
+        started by that would fetch a whole stretch of a backup nobody restores."""
         if offset == handle.next_offset:
             handle.sequential_bytes += length
         else:
             handle.sequential_bytes = handle.window = handle.requested_end = 0
         handle.next_offset = offset + length
-        if handle.sequential_bytes < data.block_size:
+        if handle.sequential_bytes < 2 * data.block_size:
             return
         handle.window = min(self.config.readahead_max, max(2 * data.block_size, handle.window * 2))
         # Ask for more only when what was asked for runs low, and then for a large stretch:

@@ -2176,3 +2176,26 @@ async def test_a_kill_during_the_unlink_of_a_streaming_file_resumes_no_aborted_u
     await drain(restarted)
     assert restarted.journal.records() == ([], [])
     assert s3.keys(f"{PREFIX}images/") == [f"{PREFIX}images/"] and s3.uploads() == []
+
+
+async def test_readahead_starts_only_after_two_blocks_read_in_sequence(make_core, store) -> None:
+    """A backup's header is read through a decompressor that reads ahead in its own buffers
+    (zstd: over a MiB under load). Up to two blocks read in sequence fetch just those blocks;
+    the CI saw the third fetched when readahead started after one."""
+    core = await make_core(readahead_max=8 * BLOCK)
+    data = payload(PART, seed=48)
+    dump = await inode(core, "dump")
+    _, node = await write_file(core, dump, "disk.raw", data)
+    await drain(core)
+    await core.cache.evict(core.cache.used_bytes)
+    counts = Counts(store)
+    fh, _ = await core.open(node.ino, os.O_RDONLY)
+    chunk = BLOCK // 4
+    for offset in range(0, 2 * BLOCK - chunk, chunk):
+        assert await core.read(fh, offset, chunk) == data[offset:offset + chunk]
+    await settle()
+    assert counts.received == 2 * BLOCK
+    assert await core.read(fh, 2 * BLOCK - chunk, chunk) == data[2 * BLOCK - chunk:2 * BLOCK]
+    with trio.fail_after(TIMEOUT):
+        await settled(lambda: counts.received > 2 * BLOCK)
+    await core.release(fh)
