@@ -6,15 +6,17 @@ it uses when it is made.
     attr_index  the attribute index objects
     journal     the cache directory's journal, and the file journal that keeps each file's
                 record in step with its lifecycle (checkpoints)
-    uploader    (and its streamer) asks the inodes which files are dirty and which file is at
-                a key; listens to the cache's pressure signals
+    writer      every request that makes an object (parts under one bound for the mount)
+    streamer    multipart uploads of files being written, through the writer
+    left_keys   keys files left, to delete; asks the inodes which file is at a key
+    uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
     dirs        listings; sends every directory it listed on a channel
     core        every operation; reads that channel (prefetch of small files) and tells the
                 kernel's caches (when mounted) what `refresh` dropped
 
 Nothing is set on an object after it is made. Where a lower layer tells a higher one
 something, it does so through a channel (cache pressure, listed directories) or through a
-typed protocol that the higher one fulfils (streaming.Uploads, recovery.Tree,
+typed protocol that the higher one fulfils (recovery.Tree,
 core.KernelCache, control.Admin).
 """
 
@@ -31,12 +33,15 @@ from .config import Config
 from .core import FsCore, KernelCache
 from .filejournal import FileJournal
 from .journal import Journal
+from .leftkeys import LeftKeys
 from .listing import Directories
 from .names import Attributes
 from .nodes import InodeTable, Node, now_ns
 from .objectstore import ObjectStore
+from .objectwriter import ObjectWriter
 from .reader import BlockReader
 from .recovery import recover
+from .streaming import Streamer
 from .uploader import Uploader
 
 # Directories listed that the core has not looked at yet for small files to prefetch; a
@@ -54,14 +59,19 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache,
     journal = Journal(cache.cache_dir)
     journal.open()
     file_journal = FileJournal(journal, cache, config.prefix)
-    uploader = Uploader(store, reader, config, journal=journal, file_journal=file_journal,
-                        inodes=inodes, attr_index=attr_index, pressure=cache.pressure)
+    writer = ObjectWriter(store, reader, config, journal=journal, file_journal=file_journal)
+    streamer = Streamer(writer, store, config.prefix, config.part_size, file_journal)
+    left_keys = LeftKeys(store, inodes, config.prefix)
+    uploader = Uploader(writer, streamer, reader, config, file_journal=file_journal,
+                        inodes=inodes, left_keys=left_keys, attr_index=attr_index,
+                        pressure=cache.pressure)
     listed_sent, listed = trio.open_memory_channel[Node](LISTED_BACKLOG)
     dirs = Directories(store, inodes, config.prefix, config.dir_ttl, defaults,
                        config.max_connections, attr_index=attr_index,
-                       left_behind=uploader.left_behind, listed=listed_sent)
+                       left_behind=left_keys.left_behind, listed=listed_sent)
     return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
-                  file_journal=file_journal, uploader=uploader, dirs=dirs,
+                  file_journal=file_journal, writer=writer, streamer=streamer,
+                  left_keys=left_keys, uploader=uploader, dirs=dirs,
                   attr_index=attr_index, listed=listed, kernel=kernel)
 
 
@@ -78,4 +88,5 @@ def attribute_defaults(config: Config) -> Callable[[int, int], Attributes]:
 async def recover_journal(core: FsCore) -> int:
     """Put back and finish what the journal of the core's cache directory holds."""
     return await recover(core, cache=core.cache, journal=core.journal, uploader=core.uploader,
-                         streamer=core.streamer, store=core.store)
+                         streamer=core.streamer, writer=core.writer, left_keys=core.left_keys,
+                         store=core.store)

@@ -28,9 +28,12 @@ from .listing import Directories, walk
 from .names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
 from .nodes import ROOT_INODE, InodeTable, Node, now_ns
 from .objectstore import RemoteObject
+from .leftkeys import LeftKeys
+from .objectwriter import MAX_OBJECT_SIZE, ObjectWriter
 from .reader import BlockReader
 from .store import ObjectStore
-from .uploader import MAX_OBJECT_SIZE, Uploader
+from .streaming import Streamer
+from .uploader import Uploader
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,8 @@ class FsCore:
 
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
                  inodes: InodeTable, reader: BlockReader, journal: Journal,
-                 file_journal: FileJournal, uploader: Uploader, dirs: Directories,
+                 file_journal: FileJournal, writer: ObjectWriter, streamer: Streamer,
+                 left_keys: LeftKeys, uploader: Uploader, dirs: Directories,
                  attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node],
                  kernel: KernelCache | None):
         self.config = config
@@ -88,6 +92,9 @@ class FsCore:
         self.reader = reader
         self.journal = journal
         self.file_journal = file_journal
+        self.writer = writer
+        self.streamer = streamer
+        self.left_keys = left_keys
         self.uploader = uploader
         self.dirs = dirs
         self.attr_index = attr_index
@@ -99,7 +106,6 @@ class FsCore:
         self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))  # `s3pvefs sync`
         self._next_handle = 1
         self.root = inodes.root
-        self.streamer = uploader.streamer
 
     # -- start and stop ---------------------------------------------------------------------
 
@@ -123,6 +129,7 @@ class FsCore:
         """The core's background work: uploads, readahead, closing and deleting cache files."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.cache.run)
+            await nursery.start(self.streamer.run)
             await nursery.start(self.uploader.run)
             await nursery.start(self.reader.run)
             nursery.start_soon(self._prefetch_listed)
@@ -366,7 +373,7 @@ class FsCore:
     async def _publish_attributes(self, node: Node) -> None:
         if node.is_dir:
             if node.parent is not None:  # the root has no marker
-                await self.store.put(node.key(self.prefix), b"", self.uploader.metadata_of(node))
+                await self.store.put(node.key(self.prefix), b"", node.object_metadata())
                 await self.attr_index.publish(node, DIRECTORY_ETAG)
             return
         node.attributes_changed()
@@ -450,7 +457,7 @@ class FsCore:
         key = node.key(self.prefix)
         try:
             check_key_length(key)
-            await self.store.put(key, b"", self.uploader.metadata_of(node))
+            await self.store.put(key, b"", node.object_metadata())
         except BaseException:
             self.inodes.drop(node)
             raise
@@ -876,13 +883,13 @@ class FsCore:
         lost = data.streamed_len
         await self.file_journal.forget(node)
         await self.streamer.abort(node)
-        data.streamed_len = lost
+        node.file.parts_lost(lost)
 
     async def _keep_aside(self, node: Node, base: RemoteObject) -> None:
         hidden = f"{self.prefix}{KEPT_PREFIX}{uuid.uuid4().hex}"
         await self.cache.run_io(self.journal.delete_pending, hidden)
         try:
-            etag = await self.uploader.copy_object(base, hidden, self.uploader.metadata_of(node))
+            etag = await self.writer.copy_object(base, hidden, node.object_metadata())
         except (FsError, StoreError) as exc:
             with trio.CancelScope(shield=True):
                 await self._delete_quietly(hidden)
@@ -938,7 +945,7 @@ class FsCore:
         body = target.encode("utf-8", "surrogateescape")
         try:
             check_key_length(key)
-            etag = await self.store.put(key, body, self.uploader.metadata_of(node))
+            etag = await self.store.put(key, body, node.object_metadata())
         except BaseException:
             self.inodes.drop(node)
             raise
@@ -1022,9 +1029,9 @@ class FsCore:
         node.file.moved(object_at_new_key=copied or target_on_s3)
         node.ctime_ns = now_ns()
         if had_object:
-            self.uploader.leave_key(node, old_key)
+            self.left_keys.leave(node, old_key)
         if target is not None:  # the replaced file's leftovers are ours to delete now
-            self.uploader.hand_over_left_keys(target, node)
+            self.left_keys.hand_over(target, node)
         # Durable before the old object is deleted (the journal must know the new key then);
         # without one, an old record still keeps the data safe.
         await self.file_journal.checkpoint(node, durable=had_object)
@@ -1046,8 +1053,8 @@ class FsCore:
         if node.file.data_dirty and data is not None and data.fully_local(node.size):
             node.file.local_only()
             return False
-        metadata = self.uploader.metadata_of(node)
-        etag = await self.uploader.copy_object(node.file.base, new_key, metadata)
+        metadata = node.object_metadata()
+        etag = await self.writer.copy_object(node.file.base, new_key, metadata)
         node.file.copied_with_attributes(RemoteObject(new_key, etag, node.file.base.size))
         return True
 
@@ -1069,7 +1076,7 @@ class FsCore:
         keep = {new_prefix} if target is not None else set()  # the target's own marker
         new_etags = await self._copy_tree(objects, old_prefix, new_prefix, keep)
         if old_prefix not in {obj.key for obj in objects}:
-            await self.store.put(new_prefix, b"", self.uploader.metadata_of(node))
+            await self.store.put(new_prefix, b"", node.object_metadata())
         await self.store.delete_many([obj.key for obj in objects])
         old_parent_key, old_name = node.parent.key(self.prefix), node.name
         self._move(node, new_parent, new_name, target)
@@ -1093,7 +1100,7 @@ class FsCore:
             new_key = new_prefix + obj.key[len(old_prefix):]
             source = RemoteObject(obj.key, obj.etag, obj.size)
             async with limiter:
-                new_etags[new_key] = await self.uploader.copy_object(source, new_key, None)
+                new_etags[new_key] = await self.writer.copy_object(source, new_key, None)
 
         try:
             with first_fs_error():

@@ -14,6 +14,7 @@ from .blockcache import BlockCache
 from .journal import Journal, JournalRecord, block_runs
 from .lifecycle import FileState
 from .nodes import Node
+from .objectstore import RemoteObject
 
 
 class FileJournal:
@@ -42,6 +43,22 @@ class FileJournal:
                 await data.sync()  # the data the record vouches for first
             await self.cache.run_io(self.journal.write, record, durable)
             file.journaled(data.file_id)
+
+    # -- the steps whose order a crash depends on ---------------------------------------------
+
+    async def announce_landing(self, node: Node, landing: RemoteObject) -> None:
+        """Before the request that makes ``landing`` at the file's key: journal it, durably.
+        A crash before the answer is journaled leaves a record whose base S3 no longer has;
+        the restart needs this to know that the object that replaced it is ours."""
+        node.file.landing_announced(landing)
+        await self.checkpoint(node, durable=True)
+
+    async def record_parts(self, node: Node, end: int) -> None:
+        """Streamed parts up to ``end`` are on S3: the record listing them (and their blocks
+        as not cached) reaches the disk, and only then may those blocks leave the cache. A
+        restart must neither lose a part nor take evicted holes for data."""
+        await self.checkpoint(node, durable=True)
+        node.file.parts_on_record(end)
 
     async def forget(self, node: Node) -> None:
         """The file is being deleted (unlink, or a rename over it), before its streaming

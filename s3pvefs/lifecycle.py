@@ -5,12 +5,13 @@ rename holds the directories it moves). Its fields are written here only, by tra
 named after what happened; other modules read them and ask ``state``. Its journal record is
 built from it in one place, filejournal.FileJournal.
 
-Each transition is one step; the rules about order between steps and journal records are
-kept by the callers, at the places docs/design.md ("File lifecycle") names: a streamed part's
-blocks leave the cache only after the record listing the part is on disk; an upload's object
-is announced (``landing_announced``) and journaled before the request that makes it; a key a
-file left is deleted only after the record with its new key is durable; a completed stream
-backs the evicted blocks at once (no await between the completion and ``stream_completed``).
+Each transition is one step. Where the order between a step and the journal record is what a
+crash depends on, the pair is one method of filejournal.FileJournal: ``announce_landing`` (an
+upload's object is journaled durably before the request that makes it) and ``record_parts``
+(a streamed part's blocks may leave the cache only once the record listing the part is on
+disk). A completed stream backs the evicted blocks at once: ``stream_completed`` is one step
+(no await between the completion and it). A key a file left is deleted only after the record
+with its new key is durable (core's rename checkpoints before leftkeys.LeftKeys deletes).
 """
 
 from __future__ import annotations
@@ -231,9 +232,24 @@ class FileState:
 
     # -- streaming -----------------------------------------------------------------------------
 
-    def stream_started(self, stream) -> None:
-        """Parts upload while the file is written (or, restored, wait for ``finish``)."""
+    def stream_started(self, stream, first_part: int = 0) -> None:
+        """Parts upload while the file is written (or, restored, wait for ``finish``). The
+        blocks of its ``first_part`` bytes stay cached until the stream ends: a restart may
+        need them to start the upload again."""
         self.stream = stream
+        if first_part:
+            self.data.pinned_blocks = len(self.data.blocks(0, first_part))
+
+    def parts_on_record(self, end: int) -> None:
+        """The journal lists the streamed parts up to ``end`` as on S3 (durably): their
+        blocks may leave the cache now, and read EIO until the upload completes."""
+        self.data.streamed_len = end
+
+    def parts_lost(self, end: int) -> None:
+        """The stream was dropped after parts up to ``end`` left the cache: they read EIO,
+        never as the zeros of the cache file's holes."""
+        if self.data is not None:
+            self.data.streamed_len = end
 
     def stream_completed(self, stream, remote: RemoteObject, valid_len: int) -> None:
         """The multipart upload is an object now: it backs the evicted parts at once."""

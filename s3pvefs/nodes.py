@@ -8,7 +8,7 @@ import time
 import trio
 
 from .lifecycle import FileState, State
-from .names import Attributes
+from .names import Attributes, encode_attributes
 
 ROOT_INODE = 1
 
@@ -115,6 +115,14 @@ class Node:
 
     def attributes(self) -> Attributes:
         return Attributes(self.mode, self.uid, self.gid, self.mtime_ns)
+
+    def object_metadata(self) -> dict[str, str]:
+        """x-amz-meta-* of its object: mode, uid, gid, and the mtime once it was set (utime);
+        otherwise S3's LastModified stands for it."""
+        metadata = encode_attributes(self.attributes())
+        if not self.mtime_explicit:
+            metadata.pop("mtime")
+        return metadata
 
     # -- state ------------------------------------------------------------------------------
 

@@ -20,7 +20,9 @@ from .errors import FsError, StoreError
 from .journal import Journal, JournalRecord
 from .names import Attributes
 from .nodes import Node
+from .leftkeys import LeftKeys
 from .objectstore import ObjectStore
+from .objectwriter import ObjectWriter
 from .streaming import Streamer
 from .uploader import Uploader
 
@@ -48,6 +50,8 @@ class _Recovery:
     journal: Journal
     uploader: Uploader
     streamer: Streamer
+    writer: ObjectWriter
+    left_keys: LeftKeys
     store: ObjectStore
 
     @property
@@ -56,9 +60,10 @@ class _Recovery:
 
 
 async def recover(tree: Tree, *, cache: BlockCache, journal: Journal, uploader: Uploader,
-                  streamer: Streamer, store: ObjectStore) -> int:
+                  streamer: Streamer, writer: ObjectWriter, left_keys: LeftKeys,
+                  store: ObjectStore) -> int:
     """Recover every journaled file; returns how many were recovered."""
-    recovery = _Recovery(tree, cache, journal, uploader, streamer, store)
+    recovery = _Recovery(tree, cache, journal, uploader, streamer, writer, left_keys, store)
     records, unreadable = await recovery.cache.run_io(recovery.journal.records)
     for file_id in unreadable:
         recovery.cache.keep_file_id(file_id)
@@ -122,7 +127,7 @@ async def _recover_file(recovery: _Recovery, record: JournalRecord) -> Node:
     if record.writing:
         await _keep_what_was_written(recovery, node)
     for key in record.stale_keys:
-        recovery.uploader.leave_key(node, key)
+        recovery.left_keys.leave(node, key)
     parent.children[name] = node
     node.touch()
     if node.file.landing is not None:
@@ -160,7 +165,7 @@ async def _abort_orphaned_uploads(recovery: _Recovery, needed: set[str]) -> None
             await _abort_created_before_listed(recovery, upload, known)
         elif upload["upload_id"] not in needed:
             log.info("aborting multipart upload of %s left by a crash", upload["key"])
-            await recovery.uploader.abort_quietly(upload["key"], upload["upload_id"])
+            await recovery.writer.abort_quietly(upload["key"], upload["upload_id"])
 
 
 async def _abort_created_before_listed(recovery: _Recovery, intent: dict, known: set[str]) -> None:
@@ -177,6 +182,6 @@ async def _abort_created_before_listed(recovery: _Recovery, intent: dict, known:
         if (upload.key == key and upload.upload_id not in known
                 and upload.initiated_ns >= intent["since_ns"] - INTENT_CLOCK_SLACK_NS):
             log.info("aborting multipart upload of %s created just before a crash", key)
-            await recovery.uploader.abort_quietly(key, upload.upload_id)
+            await recovery.writer.abort_quietly(key, upload.upload_id)
     await recovery.cache.run_io(recovery.journal.intent_done, intent["intent"])
 

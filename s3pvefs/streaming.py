@@ -3,7 +3,7 @@
 A file being written from offset 0 with no remote object behind it (a new backup, an ISO being
 downloaded) gets a multipart upload as soon as its first part is complete in the cache. A pump
 task per stream launches each next part once the writer has filled it; part uploads run in
-parallel under the uploader's part slots. Uploaded blocks become clean, so the cache can drop
+parallel under the object writer's part slots. Uploaded blocks become clean, so the cache can drop
 them and a file many times larger than the cache streams through it.
 
 The upload is started at the key the file is going to be renamed to when its name says so
@@ -18,7 +18,6 @@ import itertools
 import logging
 import math
 from contextlib import contextmanager
-from typing import Protocol
 
 import trio
 
@@ -29,6 +28,7 @@ from .filejournal import FileJournal
 from .names import MAGIC_BYTES, predict_final_name
 from .nodes import Node
 from .objectstore import ObjectStore, RemoteObject
+from .objectwriter import ObjectWriter
 
 log = logging.getLogger(__name__)
 
@@ -126,32 +126,24 @@ class Stream:
             launched=tuple((n, o, length) for n, (o, length) in sorted(self.launched.items())))
 
 
-class Uploads(Protocol):
-    """What a stream asks of the uploader that owns it (uploader.Uploader)."""
-
-    part_slots: trio.Semaphore  # shared with whole-file uploads: bounds parts in memory
-    draining: bool  # a shutdown waits: give up on a failing request soon
-
-    def metadata_of(self, node: Node) -> dict[str, str]: ...
-
-    async def start_multipart(self, key: str, metadata: dict) -> str: ...
-
-    async def upload_ended(self, upload_id: str) -> None: ...
-
-    async def abort_quietly(self, key: str, upload_id: str) -> None: ...
-
-
 class Streamer:
-    def __init__(self, uploader: Uploads, store: ObjectStore, prefix: str, min_part: int,
+    def __init__(self, writer: ObjectWriter, store: ObjectStore, prefix: str, min_part: int,
                  file_journal: FileJournal):
-        self.uploader = uploader
+        self.writer = writer  # starts and ends the multipart uploads; its part_slots bound ours
         self.file_journal = file_journal
         self.store = store
         self.prefix = prefix
         self.min_part = min_part
-        self.nursery: trio.Nursery | None = None  # the uploader's, set when it runs
+        self.nursery: trio.Nursery | None = None  # its pumps and parts run there (run)
         self.pressure_until = 0.0  # a writer waited for cache space until about then
         self.streams: set[Stream] = set()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Hosts the pumps and part uploads of every stream until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
 
     # -- starting and feeding ---------------------------------------------------------------
 
@@ -169,8 +161,7 @@ class Streamer:
                     or not self._filled(node, 0, self._part_size(0, data))):
                 return
             stream = Stream(node)
-            node.file.stream_started(stream)
-            data.pinned_blocks = len(data.blocks(0, self._part_size(0, data)))
+            node.file.stream_started(stream, first_part=self._part_size(0, data))
             stream.origin_name = node.name
             stream.started = trio.current_time()
             self.streams.add(stream)
@@ -249,11 +240,11 @@ class Streamer:
         head = await node.file.data.read(0, MAGIC_BYTES)
         stream.key = self._target_key(node, head)
         stream.predicted = stream.key != node.key(self.prefix)
-        metadata = self.uploader.metadata_of(node)
+        metadata = node.object_metadata()
         stream.meta_gen = node.file.meta_gen  # attributes changed later need a copy afterwards
         # No checkpoint between the (shielded) creation and created.set(): abort() sees it.
         stream.upload_id = await self._retrying(
-            lambda: self.uploader.start_multipart(stream.key, metadata), stream, "start")
+            lambda: self.writer.start_multipart(stream.key, metadata), stream, "start")
         stream.created.set()
         stream.settled.set()
         log.info("streaming %s to %s", node.path(), stream.key)
@@ -272,7 +263,7 @@ class Streamer:
             length = self._part_size(offset, data)
             if not self._filled(stream.node, offset, length):
                 break
-            await self.uploader.part_slots.acquire()
+            await self.writer.part_slots.acquire()
             self._launch(stream, stream.next_number, offset, length)
             stream.next_number += 1
             stream.next_offset = offset + length
@@ -284,9 +275,9 @@ class Streamer:
         (and count against the file's allowance) until then: left for ``finish``, they kept
         a writer waiting for room forever while it still had the file open."""
         for number in self._rewritten_parts(stream):
-            await self.uploader.part_slots.acquire()
+            await self.writer.part_slots.acquire()
             if stream.closing or number not in self._rewritten_parts(stream):
-                self.uploader.part_slots.release()  # changed while waiting for the slot
+                self.writer.part_slots.release()  # changed while waiting for the slot
                 continue
             stream.reuploading.add(number)
             self._launch(stream, number, *stream.launched[number])
@@ -320,19 +311,16 @@ class Streamer:
                     stream, f"part {number}")
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
-                # Clean now, but evictable only once streamed_len covers them, after the
-                # record that lists the part as on S3 (and its blocks as not cached) is on
-                # disk: a restart must neither lose the part nor take evicted holes for data.
+                # Clean now, evictable once the journal lists the part (see record_parts).
                 data.mark_clean(snapshot)
-                await self.file_journal.checkpoint(stream.node, durable=True)
-                data.streamed_len = stream.contiguous_end
+                await self.file_journal.record_parts(stream.node, stream.contiguous_end)
             data.cache.space_freed()  # evictable now: a writer may go on
         except Exception as exc:  # incl. local disk errors: never take the mount down
             stream.failure = str(exc)
             log.error("part %d of %s failed for good: %s", number, stream.node.path(), exc)
         finally:
             stream.reuploading.discard(number)
-            self.uploader.part_slots.release()
+            self.writer.part_slots.release()
             self._task_done(stream)
 
     async def _retrying(self, request, stream: Stream, what: str):
@@ -347,7 +335,7 @@ class Streamer:
                 failures += 1
                 # A shutdown waits a few attempts, not the outage: the journal keeps the parts
                 # for the next mount.
-                draining = self.uploader.draining
+                draining = self.writer.draining
                 if exc.kind not in _RETRIED or (draining and failures >= DRAIN_ATTEMPTS):
                     raise
                 if draining:
@@ -397,7 +385,7 @@ class Streamer:
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts,
                                                        size)
             self.completed(node, stream, etag, size, min(size, data.low_water))
-            await self.uploader.upload_ended(stream.upload_id)
+            await self.writer.upload_ended(stream.upload_id)
         return etag
 
     def completed(self, node: Node, stream: Stream, etag: str, size: int,
@@ -423,12 +411,12 @@ class Streamer:
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
             finally:
-                self.uploader.part_slots.release()
+                self.writer.part_slots.release()
 
         with first_fs_error():
             async with trio.open_nursery() as nursery:
                 for number, offset, length in uploads:
-                    await self.uploader.part_slots.acquire()
+                    await self.writer.part_slots.acquire()
                     nursery.start_soon(one, number, offset, length)
 
     async def abort(self, node: Node) -> None:
@@ -441,7 +429,7 @@ class Streamer:
         self.forget(node, stream)
         if stream.created.is_set():
             with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await self.uploader.abort_quietly(stream.key, stream.upload_id)
+                await self.writer.abort_quietly(stream.key, stream.upload_id)
 
     def progress(self, now: float) -> list[dict]:
         return [
@@ -476,7 +464,7 @@ class Streamer:
         stream.settled.set()
         stream.closing = True
         stream.finished.set()  # no pump: the writer is gone
-        node.file.data.streamed_len = stream.contiguous_end
+        node.file.parts_on_record(stream.contiguous_end)  # the journal had them
         self.streams.add(stream)
         return stream
 
@@ -501,7 +489,7 @@ class Streamer:
             etag = await self.store.complete_multipart(stream.key, stream.upload_id, parts,
                                                        length)
             self.completed(node, stream, etag, length, length)
-            await self.uploader.upload_ended(stream.upload_id)
+            await self.writer.upload_ended(stream.upload_id)
         return etag, length
 
     def before_write(self, node: Node, offset: int, length: int) -> None:

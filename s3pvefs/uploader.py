@@ -7,7 +7,6 @@ retries; ``sync_now`` is for callers that must wait (fsync, shutdown).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -15,23 +14,21 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from .config import Config, GiB, MiB
-from .errors import FsError, FsKind, RenamePending, StoreError, StoreKind, first_fs_error
-from .journal import Journal
+from .attrindex import PENDING, AttributeIndex
+from .config import Config
+from .errors import FsError, FsKind, RenamePending, StoreError
 from .filejournal import FileJournal
-from .names import check_key_length, encode_attributes
+from .leftkeys import LeftKeys
+from .names import check_key_length
 from .nodes import InodeTable, Node
 from .objectstore import RemoteObject
+from .objectwriter import ObjectWriter, choose_part_size
 from .reader import BlockReader
-from .attrindex import PENDING, AttributeIndex
+from .store import multipart_etag
 from .streaming import Streamer
-from .store import ObjectStore, body_etag, multipart_etag
 
 log = logging.getLogger(__name__)
 
-MAX_PARTS = 10_000
-MAX_OBJECT_SIZE = 5 * 1024 * GiB  # S3's limit on one object
-MAX_COPY_SIZE = 5 * GiB  # CopyObject's limit; beyond it UploadPartCopy
 RETRY_MIN, RETRY_MAX = 1.0, 300.0
 DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for it
 DRAIN_RETRY_MAX = 2.0  # seconds between attempts while a shutdown waits (not minutes)
@@ -42,43 +39,31 @@ def retry_delay(failures: int, longest: float) -> float:
     return min(longest, RETRY_MIN * 2 ** min(failures - 1, 30))
 
 
-def choose_part_size(size: int, min_part: int) -> int:
-    """The smallest MiB-multiple part size >= min_part that fits ``size`` in 10,000 parts."""
-    needed = math.ceil(size / MAX_PARTS)
-    part = max(min_part, math.ceil(needed / MiB) * MiB)
-    return part
-
-
 class Uploader:
-    def __init__(self, store: ObjectStore, reader: BlockReader, config: Config, *,
-                 journal: Journal, file_journal: FileJournal, inodes: InodeTable,
-                 attr_index: AttributeIndex, pressure: trio.MemoryReceiveChannel[None]):
-        self.store = store
+    def __init__(self, writer: ObjectWriter, streamer: Streamer, reader: BlockReader,
+                 config: Config, *, file_journal: FileJournal, inodes: InodeTable,
+                 left_keys: LeftKeys, attr_index: AttributeIndex,
+                 pressure: trio.MemoryReceiveChannel[None]):
+        self.writer = writer
+        self.streamer = streamer
+        self.store = writer.store
         self.reader = reader
-        self.inodes = inodes  # which files are dirty, and which file is at a key
+        self.file_journal = file_journal
+        self.inodes = inodes  # which files are dirty
+        self.left_keys = left_keys
         self.attr_index = attr_index
         self.pressure = pressure  # the cache's: a writer waits for space (relieve_pressure)
         self.prefix = config.prefix
-        self.threshold = config.multipart_threshold
-        self.min_part = config.part_size
-        # Parts (each held in memory while it uploads) in flight across all files.
-        self.part_slots = trio.Semaphore(config.upload_concurrency)
         self.file_slots = trio.Semaphore(max(2, config.upload_concurrency))
         self._queue: dict[int, Node] = {}
         self._not_before: dict[int, float] = {}
         self._failures: dict[int, int] = {}
-        self.part_copy_unsupported = False  # the server answered UploadPartCopy NotImplemented
-        self.draining = False  # a shutdown waits for the uploads: retry soon, give up soon
         # Failure counts when a drain gave up: a later drain (the one after the unmount) does
         # not wait for those files all over again.
         self._given_up_at: dict[int, int] | None = None
         self._running: set[int] = set()
         self._wakeup = trio.Event()
         self._in_flight: dict[int, _Progress] = {}
-        self.journal = journal  # multipart uploads in flight are listed there
-        self.file_journal = file_journal
-        self.streamer = Streamer(self, store, self.prefix, self.min_part, file_journal)
-        self._left_behind: collections.Counter[str] = collections.Counter()  # see leave_key
 
     # -- background worker ------------------------------------------------------------------
 
@@ -96,7 +81,6 @@ class Uploader:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
-            self.streamer.nursery = nursery
             nursery.start_soon(self._relieve_when_signalled)
             task_status.started()
             while True:
@@ -132,7 +116,7 @@ class Uploader:
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
-            delay = retry_delay(failures, DRAIN_RETRY_MAX if self.draining else RETRY_MAX)
+            delay = retry_delay(failures, DRAIN_RETRY_MAX if self.writer.draining else RETRY_MAX)
             log.error("upload of %s failed (attempt %d), retrying in %.0f s: %s",
                       node.path(), failures, delay, exc)
             self.schedule(node, delay)
@@ -175,7 +159,7 @@ class Uploader:
         """Upload everything given and queued. Returns when the worker is idle, or when every
         file left has failed DRAIN_ATTEMPTS times since the drain began (they stay journaled
         for the next mount: a shutdown must not wait forever for an S3 that is gone)."""
-        self.draining = True
+        self.writer.draining = True
         for node in nodes:
             if node.needs_upload and node.file.waiting_for_rename is None:
                 self.schedule(node)
@@ -241,7 +225,7 @@ class Uploader:
             if node.file.holds:
                 return  # a rename or unlink waits for this lock; it schedules us again
             if not node.needs_upload:
-                await self._delete_stale_keys(node)  # also an unlinked file's: they are its
+                await self.left_keys.delete(node)  # also an unlinked file's: they are its
                 return
             with trio.CancelScope() as scope, node.file.upload_attempt(scope):
                 await self._upload(node)
@@ -276,7 +260,7 @@ class Uploader:
         size, data_gen, meta_gen = node.size, node.file.data_gen, node.file.meta_gen
         data = node.file.data
         snapshot = data.dirty_snapshot() if data is not None else {}
-        metadata = self.metadata_of(node)
+        metadata = node.object_metadata()
         if data is not None:
             data.low_water = size
         node.file.upload_started()
@@ -292,7 +276,7 @@ class Uploader:
                 else:  # its metadata is as old as the stream: newer attributes follow by copy
                     meta_gen = streamed_meta_gen
             elif self._attributes_only(node, key, snapshot):
-                etag = await self.copy_object(node.file.base, key, metadata, landing_of=node)
+                etag = await self.writer.copy_object(node.file.base, key, metadata, landing_of=node)
             else:
                 etag = await self._upload_whole(node, key, size, metadata)
         finally:
@@ -312,29 +296,11 @@ class Uploader:
 
     async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
         if node.is_symlink:
-            return await self._put(key, node.symlink_target.encode(), metadata)
-        if size < self.threshold:
-            return await self._put(key, await self._compose(node, 0, size), metadata, node)
+            return await self.writer.put(key, node.symlink_target.encode(), metadata)
+        if size < self.writer.threshold:
+            return await self.writer.put(key, await self._compose(node, 0, size), metadata,
+                                         node)
         return await self._multipart(node, key, size, metadata)
-
-    # A rename or unlink cancels uploads (``held``). A request that makes an object (PUT,
-    # CompleteMultipartUpload, CopyObject) is never cancelled once sent: S3 may apply it all
-    # the same, after the rename deleted the key it left, or with an ETag nobody recorded
-    # (GETs then fail with 412 on the mount's own write). The caller learns its outcome.
-
-    async def _put(self, key: str, body: bytes, metadata: dict,
-                   landing_of: Node | None = None) -> str:
-        if landing_of is not None and self.store.etags_are_md5:
-            await self.announce_landing(landing_of, key, await body_etag(body), len(body))
-        with trio.CancelScope(shield=True):
-            return await self.store.put(key, body, metadata)
-
-    async def announce_landing(self, node: Node, key: str, etag: str, size: int) -> None:
-        """Journal, durably, the object the next request makes at the file's key, before it
-        is sent: a crash before its answer is journaled leaves a record whose base S3 no
-        longer has, and the restart needs this to know the object that replaced it is ours."""
-        node.file.landing_announced(RemoteObject(key, etag, size))
-        await self.file_journal.checkpoint(node, durable=True)
 
     async def settle_landing(self, node: Node) -> None:
         """An announced upload may have landed without its answer reaching the journal. If
@@ -391,18 +357,18 @@ class Uploader:
             node.file.rename_awaited(stream.key)
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
-        if self._key_owner(streamed_at) not in (None, node):
+        if self.left_keys.owner(streamed_at) not in (None, node):
             raise FsError(FsKind.BUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
                                         "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "
                     "there and copying", node.path(), key, streamed_at)
-        self.leave_key(node, streamed_at)  # before the object appears: listings must skip it
+        self.left_keys.leave(node, streamed_at)  # before the object appears: listings must skip it
         etag = await self.streamer.finish(node, size, metadata)
         # The complete object is this file's base from now on: should the copy fail, the next
         # attempt reads evicted blocks from it (never zeros from the cache file's holes).
         node.file.backed_by(RemoteObject(streamed_at, etag, size), valid_len=size)
         await self.file_journal.checkpoint(node, durable=True)
-        return await self.copy_object(node.file.base, key, metadata, landing_of=node)
+        return await self.writer.copy_object(node.file.base, key, metadata, landing_of=node)
 
     async def _completed_before_crash(self, node: Node, stream, size: int) -> str | None:
         """A journaled upload that fails to finish may have been completed just before the
@@ -425,68 +391,18 @@ class Uploader:
         else:
             return None
         self.streamer.completed(node, stream, info.etag, info.size, valid_len)
-        await self.upload_ended(stream.upload_id)
+        await self.writer.upload_ended(stream.upload_id)
         if found == "prefix":
             await self.file_journal.checkpoint(node, durable=True)
         return found
-
-    def leave_key(self, node: Node, key: str) -> None:
-        """An object of ``node`` may be at ``key``, which it no longer has: it is deleted
-        (``delete_stale_keys``), and until then listings do not show it as a file (a node made
-        of it would own the key, and keep it from being deleted)."""
-        if node.file.left_key(key):
-            self._left_behind[key] += 1
-
-    def _forget_left_key(self, node: Node, key: str) -> None:
-        if node.file.forget_left_key(key):
-            self._left_behind[key] -= 1
-            if self._left_behind[key] <= 0:
-                del self._left_behind[key]
-
-    def hand_over_left_keys(self, giver: Node, taker: Node) -> None:
-        for key in sorted(giver.file.stale_keys):
-            self.leave_key(taker, key)
-            self._forget_left_key(giver, key)
-
-    def left_behind(self, key: str) -> bool:
-        return key in self._left_behind
-
-    def _key_owner(self, key: str) -> Node | None:
-        """The file this mount has at an object key, if any."""
-        if not key.startswith(self.prefix) or key.endswith("/"):
-            return None
-        node = self.inodes.at_path(key[len(self.prefix):])
-        return None if node is None or node.unlinked else node
 
     async def delete_stale_keys(self, node: Node) -> None:
         """Remove the objects a file left at keys it no longer has, unless another file is
         there now. A failure is logged and retried in the background."""
         try:
-            await self._delete_stale_keys(node)
+            await self.left_keys.delete(node)
         except StoreError:
             self.schedule(node, RETRY_MIN)
-
-    async def _delete_stale_keys(self, node: Node) -> None:
-        for key in sorted(node.file.stale_keys):
-            await self._delete_stale_key(node, key)
-
-    async def _delete_stale_key(self, node: Node, key: str) -> None:
-        base = node.file.base
-        if base is not None and base.key == key and not node.unlinked:
-            return  # its evicted blocks are read from there until its upload or rename
-        owner = self._key_owner(key)
-        if owner is not None and not owner.is_dir:
-            # That file's upload replaces the object; should it go first, it deletes it.
-            owner.file.remote_possible()
-            self._forget_left_key(node, key)
-            return
-        try:
-            with trio.CancelScope(shield=True):  # a DELETE landing late could hit a new object
-                await self.store.delete(key)
-        except StoreError as exc:
-            log.warning("could not delete %s (left by %s): %s", key, node.path(), exc)
-            raise
-        self._forget_left_key(node, key)  # only now: a failed DELETE is tried again
 
     def in_flight(self, node: Node) -> _Progress | None:
         """The whole-file upload of ``node`` running now, if any."""
@@ -497,15 +413,6 @@ class Uploader:
         # A streaming file's upload is reported by its stream (which counts its parts).
         return ([p.report(now) for p in self._in_flight.values() if p.node.file.stream is None]
                 + self.streamer.progress(now))
-
-    @staticmethod
-    def metadata_of(node: Node) -> dict[str, str]:
-        """x-amz-meta-*: mode, uid, gid, and the mtime once it was set (utime); otherwise S3's
-        LastModified stands for it."""
-        metadata = encode_attributes(node.attributes())
-        if not node.mtime_explicit:
-            metadata.pop("mtime")
-        return metadata
 
     @staticmethod
     def _attributes_only(node: Node, key: str, dirty_snapshot: dict) -> bool:
@@ -538,15 +445,15 @@ class Uploader:
         """Upload the file in parallel parts; a part nothing changed since the file's object
         was written is copied on the server instead of read back and sent again (an image
         larger than the cache, re-uploaded after a few blocks changed)."""
-        part_size = choose_part_size(size, self.min_part)
+        part_size = choose_part_size(size, self.writer.min_part)
         progress = self._in_flight.get(node.ino)
         base, copied_from_base = node.file.base, []
 
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             etag = None
             if self._unchanged_in_base(node, offset, length):
-                etag = await self._copy_part_from_base(base, key, upload_id, number,
-                                                       offset, length)
+                etag = await self.writer.copy_part_from_base(base, key, upload_id, number,
+                                                             offset, length)
                 if etag is not None:
                     copied_from_base.append(number)
             if etag is None:
@@ -558,174 +465,22 @@ class Uploader:
 
         async def check_source() -> None:
             if copied_from_base:
-                await self._check_copy_source(base)
+                await self.writer.check_copy_source(base)
 
-        return await self._run_multipart(key, size, part_size, metadata, send_part,
-                                         check_source, landing_of=node)
-
-    async def _check_copy_source(self, source: RemoteObject) -> None:
-        """Parts were copied from ``source`` on the server. They asked for its ETag, but
-        some servers (Ceph RGW) ignore that condition: a HEAD after the copies shows that
-        they all read the version this file is based on, or the upload fails."""
-        found = (await self.store.head(source.key)).etag
-        if found.lower() != source.etag.lower():
-            raise FsError(FsKind.STALE, f"{source.key} changed on S3 while parts were copied "
-                                         f"from it (ETag {found}, expected {source.etag})")
+        return await self.writer.run_multipart(key, size, part_size, metadata, send_part,
+                                               check_source, landing_of=node)
 
     def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
         """The object behind the file holds exactly these bytes (no block in the range was
         written since) and some are not cached: copying them on the server moves nothing
         through this host. Fully cached ranges are sent from the cache."""
         data, base = node.file.data, node.file.base
-        if (base is None or data is None or self.part_copy_unsupported or base.archived
+        if (base is None or data is None or self.writer.part_copy_unsupported or base.archived
                 or offset + length > min(data.base_valid_len, base.size)):
             return False
         blocks = data.blocks(offset, length)
         return (not any(b in data.dirty for b in blocks)
                 and any(data.needs_fetch(b) for b in blocks))
-
-    async def _copy_part_from_base(self, base: RemoteObject, key: str, upload_id: str,
-                                   number: int, offset: int, length: int) -> str | None:
-        try:
-            return await self.store.upload_part_copy(key, upload_id, number, base.key, offset,
-                                                     offset + length - 1, if_match=base.etag)
-        except StoreError as exc:
-            if not exc.not_implemented:
-                raise
-            log.info("server cannot copy parts (%s); sending them instead", exc.code)
-            self.part_copy_unsupported = True
-            return None
-
-    async def _multipart_upload(self, key, size, part_size, metadata, part_body,
-                                landing_of: Node | None = None) -> str:
-        async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
-            body = await part_body(offset, length)
-            return await self.store.upload_part(key, upload_id, number, body)
-
-        return await self._run_multipart(key, size, part_size, metadata, send_part,
-                                         landing_of=landing_of)
-
-    async def _run_multipart(self, key, size, part_size, metadata, send_part,
-                             before_complete=None, landing_of: Node | None = None) -> str:
-        """One multipart upload, parts in parallel under ``part_slots``; aborted on failure
-        (also when ``before_complete`` raises: the parts are not what they must be). With
-        ``landing_of``, the object is announced in that file's journal record first."""
-        if size > MAX_OBJECT_SIZE:
-            raise FsError(FsKind.FILE_TOO_LARGE, f"{key}: larger than S3's 5 TiB object limit")
-        upload_id = await self.start_multipart(key, metadata)
-        etags: dict[int, str] = {}
-
-        async def one_part(number: int, offset: int, length: int) -> None:
-            try:
-                etags[number] = await send_part(upload_id, number, offset, length)
-            finally:
-                self.part_slots.release()
-
-        try:
-            with first_fs_error():
-                async with trio.open_nursery() as nursery:
-                    for number, offset in enumerate(range(0, size, part_size), start=1):
-                        await self.part_slots.acquire()
-                        nursery.start_soon(one_part, number, offset, min(part_size, size - offset))
-            if before_complete is not None:
-                await before_complete()
-            parts = sorted(etags.items())
-            expected = multipart_etag([etag for _, etag in parts])
-            if landing_of is not None and expected is not None and self.store.etags_are_md5:
-                await self.announce_landing(landing_of, key, expected, size)
-            with trio.CancelScope(shield=True):  # see _put
-                etag = await self.store.complete_multipart(key, upload_id, parts, size)
-                await self.upload_ended(upload_id)
-            return etag
-        except BaseException:
-            with trio.CancelScope(shield=True), trio.move_on_after(30):
-                await self.abort_quietly(key, upload_id)
-            raise
-
-    async def start_multipart(self, key: str, metadata: dict) -> str:
-        """Create a multipart upload and list it, shielded from cancellation (a rename or
-        unlink cancels uploads): an upload S3 created that nobody knows of is never
-        aborted."""
-        with trio.CancelScope(shield=True):
-            intent = await trio.to_thread.run_sync(self.journal.upload_intended, key)
-            try:
-                upload_id = await self.store.create_multipart(key, metadata)
-            except BaseException:  # S3 answered: no upload was created
-                await trio.to_thread.run_sync(self.journal.intent_done, intent)
-                raise
-            await self.upload_started(key, upload_id, intent)
-        return upload_id
-
-    async def upload_started(self, key: str, upload_id: str, intent: str | None = None) -> None:
-        """List a multipart upload so that a restart after a crash can abort it."""
-        await trio.to_thread.run_sync(self.journal.upload_started, key, upload_id, intent)
-
-    async def upload_ended(self, upload_id: str) -> None:
-        await trio.to_thread.run_sync(self.journal.upload_ended, upload_id)
-
-    async def abort_quietly(self, key: str, upload_id: str) -> None:
-        try:
-            await self.store.abort_multipart(key, upload_id)
-            await self.upload_ended(upload_id)
-        except StoreError as exc:
-            if exc.kind in (StoreKind.NO_SUCH_UPLOAD, StoreKind.NOT_FOUND):  # already gone
-                await self.upload_ended(upload_id)
-                return
-            log.warning("could not abort multipart upload of %s (%s); "
-                        "a lifecycle rule or the next mount cleans it up", key, exc)
-
-    # -- server-side copies -----------------------------------------------------------------
-
-    async def copy_object(self, source: RemoteObject, dest_key: str, metadata: dict | None,
-                          landing_of: Node | None = None) -> str:
-        """Copy an object on the server; re-upload it when the server cannot copy. With
-        ``landing_of`` (a file whose object this copy replaces), the new object is announced
-        in its journal record where its ETag can be known beforehand; a CopyObject of a
-        multipart object gets an ETag nobody can predict (see docs/design.md)."""
-        check_key_length(dest_key)
-        try:
-            if source.size <= MAX_COPY_SIZE:
-                with trio.CancelScope(shield=True):  # see _put
-                    return await self.store.copy(source.key, dest_key, metadata,
-                                                 if_match=source.etag)
-            return await self._multipart_copy(source, dest_key, metadata, landing_of)
-        except StoreError as exc:
-            if not exc.not_implemented:
-                raise
-            log.info("server cannot copy %s (%s); re-uploading it", source.key, exc.code)
-        return await self._copy_by_reupload(source, dest_key, metadata, landing_of)
-
-    async def _metadata_of(self, source: RemoteObject, metadata: dict | None) -> dict:
-        if metadata is not None:
-            return metadata
-        return (await self.store.head(source.key)).metadata or {}
-
-    async def _multipart_copy(self, source, dest_key, metadata, landing_of) -> str:
-        metadata = await self._metadata_of(source, metadata)
-        part_size = choose_part_size(source.size, max(self.min_part, 512 * MiB))
-
-        async def copy_part(upload_id: str, number: int, offset: int, length: int) -> str:
-            return await self.store.upload_part_copy(
-                dest_key, upload_id, number, source.key, offset, offset + length - 1,
-                if_match=source.etag)
-
-        return await self._run_multipart(dest_key, source.size, part_size, metadata, copy_part,
-                                         lambda: self._check_copy_source(source), landing_of)
-
-    async def _copy_by_reupload(self, source: RemoteObject, dest_key: str, metadata,
-                                landing_of: Node | None) -> str:
-        metadata = await self._metadata_of(source, metadata)
-        if source.size < self.threshold:
-            body = await self.reader.read_range(source, 0, source.size) if source.size else b""
-            return await self._put(dest_key, body, metadata, landing_of)
-
-        async def part_body(offset: int, length: int) -> bytes:
-            return await self.reader.read_range(source, offset, length)
-
-        part_size = choose_part_size(source.size, self.min_part)
-        return await self._multipart_upload(dest_key, source.size, part_size, metadata, part_body,
-                                            landing_of)
-
 
 def _segments(data, offset: int, length: int):
     """Split [offset, offset+length) into runs that are (local, start, end)."""

@@ -653,13 +653,13 @@ async def test_evicted_parts_read_right_while_an_early_completion_ends(make_core
     data = payload(6 * PART, seed=26)
     fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
     reads = []
-    original = core.uploader.upload_ended
+    original = core.writer.upload_ended
 
     async def slow_upload_ended(upload_id):  # a busy disk under the journal
         reads.append(await read_file(core, node.ino, PART, BLOCK))
         await original(upload_id)
 
-    core.uploader.upload_ended = slow_upload_ended
+    core.writer.upload_ended = slow_upload_ended
     patch = payload(BLOCK, seed=27)
     await core.write(fh, 3 * PART, patch)  # in a part still cached: no completion needed
     await core.write(fh, PART + 3, patch)  # in an evicted part: completes the stream
@@ -680,14 +680,14 @@ async def test_crash_right_after_an_early_completion_loses_nothing(make_core, s3
     fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
     await core.flush(fh)  # the journal lists everything written
     crashed = tmp_path / "crashed-cache"
-    original = core.uploader.upload_ended
+    original = core.writer.upload_ended
 
     async def crash_here(upload_id):  # what a kill -9 at this point leaves on disk
         if not crashed.exists():
             crash_copy(core.cache.cache_dir, crashed)
         await original(upload_id)
 
-    core.uploader.upload_ended = crash_here
+    core.writer.upload_ended = crash_here
     await core.write(fh, PART + 3, b"after the crash point")
     assert crashed.exists()  # this mount uploads nothing more: its file stays open
     restarted = await make_core(cache_dir=crashed, cache_size=2 * PART)

@@ -18,7 +18,7 @@ from s3pvefs.names import (
     listing_name,
     name_from_kernel,
 )
-from s3pvefs.uploader import MAX_OBJECT_SIZE, MAX_PARTS, choose_part_size
+from s3pvefs.objectwriter import MAX_OBJECT_SIZE, MAX_PARTS, choose_part_size
 
 DEFAULT_FILE = Attributes(stat.S_IFREG | 0o644, 0, 0, 1_600_000_000_000_000_000)
 DEFAULT_DIR = Attributes(stat.S_IFDIR | 0o755, 0, 0, 1_600_000_000_000_000_000)
