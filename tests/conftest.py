@@ -72,7 +72,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "real_server: also run the test on a real Ceph RGW, not only on moto "
         "(see tests/conftest.py)")
     config.addinivalue_line(
-        "markers", "on_s3_server(reason): a test_core.py test that runs on S3Store and moto, "
+        "markers", "on_s3_server(reason): a core-tier test (tests/core/) that runs on S3Store and moto, "
         "not on the MemoryStore (see docs/testing.md)")
 
 
@@ -96,17 +96,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise ValueError(f"{metafunc.definition.nodeid} is marked real_server but uses "
                          "moto_server: use s3_server (or leave the test unmarked)")
     metafunc.parametrize("s3_server", [pytest.param("moto", id="moto"), rgw], indirect=True)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test module may choose the ``trio.run`` of each of its tests with a function
-    ``trio_run(item)`` (test_core.py runs on virtual time): pytest-trio's trio mode marks every
-    async test with the default runner, and a function's own marks come first."""
-    for item in items:
-        chooser = getattr(getattr(item, "module", None), "trio_run", None)
-        if chooser is not None and item.get_closest_marker("trio") is not None:
-            item.add_marker(pytest.mark.trio(run=chooser(item)), append=False)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

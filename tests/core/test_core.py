@@ -1,290 +1,54 @@
-"""The filesystem core (core.py and the layers under it) on a MemoryStore, no server, no kernel.
+"""The filesystem core (core.py and the layers under it) on a MemoryStore, no server, no kernel
+(the tier's fixtures, clock and helpers: conftest.py and corekit.py here).
 
-Each test builds FsCore objects (assembly.build_filesystem), calls them with inode numbers and
-str names as the FUSE adapter does, and checks the bucket (the ``s3`` fixture, a view that
-counts no request) and the store's request counts. A "second core" on the same bucket with an empty cache plays
-another mount, or this mount after a restart.
-
-Time is virtual (tests/helpers.py, ``run_on_virtual_time``): trio's MockClock jumps to the
-next deadline whenever every task is blocked and no worker thread runs, so injected delays,
-retry backoffs and ``fail_after`` cost no wall time and always expire in the same order. A
-test waits for the core with ``settle()`` (nothing more happens until time passes), with
-``drain`` (the uploader is idle) or with a ``trio.sleep`` that is meant as virtual time.
-
-``S3PVEFS_CORE_STORE=moto`` runs every test here on S3Store and a moto server instead, on the
-real clock; tests marked ``on_s3_server(reason)`` always do (so do ``real_server`` ones).
+Each test builds FsCore objects and checks the bucket (the ``s3`` fixture) and the store's
+request counts. A "second core" on the same bucket with an empty cache plays another mount,
+or this mount after a restart.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
 import errno
-import hashlib
 import os
-import random
-import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import trio
 
-from helpers import MemoryBucket, ServerBucket, run_on_real_time, run_on_virtual_time, settle
-from s3pvefs.assembly import build_filesystem, recover_journal
-from s3pvefs.blockcache import BlockCache
+from corekit import (
+    BLOCK,
+    FILE_MODE,
+    GID,
+    PART,
+    PREFIX,
+    TIMEOUT,
+    UID,
+    WRITE_FLAGS,
+    Counts,
+    SlowListings,
+    crash_copy,
+    drain,
+    fails_somehow,
+    fails_with,
+    inode,
+    md5,
+    on_s3_server,
+    payload,
+    read_file,
+    s3_attributes,
+    settled,
+    write_file,
+)
+from helpers import settle
+from s3pvefs.assembly import recover_journal
 from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
-from s3pvefs.errno_map import errno_for
-from s3pvefs.errors import FsError, StoreError
 from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.memstore import MemoryStore
-from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, decode_attributes
-from s3pvefs.nodes import ROOT_INODE, Node
+from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes
+from s3pvefs.nodes import ROOT_INODE
 from s3pvefs.objectstore import multipart_etag
-from s3pvefs.store import open_s3_store
 
-BLOCK = 64 * KiB
-PART = 5 * MiB
-PREFIX = "pve/"
-UID, GID = 1000, 1001
-FILE_MODE = stat.S_IFREG | 0o640
-WRITE_FLAGS = os.O_WRONLY | os.O_CREAT
-TIMEOUT = 20  # seconds any single wait may take before the test fails (virtual on memory)
-ALL_ON_SERVER = os.environ.get("S3PVEFS_CORE_STORE", "memory") == "moto"
-
-
-
-def on_s3_server(reason: str):
-    """Run the test on S3Store and the test's S3 server (moto), on the real clock."""
-    return pytest.mark.on_s3_server(reason)
-
-
-def runs_on_server(node) -> bool:
-    return ALL_ON_SERVER or any(node.get_closest_marker(name)
-                                for name in ("on_s3_server", "real_server"))
-
-
-def trio_run(item: pytest.Item):
-    """The trio.run of a test here (tests/conftest.py asks): virtual time on the MemoryStore;
-    the real clock on a server (its requests wait for sockets, which an autojumping clock
-    would take for idleness)."""
-    return run_on_real_time if runs_on_server(item) else run_on_virtual_time
-
-
-# -- fixtures and helpers ------------------------------------------------------------------
-
-
-@pytest.fixture
-def server_config(request: pytest.FixtureRequest) -> Config | None:
-    """The S3 server's store configuration when the test runs on one, else None."""
-    if runs_on_server(request.node):
-        return request.getfixturevalue("store_config")
-    return None
-
-
-@pytest.fixture
-async def store(server_config):
-    """The bucket the cores share: a MemoryStore, or an S3Store on the test's server."""
-    if server_config is None:
-        memory = MemoryStore()
-        yield memory
-        await memory.aclose()
-        return
-    async with open_s3_store(server_config) as opened:
-        yield opened
-
-
-@pytest.fixture
-async def s3(store, server_config):
-    """The bucket seen from outside the mount (keys, bodies, metadata, open uploads), without
-    counting a request of ``store``."""
-    if server_config is None:
-        return MemoryBucket(store)
-    import boto3
-
-    client = boto3.client("s3", endpoint_url=server_config.endpoint_url,
-                          region_name=server_config.region, aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
-    return ServerBucket(client, server_config.bucket)
-
-
-@pytest.fixture
-def core_config(server_config) -> Config:
-    base = server_config or Config(bucket="memory", max_connections=8)
-    return dataclasses.replace(
-        base, prefix=PREFIX, block_size=BLOCK, part_size=PART,
-        multipart_threshold=PART, dir_ttl=3600.0, cache_size=64 * MiB, upload_concurrency=4,
-        # The defaults are what the tests create files with: no attribute index entries.
-        uid=UID, gid=GID, file_mode=0o640, dir_mode=0o755,
-        durability="s3",  # these tests look at uploads that fsync waits for
-    )
-
-
-@pytest.fixture
-async def make_core(core_config, store, tmp_path):
-    """``await make_core(backend=None, **config_changes)``: a started FsCore on the bucket.
-
-    Every core gets its own empty cache directory and its own uploader worker (unless
-    ``start_uploader=False``: the test runs it); the workers are cancelled and the caches closed
-    at the end of the test.
-    """
-    caches: list[BlockCache] = []
-    async with trio.open_nursery() as nursery:
-
-        async def make(backend=None, *, start_uploader: bool = True, cache_dir=None,
-                       **changes) -> FsCore:
-            config = dataclasses.replace(core_config, **changes)
-            cache = BlockCache(cache_dir or tmp_path / f"cache{len(caches)}", config.block_size,
-                               config.cache_size)
-            cache.open()
-            caches.append(cache)
-            core = build_filesystem(config, backend if backend is not None else store, cache)
-            if start_uploader:
-                await nursery.start(core.run)
-            await core.create_proxmox_dirs()
-            return core
-
-        yield make
-        nursery.cancel_scope.cancel()
-    for cache in caches:
-        cache.close()
-
-
-class Counts:
-    """Requests (and GET body bytes) made since the last reset."""
-
-    def __init__(self, store) -> None:
-        self.stats = store.stats
-        self.reset()
-
-    def reset(self) -> None:
-        self._requests = collections.Counter(self.stats.requests)
-        self._received = self.stats.bytes_received
-
-    def __getitem__(self, operation: str) -> int:
-        return self.stats.requests[operation] - self._requests[operation]
-
-    @property
-    def received(self) -> int:
-        return self.stats.bytes_received - self._received
-
-    @property
-    def changes(self) -> int:
-        """Requests that change the bucket."""
-        return sum(self[op] for op in ("PutObject", "CopyObject", "DeleteObject", "DeleteObjects",
-                                       "CreateMultipartUpload", "UploadPart"))
-
-    @property
-    def total(self) -> int:
-        """Requests of any kind."""
-        return sum(self.stats.requests.values()) - sum(self._requests.values())
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    return random.Random(seed).randbytes(size)
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-async def inode(core: FsCore, path: str) -> int:
-    ino = ROOT_INODE
-    for part in path.split("/"):
-        ino = (await core.lookup(ino, part)).ino
-    return ino
-
-
-async def write_file(core: FsCore, parent: int, name: str, data: bytes, *,
-                     release: bool = True, chunk: int = 128 * KiB) -> tuple[int, Node]:
-    """Create and write a file as the kernel would (128 KiB writes); returns (fh, node)."""
-    fh, node = await core.create(parent, name, FILE_MODE, WRITE_FLAGS, UID, GID)
-    for offset in range(0, len(data), chunk):
-        assert await core.write(fh, offset, data[offset:offset + chunk]) == len(
-            data[offset:offset + chunk])
-    if release:
-        await core.release(fh)
-    return fh, node
-
-
-async def read_file(core: FsCore, ino: int, offset: int = 0, length: int | None = None) -> bytes:
-    fh, _ = await core.open(ino, os.O_RDONLY)
-    try:
-        if length is None:
-            length = core.node(ino).size - offset
-        return await core.read(fh, offset, length)
-    finally:
-        await core.release(fh)
-
-
-async def drain(core: FsCore) -> None:
-    with trio.fail_after(TIMEOUT):
-        await core.uploader.drain(core.dirty_nodes())
-
-
-def s3_attributes(s3, key: str, explicit_mtime: bool | None = None) -> Attributes:
-    """The attributes kept in an object's metadata. The mtime is kept only once it was set
-    (utime); otherwise S3's LastModified stands for it (decoded here as -1)."""
-    metadata = s3.metadata(key)
-    assert {"mode", "uid", "gid"} <= set(metadata) <= {"mode", "uid", "gid", "mtime"}, metadata
-    if explicit_mtime is not None:
-        assert ("mtime" in metadata) == explicit_mtime, metadata
-    return decode_attributes(metadata, Attributes(0, -1, -1, -1))
-
-
-async def fails_with(code: int, fn, *args, **kwargs) -> None:
-    """The call fails with one typed error that the FUSE adapter answers with errno ``code``
-    (errno_map, in the context of the operation of that name)."""
-    with pytest.raises((FsError, StoreError)) as info:
-        await fn(*args, **kwargs)
-    answered = errno_for(info.value, fn.__name__)
-    assert answered == code, (f"{info.value!r}: answered {errno.errorcode.get(answered)}, "
-                              f"expected {errno.errorcode[code]}")
-
-
-async def fails_somehow(fn, *args, **kwargs) -> FsError | StoreError:
-    """The call fails with one bare typed error (never an exception group), whatever it is."""
-    with pytest.raises((FsError, StoreError)) as info:
-        await fn(*args, **kwargs)
-    return info.value
-
-
-async def settled(predicate) -> None:
-    """Once the core has done all it does without time passing, ``predicate()`` holds."""
-    await settle()
-    assert predicate()
-
-
-def crash_copy(cache_dir: Path, crashed: Path) -> Path:
-    """What a kill -9 now leaves of a cache directory, copied to ``crashed`` (its lock gone).
-    A worker thread may replace a journal record meanwhile: a temporary file that vanishes
-    is one the kill would have left or not; each record is copied whole, old or new."""
-
-    def copy(src, dst):
-        try:
-            return shutil.copy2(src, dst)
-        except FileNotFoundError:
-            return dst
-
-    shutil.copytree(cache_dir, crashed, copy_function=copy)
-    (crashed / "lock").unlink()
-    return crashed
-
-
-class SlowListings(FaultInjectingStore):
-    """Listings whose answer arrives ``answer_delay`` seconds after S3 made it."""
-
-    answer_delay = 0.0
-
-    async def list_page(self, *args, **kwargs):
-        page = await super().list_page(*args, **kwargs)
-        if self.answer_delay:
-            await trio.sleep(self.answer_delay)  # virtual time: the answer's latency
-        return page
-
-
-# -- start-up --------------------------------------------------------------------------------
 
 
 async def test_proxmox_dirs_are_markers(make_core, store, s3) -> None:

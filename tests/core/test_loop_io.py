@@ -30,18 +30,9 @@ import s3pvefs
 from s3pvefs import blockcache
 from s3pvefs.assembly import recover_journal
 from s3pvefs.control import serve_control
-import test_core
-from test_core import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
-                       write_file)
+from corekit import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
+                     write_file)
 
-# test_core's fixtures and clock, for the tests here: a started FsCore on a fresh MemoryStore,
-# on virtual time (background deletions are settled, not polled for).
-server_config = test_core.server_config
-store = test_core.store
-s3 = test_core.s3
-core_config = test_core.core_config
-make_core = test_core.make_core
-trio_run = test_core.trio_run
 
 PACKAGE = Path(s3pvefs.__file__).parent
 PACKAGE_PREFIX = f"{PACKAGE}{os.sep}"

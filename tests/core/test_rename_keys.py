@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-import test_core
 import trio
-from test_core import (
+from corekit import (
     BLOCK,
     PREFIX,
     TIMEOUT,
@@ -23,13 +22,6 @@ from test_core import (
 
 from s3pvefs.faults import FaultInjectingStore, store_error
 
-# The core tests' fixtures and clock: a MemoryStore on virtual time.
-server_config = test_core.server_config
-store = test_core.store
-s3 = test_core.s3
-core_config = test_core.core_config
-make_core = test_core.make_core
-trio_run = test_core.trio_run
 
 RETRY_WAIT = 2.0  # seconds: the uploader retries a failed delete after 1 s
 
