@@ -11,13 +11,15 @@ it uses when it is made.
     left_keys   keys files left, to delete; asks the inodes which file is at a key
     uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
     dirs        listings; sends every directory it listed on a channel
-    core        every operation; reads that channel (prefetch of small files) and tells the
-                kernel's caches (when mounted) what `refresh` dropped
+    core        every operation; reads that channel (prefetch of small files)
+
+``build_admin`` makes what the admin socket serves from a core's parts (sync, refresh, status);
+the mount builds it, with the kernel's caches that `refresh` tells what it dropped.
 
 Nothing is set on an object after it is made. Where a lower layer tells a higher one
 something, it does so through a channel (cache pressure, listed directories) or through a
 typed protocol that the higher one fulfils (recovery.Tree,
-core.KernelCache, control.Admin).
+liveadmin.KernelCache, control.Admin).
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ import trio
 from .attrindex import AttributeIndex, host_id
 from .blockcache import BlockCache
 from .config import Config
-from .core import FsCore, KernelCache
+from .core import FsCore
 from .filejournal import FileJournal
 from .journal import Journal
 from .leftkeys import LeftKeys
 from .listing import Directories
+from .liveadmin import KernelCache, LiveAdmin
 from .names import Attributes
 from .nodes import InodeTable, Node, now_ns
 from .objectstore import ObjectStore
@@ -49,9 +52,8 @@ from .uploader import Uploader
 LISTED_BACKLOG = 64
 
 
-def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache,
-                     kernel: KernelCache | None = None) -> FsCore:
-    """A core over ``store`` and the opened ``cache``; ``kernel`` is None without a mount."""
+def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> FsCore:
+    """A core over ``store`` and the opened ``cache``."""
     defaults = attribute_defaults(config)
     inodes = InodeTable(defaults(stat.S_IFDIR, now_ns()))
     reader = BlockReader(store, config.max_connections, config.part_size)
@@ -72,7 +74,13 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache,
     return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
                   file_journal=file_journal, writer=writer, streamer=streamer,
                   left_keys=left_keys, uploader=uploader, dirs=dirs,
-                  attr_index=attr_index, listed=listed, kernel=kernel)
+                  attr_index=attr_index, listed=listed)
+
+
+def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None) -> LiveAdmin:
+    """What the admin socket serves for ``core``; ``kernel`` is None without a mount."""
+    return LiveAdmin(config, core.store, core.cache, inodes=core.inodes, uploader=core.uploader,
+                     dirs=core.dirs, kernel=kernel)
 
 
 def attribute_defaults(config: Config) -> Callable[[int, int], Attributes]:

@@ -64,7 +64,7 @@ class _File(Protocol):
 
 
 class Admin(Protocol):
-    """The operations the admin channel answers with (core.FsCore)."""
+    """The operations the admin channel answers with (liveadmin.LiveAdmin)."""
 
     def status(self) -> dict: ...
 

@@ -7,14 +7,11 @@ adapter chooses their errno (errno_map.py).
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import logging
 import os
 import stat
 import uuid
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -68,13 +65,6 @@ class StatFs:
     name_max: int = 255
 
 
-class KernelCache(Protocol):
-    """What the kernel remembers besides its lookups (fuse_adapter.KernelCaches)."""
-
-    async def forget(self, directories: set[int], files: set[int]) -> None:
-        """Missing names in these directories, and these files' attributes."""
-
-
 class FsCore:
     """Built by assembly.build_filesystem, which hands it its collaborators."""
 
@@ -82,8 +72,7 @@ class FsCore:
                  inodes: InodeTable, reader: BlockReader, journal: Journal,
                  file_journal: FileJournal, writer: ObjectWriter, streamer: Streamer,
                  left_keys: LeftKeys, uploader: Uploader, dirs: Directories,
-                 attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node],
-                 kernel: KernelCache | None):
+                 attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node]):
         self.config = config
         self.prefix = config.prefix
         self.store = store
@@ -99,11 +88,9 @@ class FsCore:
         self.dirs = dirs
         self.attr_index = attr_index
         self._listed = listed  # directories just listed: their small files are prefetched
-        self._kernel = kernel  # None without a kernel mount (tests)
         self.handles: dict[int, Handle] = {}
         # Inode -> the hidden key keeping the data of a file deleted while open (see unlink).
         self._kept_aside: dict[int, str] = {}
-        self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))  # `s3pvefs sync`
         self._next_handle = 1
         self.root = inodes.root
 
@@ -141,153 +128,6 @@ class FsCore:
     async def shutdown(self) -> None:
         """Upload everything that is not on S3 yet."""
         await self.uploader.drain(self.dirty_nodes())
-
-    # -- admin: `s3pvefs sync` and `s3pvefs status` -----------------------------------------
-
-    async def sync_path(self, path: str | None) -> dict[str, str]:
-        """Upload every dirty file at or below ``path`` (relative to the mount root; None or ""
-        for all) now; returns path -> error for the files that could not be uploaded."""
-        top = self._loaded_node(path or "")
-        failures: dict[str, str] = {}
-
-        async def sync_one(node: Node) -> None:
-            delay = 1.0
-            while True:
-                try:
-                    await self.uploader.sync_now(node)
-                    return
-                except StoreError as exc:
-                    if not exc.transient:  # an outage passes: wait for it (the caller's
-                        failures[node.path()] = str(exc)  # timeout bounds the wait)
-                        return
-                    log.info("sync of %s waits for S3: %s", node.path(), exc)
-                except Exception as exc:
-                    failures[node.path()] = str(exc)
-                    return
-                await trio.sleep(delay)
-                delay = min(30.0, delay * 2)
-
-        async with trio.open_nursery() as nursery:
-            for node in walk(top):
-                if node.needs_upload:
-                    await self._sync_slots.acquire()
-                    nursery.start_soon(self._release_after, self._sync_slots, sync_one, node)
-        return failures
-
-    @staticmethod
-    async def _release_after(slots: trio.Semaphore, fn, *args) -> None:
-        try:
-            await fn(*args)
-        finally:
-            slots.release()
-
-    async def refresh(self, path: str | None) -> int:
-        """Forget cached listings and attributes at or below ``path`` (another host changed
-        the bucket): the next access asks S3 again. Returns how many entries were dropped."""
-        count = 0
-        directories: set[int] = set()
-        known_files: set[int] = set()  # whose attributes the kernel may be caching
-        for node in walk(self._loaded_node(path or "")):
-            if node.is_dir:
-                self.dirs.invalidate(node)
-                directories.add(node.ino)
-            elif not node.busy:
-                node.meta_loaded = False
-                if node.lookups > 0:
-                    known_files.add(node.ino)
-            count += 1
-        if self._kernel is not None:
-            await self._kernel.forget(directories, known_files)
-        return count
-
-    def _loaded_node(self, path: str) -> Node:
-        """The node at ``path`` if this mount has seen it (unseen paths hold nothing dirty)."""
-        node = self.inodes.at_path(path)
-        if node is None:
-            raise FsError(FsKind.NOT_FOUND, f"{path}: not found in this mount")
-        return node
-
-    def status(self) -> dict:
-        """What `s3pvefs status` shows: dirty data, uploads in flight, failures.
-
-        One picture: per file, ``bytes_dirty`` (only in the cache: in neither the file's object
-        nor a part S3 confirmed) and ``bytes_done`` (in the parts S3 confirmed of the upload in
-        flight, still what the file holds there) never add up to more than its size;
-        ``dirty_bytes`` and ``uploaded_bytes`` are their sums over the files. A file shows 100%
-        only when all of it is in confirmed parts (the upload then only waits for its
-        completion).
-        """
-        dirty = self.dirty_nodes()
-        uploads = self.uploader.progress()
-        uploading = {upload["ino"] for upload in uploads}
-        files = []
-        for node in dirty + [n for n in map(self.inodes.get, uploading)
-                             if n is not None and not n.needs_upload]:
-            done, pending = self._upload_figures(node)
-            files.append({"path": node.path(), "bytes_total": node.size, "bytes_done": done,
-                          "bytes_dirty": pending, "uploading": node.ino in uploading,
-                          "state": node.state.value, "waiting": _waiting_for(node)})
-        figures = {file["path"]: file for file in files}
-        for upload in uploads:
-            upload.pop("ino")
-            upload.update({key: figures[upload["path"]][key]
-                           for key in ("bytes_total", "bytes_done", "bytes_dirty")}
-                          if upload["path"] in figures else {})
-        return {
-            "dirty_files": len(dirty),
-            "dirty_bytes": sum(file["bytes_dirty"] for file in files),
-            "uploaded_bytes": sum(file["bytes_done"] for file in files),
-            "cache_used_bytes": self.cache.used_bytes,
-            "cache_peak_bytes": self.cache.peak_used_bytes,
-            "cache_limit_bytes": self.cache.size_limit,
-            "uploads": uploads,
-            "files": files,
-            "errors": [
-                {"path": node.path(), "error": node.file.last_error}
-                for node in dirty if node.file.last_error
-            ],
-            "requests": dict(self.store.stats.requests),
-            "bytes_sent": self.store.stats.bytes_sent,
-            "bytes_received": self.store.stats.bytes_received,
-        }
-
-    def _upload_figures(self, node: Node) -> tuple[int, int]:
-        """(bytes in the parts S3 confirmed of the file's upload in flight that still hold what
-        the file holds there, bytes the cache holds that neither such a part nor the file's
-        object has: dirty blocks, and clean ones past the object, e.g. parts of a stream that
-        was dropped)."""
-        size, data = node.size, node.file.data
-        parts: list[tuple[int, int, dict[int, int]]] = []  # offset, length, generations read
-        if node.file.stream is not None:
-            stream = node.file.stream
-            parts = [(offset, length, stream.part_snapshots.get(number, {}))
-                     for number, (offset, length, _) in stream.parts.items()]
-        elif (progress := self.uploader.in_flight(node)) is not None:
-            parts = [(offset, length, progress.snapshot) for offset, length in progress.parts]
-        parts.sort()
-        dirty = data.dirty if data is not None else {}
-        block_size = data.block_size if data is not None else 1
-        past_object = set() if data is None else {
-            block for block in data.cached
-            if block not in dirty and block * block_size >= data.base_valid_len}
-        starts = [offset for offset, _, _ in parts]
-
-        def part_of(block: int) -> int | None:
-            index = bisect.bisect_right(starts, block * block_size) - 1
-            if index >= 0 and block * block_size < parts[index][0] + parts[index][1]:
-                return index
-            return None
-
-        # A part is stale once a block in it was written after the part was read.
-        stale = {index for block, generation in dirty.items()
-                 if (index := part_of(block)) is not None
-                 and parts[index][2].get(block) != generation}
-        done = sum(max(0, min(offset + length, size) - offset)
-                   for index, (offset, length, _) in enumerate(parts) if index not in stale)
-        pending = sum(max(0, min((block + 1) * block_size, size) - block * block_size)
-                      for block in itertools.chain(dirty, past_object)
-                      if (index := part_of(block)) is None or index in stale)
-        return done, pending
 
     # -- lookups and attributes -------------------------------------------------------------
 
@@ -1135,15 +975,6 @@ class FsCore:
         used_blocks = min(total - 1, -(-used // STATFS_BLOCK))
         files = len(self.inodes)
         return StatFs(STATFS_BLOCK, total, total - used_blocks, files + 1_000_000, 1_000_000)
-
-
-def _waiting_for(node: Node) -> str | None:
-    """Why a dirty file is not uploading (None when nothing holds it back)."""
-    if node.write_handles:
-        return "open for writing"
-    if node.file.waiting_for_rename:
-        return f"to be renamed to {node.file.waiting_for_rename}"
-    return None
 
 
 def _still_at(node: Node, parent: Node, name: str) -> None:

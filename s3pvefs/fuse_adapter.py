@@ -41,7 +41,7 @@ def _answer(method):
 
 class KernelCaches:
     """What the kernel may remember beyond its lookups, for `s3pvefs refresh` to drop
-    (core.KernelCache): names answered "does not exist", and the attributes of files."""
+    (liveadmin.KernelCache): names answered "does not exist", and the attributes of files."""
 
     def __init__(self, negative_ttl: float):
         self._negative = TTLCache(maxsize=65536, ttl=max(negative_ttl, 0.001))
@@ -68,7 +68,7 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, core: FsCore, kernel: KernelCaches):
         super().__init__()
         self.core = core
-        self.kernel = kernel  # shared with the core, whose refresh makes it forget
+        self.kernel = kernel  # shared with the admin, whose refresh makes it forget
         self.attr_timeout = core.config.attr_ttl
         self.negative_timeout = core.config.negative_ttl
         self._dir_snapshots: dict[int, list[tuple[str, Node]]] = {}

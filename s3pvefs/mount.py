@@ -21,13 +21,14 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from .assembly import build_filesystem, recover_journal
+from .assembly import build_admin, build_filesystem, recover_journal
 from .blockcache import BlockCache
 from .config import Config, human_size
 from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError, StoreKind
 from .fuse_adapter import FuseOperations, KernelCaches
+from .liveadmin import LiveAdmin
 from .sdnotify import Notifier
 from .store import ObjectStore, open_s3_store
 
@@ -65,12 +66,13 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
             notifier.status(f"checking {_where(config)}")
             await check_bucket(store, config)
             kernel = KernelCaches(config.negative_ttl)
-            core = build_filesystem(config, store, cache, kernel)
+            core = build_filesystem(config, store, cache)
             await core.create_proxmox_dirs()
             notifier.status(f"recovering journaled uploads from {config.cache_dir}")
             await recover_journal(core)
             try:
-                return await _serve(core, kernel, config, mountpoint, notifier)
+                admin = build_admin(core, config, kernel)
+                return await _serve(core, admin, kernel, config, mountpoint, notifier)
             finally:
                 with trio.CancelScope(shield=True):
                     await core.keep_clean_data()
@@ -116,8 +118,8 @@ def _where(config: Config) -> str:
     return f"s3://{config.bucket}/{config.prefix}"
 
 
-async def _serve(core: FsCore, kernel: KernelCaches, config: Config, mountpoint: Path,
-                 notifier: Notifier | None = None) -> int:
+async def _serve(core: FsCore, admin: LiveAdmin, kernel: KernelCaches, config: Config,
+                 mountpoint: Path, notifier: Notifier | None = None) -> int:
     operations = FuseOperations(core, kernel)
     try:
         pyfuse3.init(operations, str(mountpoint), _fuse_options(config))
@@ -125,12 +127,13 @@ async def _serve(core: FsCore, kernel: KernelCaches, config: Config, mountpoint:
         raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s on %s", config.bucket + "/" + config.prefix, mountpoint)
     unmounted = False
-    reporter = _Reporter(notifier or Notifier(None), core, f"{_where(config)} on {mountpoint}")
+    reporter = _Reporter(notifier or Notifier(None), core, admin,
+                         f"{_where(config)} on {mountpoint}")
     stop = _Stop(reporter)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(core.run)
-            await nursery.start(serve_control, core, mountpoint)
+            await nursery.start(serve_control, admin, mountpoint)
             nursery.start_soon(_watch_signals, core, stop, nursery)
             if reporter.enabled:
                 # READY=1 now: the kernel mount exists (pyfuse3.init mounted it), the admin
@@ -171,9 +174,10 @@ class _Reporter:
     """What systemd is told (see the module docstring); every call is a no-op without
     $NOTIFY_SOCKET."""
 
-    def __init__(self, notifier: Notifier, core: FsCore, where: str):
+    def __init__(self, notifier: Notifier, core: FsCore, admin: LiveAdmin, where: str):
         self.notifier = notifier
         self.core = core
+        self.admin = admin
         self.where = where
         self.why_stopping: str | None = None
         self.forced = False
@@ -186,7 +190,7 @@ class _Reporter:
 
     def text(self) -> str:
         """One line for `systemctl status`: where, and what is not on S3 yet."""
-        status = self.core.status()
+        status = self.admin.status()
         files, dirty = status["dirty_files"], status["dirty_bytes"]
         uploads, errors = len(status["uploads"]), len(status["errors"])
         if self.forced:

@@ -93,7 +93,7 @@ class _Node:
 
 
 class StubCore:
-    """What serve_control uses of FsCore: status(), sync_path(), dirty_nodes()."""
+    """What serve_control uses of LiveAdmin: status(), sync_path(), dirty_nodes()."""
 
     def __init__(self) -> None:
         self.synced: list[str] = []

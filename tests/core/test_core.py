@@ -41,7 +41,7 @@ from corekit import (
     write_file,
 )
 from helpers import settle
-from s3pvefs.assembly import recover_journal
+from s3pvefs.assembly import build_admin, recover_journal
 from s3pvefs.config import KiB, MiB, Config
 from s3pvefs.core import FsCore
 from s3pvefs.faults import FaultInjectingStore, store_error
@@ -362,11 +362,12 @@ async def test_status_lists_a_streaming_upload_once(make_core) -> None:
     core = await make_core()
     dump = await inode(core, "dump")
     fh, node = await write_file(core, dump, "big.raw", payload(3 * PART, seed=25), release=False)
+    admin = build_admin(core, core.config)
     seen: list[list[str]] = []
 
     class EveryStep(trio.abc.Instrument):  # the status as it is after every step of any task
         def after_task_step(self, task) -> None:
-            seen.append([upload["path"] for upload in core.status()["uploads"]])
+            seen.append([upload["path"] for upload in admin.status()["uploads"]])
 
     trio.lowlevel.add_instrument(EveryStep())
     await core.release(fh)
@@ -1483,8 +1484,9 @@ async def test_a_stream_whose_parts_are_all_uploaded_is_not_on_s3_until_complete
     await settled(lambda: node.file.stream is not None and len(node.file.stream.parts) == 2
                    and not node.file.data.dirty)
     assert node.needs_upload and node in core.dirty_nodes()
-    assert core.status()["dirty_files"] == 1
-    assert await core.sync_path("dump/disk.raw") == {}  # `s3pvefs sync FILE` completes it
+    admin = build_admin(core, core.config)
+    assert admin.status()["dirty_files"] == 1
+    assert await admin.sync_path("dump/disk.raw") == {}  # `s3pvefs sync FILE` completes it
     assert not node.needs_upload and node.file.stream is None
     assert s3.body(f"{PREFIX}dump/disk.raw") == data
     await core.release(fh)
