@@ -9,6 +9,7 @@ it uses when it is made.
     writer      every request that makes an object (parts under one bound for the mount)
     streamer    multipart uploads of files being written, through the writer
     left_keys   keys files left, to delete; asks the inodes which file is at a key
+    kept_aside  hidden copies of files deleted while open
     uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
     dirs        listings; sends every directory it listed on a channel
     core        every operation; reads that channel (prefetch of small files)
@@ -35,6 +36,7 @@ from .config import Config
 from .core import FsCore
 from .filejournal import FileJournal
 from .journal import Journal
+from .keptaside import KeptAside
 from .leftkeys import LeftKeys
 from .listing import Directories
 from .liveadmin import KernelCache, LiveAdmin
@@ -64,6 +66,8 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     writer = ObjectWriter(store, reader, config, journal=journal, file_journal=file_journal)
     streamer = Streamer(writer, store, config.prefix, config.part_size, file_journal)
     left_keys = LeftKeys(store, inodes, config.prefix)
+    kept_aside = KeptAside(store, cache, config.prefix, journal=journal,
+                           file_journal=file_journal, streamer=streamer, writer=writer)
     uploader = Uploader(writer, streamer, reader, config, file_journal=file_journal,
                         inodes=inodes, left_keys=left_keys, attr_index=attr_index,
                         pressure=cache.pressure)
@@ -73,7 +77,7 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
                        left_behind=left_keys.left_behind, listed=listed_sent)
     return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
                   file_journal=file_journal, writer=writer, streamer=streamer,
-                  left_keys=left_keys, uploader=uploader, dirs=dirs,
+                  left_keys=left_keys, kept_aside=kept_aside, uploader=uploader, dirs=dirs,
                   attr_index=attr_index, listed=listed)
 
 
@@ -97,4 +101,4 @@ async def recover_journal(core: FsCore) -> int:
     """Put back and finish what the journal of the core's cache directory holds."""
     return await recover(core, cache=core.cache, journal=core.journal, uploader=core.uploader,
                          streamer=core.streamer, writer=core.writer, left_keys=core.left_keys,
-                         store=core.store)
+                         kept_aside=core.kept_aside, store=core.store)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import uuid
 from dataclasses import dataclass, field
 
 import trio
@@ -22,9 +21,10 @@ from .filejournal import FileJournal
 from .config import Config
 from .errors import FsError, FsKind, StoreError, first_fs_error, is_not_found, is_stale
 from .listing import Directories, walk
-from .names import KEPT_PREFIX, PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
+from .names import PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
 from .nodes import ROOT_INODE, InodeTable, Node, now_ns
 from .objectstore import RemoteObject
+from .keptaside import KeptAside
 from .leftkeys import LeftKeys
 from .objectwriter import MAX_OBJECT_SIZE, ObjectWriter
 from .reader import BlockReader
@@ -71,7 +71,8 @@ class FsCore:
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
                  inodes: InodeTable, reader: BlockReader, journal: Journal,
                  file_journal: FileJournal, writer: ObjectWriter, streamer: Streamer,
-                 left_keys: LeftKeys, uploader: Uploader, dirs: Directories,
+                 left_keys: LeftKeys, kept_aside: KeptAside, uploader: Uploader,
+                 dirs: Directories,
                  attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node]):
         self.config = config
         self.prefix = config.prefix
@@ -84,13 +85,12 @@ class FsCore:
         self.writer = writer
         self.streamer = streamer
         self.left_keys = left_keys
+        self.kept_aside = kept_aside  # data of files deleted while open
         self.uploader = uploader
         self.dirs = dirs
         self.attr_index = attr_index
         self._listed = listed  # directories just listed: their small files are prefetched
         self.handles: dict[int, Handle] = {}
-        # Inode -> the hidden key keeping the data of a file deleted while open (see unlink).
-        self._kept_aside: dict[int, str] = {}
         self._next_handle = 1
         self.root = inodes.root
 
@@ -471,7 +471,7 @@ class FsCore:
         unreadable = FsError(FsKind.IO, f"{node.path()}: this range was uploaded while the "
                                          "file was written and left the cache; it can be read "
                                          "once the file is closed and its upload completed")
-        if node.unlinked:  # its stream was dropped at the unlink (see _end_stream_of_deleted)
+        if node.unlinked:  # its stream was dropped at the unlink (see keptaside.KeptAside)
             raise FsError(FsKind.IO, f"{node.path()}: deleted while open after parts of it "
                                       "were uploaded and left the cache; they are gone")
         if node.write_handles:
@@ -632,7 +632,7 @@ class FsCore:
         if node.unlinked:
             if node.open_count == 0:
                 node.file.discard_data()
-                await self._delete_kept_aside(node.ino)
+                await self.kept_aside.delete(node.ino)
                 if node.lookups <= 0:
                     self.inodes.drop(node)
             return
@@ -668,114 +668,13 @@ class FsCore:
         """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
         async with self.uploader.held(node):
             _still_at(node, parent, name)
-            await self._let_go_of_key(node)
+            await self.kept_aside.let_go_of_key(node)
             if node.file.remote_maybe or node.file.base is not None:
                 await self.store.delete(node.key(self.prefix))
             await self.uploader.delete_stale_keys(node)
             node.unlinked = True  # no new upload may start
             await self.file_journal.checkpoint(node)  # drops its journal record
-        await self._delete_kept_aside_if_closed(node)
-
-    # -- files deleted while open ------------------------------------------------------------
-    # Their handles read and write on until the last close (POSIX; vzdump, qemu-img and tar
-    # rely on it), but their name is free at once: a new file may take the key, and a listing
-    # or another host must not see the old data there. So what only S3 holds of such a file
-    # is copied to a hidden key of its own, read from there, and deleted at the last close
-    # (or at unmount); the journal lists that key first, so a crash cannot leave it forever.
-    # Writes through such a handle stay in the cache: nothing uploads them (ENOSPC once it
-    # is full of them). A file whose every byte is cached needs no copy: its blocks stay.
-
-    async def _let_go_of_key(self, node: Node) -> None:
-        """Before a file's name goes (unlink, or a rename over it; the caller holds its
-        uploads off): no stream of it may land anywhere, and open handles keep its data."""
-        if not node.open_count:
-            await self.file_journal.forget(node)  # first: see forget
-            await self.streamer.abort(node)
-            return
-        await self._end_stream_of_deleted(node)
-        data, base = node.file.data, node.file.base
-        if base is None or data is None:
-            return
-        node.file.remote_possible()  # its key may hold an object still, whatever base becomes
-        if data.fully_local(node.size):
-            node.file.local_only()  # its blocks stay in the cache (no longer evictable)
-        elif not base.archived:  # an archived object cannot be read anyway
-            await self._keep_aside(node, base)
-
-    async def _end_stream_of_deleted(self, node: Node) -> None:
-        """A stream whose parts left the cache is completed at the file's own key (the name
-        is still the file's) to be kept aside from there; otherwise it is dropped. A stream
-        to a predicted name must never appear there: dropped, and its evicted parts read EIO
-        (see _complete_for_read) instead of zeros."""
-        stream, data = node.file.stream, node.file.data
-        if stream is None or data.fully_local(node.size):
-            await self.file_journal.forget(node)  # first: see forget
-            await self.streamer.abort(node)
-            return
-        if stream.key == node.key(self.prefix):
-            try:
-                await self.streamer.complete_prefix(node)
-                await self.file_journal.checkpoint(node, durable=True)
-                return
-            except (FsError, StoreError) as exc:
-                log.error("%s: deleted while open; its streamed parts could not be completed "
-                          "(%s): reading them fails", node.path(), exc)
-        lost = data.streamed_len
-        await self.file_journal.forget(node)
-        await self.streamer.abort(node)
-        node.file.parts_lost(lost)
-
-    async def _keep_aside(self, node: Node, base: RemoteObject) -> None:
-        hidden = f"{self.prefix}{KEPT_PREFIX}{uuid.uuid4().hex}"
-        await self.cache.run_io(self.journal.delete_pending, hidden)
-        try:
-            etag = await self.writer.copy_object(base, hidden, node.object_metadata())
-        except (FsError, StoreError) as exc:
-            with trio.CancelScope(shield=True):
-                await self._delete_quietly(hidden)
-            if not (is_not_found(exc) or is_stale(exc)):
-                raise
-            log.warning("%s: deleted while open, but its object changed or vanished on S3 "
-                        "meanwhile (%s): what the cache does not hold cannot be read", node.path(),
-                        exc)
-            return
-        node.file.moved_aside(RemoteObject(hidden, etag, base.size))
-        self._kept_aside[node.ino] = hidden
-        log.info("%s: deleted while open; its data stays at %s until the last close",
-                 node.path(), hidden)
-
-    async def _delete_kept_aside_if_closed(self, node: Node) -> None:
-        """Its last handle may have closed while the unlink or rename copied it aside or
-        deleted its key: that release saw a file not unlinked yet, and left the copy."""
-        if node.unlinked and node.open_count == 0:
-            await self._delete_kept_aside(node.ino)
-
-    async def _delete_kept_aside(self, ino: int) -> None:
-        key = self._kept_aside.pop(ino, None)
-        if key is not None:
-            await self._delete_quietly(key)
-
-    async def _delete_quietly(self, key: str) -> None:
-        """Delete a kept-aside object; should S3 fail now, the next mount does it."""
-        try:
-            await self.store.delete(key)
-        except StoreError as exc:
-            log.warning("cannot delete %s (data of a file deleted while open): %s; the next "
-                        "mount does", key, exc)
-            return
-        await self.cache.run_io(self.journal.delete_done, key)
-
-    async def delete_kept_aside(self) -> None:
-        """At unmount: files deleted while open lose their data now (the mount is gone)."""
-        for ino in list(self._kept_aside):
-            await self._delete_kept_aside(ino)
-
-    async def delete_kept_aside_by_crash(self) -> None:
-        """At mount: a crash left data of files deleted while open (their handles died
-        with it). Hidden keys of their own: no other file can be there."""
-        for key in await self.cache.run_io(self.journal.pending_deletes):
-            log.info("deleting %s, left by a file deleted while open before a crash", key)
-            await self._delete_quietly(key)
+        await self.kept_aside.delete_if_closed(node)
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
@@ -845,13 +744,13 @@ class FsCore:
             if new_parent.children.get(new_name) is not target:
                 raise FsError(FsKind.RACED, "the target changed during the rename")
             if target is not None:  # replaced: its upload must not land; handles read on
-                await self._let_go_of_key(target)
+                await self.kept_aside.let_go_of_key(target)
             await self._move_file(node, new_parent, new_name, target)
             if target is not None:
                 await self.file_journal.checkpoint(target)
             await self.uploader.delete_stale_keys(node)
         if target is not None:
-            await self._delete_kept_aside_if_closed(target)
+            await self.kept_aside.delete_if_closed(target)
         self._after_change(node)
 
     async def _move_file(self, node: Node, new_parent: Node, new_name: str,

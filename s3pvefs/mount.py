@@ -147,7 +147,7 @@ async def _serve(core: FsCore, admin: LiveAdmin, kernel: KernelCaches, config: C
             unmounted = True
             log.info("unmounted %s; uploading what is left", mountpoint)
             await _final_uploads(core, stop)
-            await core.delete_kept_aside()  # of files deleted while still open
+            await core.kept_aside.delete_all()  # of files deleted while still open
             nursery.cancel_scope.cancel()
     finally:
         if not unmounted:

@@ -20,6 +20,7 @@ from .errors import FsError, StoreError
 from .journal import Journal, JournalRecord
 from .names import Attributes
 from .nodes import Node
+from .keptaside import KeptAside
 from .leftkeys import LeftKeys
 from .objectstore import ObjectStore
 from .objectwriter import ObjectWriter
@@ -40,7 +41,6 @@ class Tree(Protocol):
 
     def schedule_upload(self, node: Node) -> None: ...
 
-    async def delete_kept_aside_by_crash(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class _Recovery:
     streamer: Streamer
     writer: ObjectWriter
     left_keys: LeftKeys
+    kept_aside: KeptAside
     store: ObjectStore
 
     @property
@@ -61,9 +62,10 @@ class _Recovery:
 
 async def recover(tree: Tree, *, cache: BlockCache, journal: Journal, uploader: Uploader,
                   streamer: Streamer, writer: ObjectWriter, left_keys: LeftKeys,
-                  store: ObjectStore) -> int:
+                  kept_aside: KeptAside, store: ObjectStore) -> int:
     """Recover every journaled file; returns how many were recovered."""
-    recovery = _Recovery(tree, cache, journal, uploader, streamer, writer, left_keys, store)
+    recovery = _Recovery(tree, cache, journal, uploader, streamer, writer, left_keys,
+                         kept_aside, store)
     records, unreadable = await recovery.cache.run_io(recovery.journal.records)
     for file_id in unreadable:
         recovery.cache.keep_file_id(file_id)
@@ -85,7 +87,7 @@ async def recover(tree: Tree, *, cache: BlockCache, journal: Journal, uploader: 
         recovered += 1
         log.warning("recovered %s (%d bytes) from the journal; uploading it", node.path(), node.size)
     await _abort_orphaned_uploads(recovery, needed_uploads)
-    await recovery.tree.delete_kept_aside_by_crash()
+    await recovery.kept_aside.delete_left_by_crash()
     await recovery.cache.remove_unreferenced()
     return recovered
 

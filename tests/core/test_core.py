@@ -1114,7 +1114,7 @@ async def test_unmount_deletes_the_data_of_files_still_open(make_core, s3) -> No
     core, _ = await open_uploaded(make_core, "images/big.raw", payload(3 * PART, seed=48))
     await core.unlink(await inode(core, "images"), "big.raw")
     assert len(kept_aside(s3)) == 1
-    await core.delete_kept_aside()
+    await core.kept_aside.delete_all()
     assert kept_aside(s3) == [] and core.journal.pending_deletes() == []
 
 
