@@ -11,7 +11,9 @@ it uses when it is made.
     left_keys   keys files left, to delete; asks the inodes which file is at a key
     kept_aside  hidden copies of files deleted while open
     uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
-    dirs        listings; sends every directory it listed on a channel
+    dirs        listings and changes of the tree; sends every directory it listed on a
+                channel
+    renames     of files and directories
     core        every operation; reads that channel (prefetch of small files)
 
 ``build_admin`` makes what the admin socket serves from a core's parts (sync, refresh, status);
@@ -46,6 +48,7 @@ from .objectstore import ObjectStore
 from .objectwriter import ObjectWriter
 from .reader import BlockReader
 from .recovery import recover
+from .renames import Renames
 from .streaming import Streamer
 from .uploader import Uploader
 
@@ -75,9 +78,13 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     dirs = Directories(store, inodes, config.prefix, config.dir_ttl, defaults,
                        config.max_connections, attr_index=attr_index,
                        left_behind=left_keys.left_behind, listed=listed_sent)
+    renames = Renames(config, store, dirs=dirs, uploader=uploader, writer=writer,
+                      file_journal=file_journal, left_keys=left_keys, kept_aside=kept_aside,
+                      attr_index=attr_index)
     return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
                   file_journal=file_journal, writer=writer, streamer=streamer,
                   left_keys=left_keys, kept_aside=kept_aside, uploader=uploader, dirs=dirs,
+                  renames=renames,
                   attr_index=attr_index, listed=listed)
 
 

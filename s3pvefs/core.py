@@ -19,15 +19,16 @@ from .blockcache import BlockCache, CachedFile
 from .journal import Journal
 from .filejournal import FileJournal
 from .config import Config
-from .errors import FsError, FsKind, StoreError, first_fs_error, is_not_found, is_stale
-from .listing import Directories, walk
-from .names import PROXMOX_DIRS, Attributes, check_key_length, is_temporary_name
-from .nodes import ROOT_INODE, InodeTable, Node, now_ns
+from .errors import FsError, FsKind, StoreError, is_not_found, is_stale
+from .listing import Directories
+from .names import PROXMOX_DIRS, Attributes, check_key_length
+from .nodes import ROOT_INODE, InodeTable, Node, now_ns, still_at
 from .objectstore import RemoteObject
 from .keptaside import KeptAside
 from .leftkeys import LeftKeys
 from .objectwriter import MAX_OBJECT_SIZE, ObjectWriter
 from .reader import BlockReader
+from .renames import Renames
 from .store import ObjectStore
 from .streaming import Streamer
 from .uploader import Uploader
@@ -35,7 +36,6 @@ from .uploader import Uploader
 log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
-TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
 # A GET that found the object replaced by this mount's own upload is tried again this often.
 OWN_UPLOADS_WAITED_FOR = 3
 READ_WAITS_FOR_UPLOAD = 300.0  # seconds a read may wait for an upload to complete (see read)
@@ -72,7 +72,7 @@ class FsCore:
                  inodes: InodeTable, reader: BlockReader, journal: Journal,
                  file_journal: FileJournal, writer: ObjectWriter, streamer: Streamer,
                  left_keys: LeftKeys, kept_aside: KeptAside, uploader: Uploader,
-                 dirs: Directories,
+                 dirs: Directories, renames: Renames,
                  attr_index: AttributeIndex, listed: trio.MemoryReceiveChannel[Node]):
         self.config = config
         self.prefix = config.prefix
@@ -88,6 +88,7 @@ class FsCore:
         self.kept_aside = kept_aside  # data of files deleted while open
         self.uploader = uploader
         self.dirs = dirs
+        self.renames = renames
         self.attr_index = attr_index
         self._listed = listed  # directories just listed: their small files are prefetched
         self.handles: dict[int, Handle] = {}
@@ -207,7 +208,7 @@ class FsCore:
         if any(v is not None for v in (mode, uid, gid, mtime_ns)):
             await self._publish_attributes(node)
         elif size is not None:
-            self._after_change(node)
+            self.uploader.after_change(node)
         return node
 
     async def _publish_attributes(self, node: Node) -> None:
@@ -218,26 +219,15 @@ class FsCore:
             return
         node.attributes_changed()
         await self.file_journal.checkpoint(node)
-        self._after_change(node)
+        self.uploader.after_change(node)
 
     def schedule_upload(self, node: Node) -> None:
-        self._after_change(node)
+        self.uploader.after_change(node)
 
     async def make_directory(self, parent: Node, name: str) -> Node:
         """A directory with the configured defaults (used by recovery)."""
         return await self._make_directory(parent, name, self.config.dir_mode, self.config.uid,
                                           self.config.gid)
-
-    def _after_change(self, node: Node) -> None:
-        """Upload a closed file's change in the background; open files upload on release.
-
-        A file with a temporary name is about to be renamed (Proxmox renames right after
-        close, and the kernel may deliver the rename after the release): waiting briefly lets
-        its upload go to the final key once instead of twice.
-        """
-        if node.write_handles == 0 and node.needs_upload:
-            delay = TEMPORARY_NAME_GRACE if is_temporary_name(node.name) else 0.0
-            self.uploader.schedule(node, delay)
 
     async def _truncate(self, node: Node, size: int) -> None:
         if node.is_dir:
@@ -288,7 +278,7 @@ class FsCore:
 
     async def mkdir(self, parent_ino: int, name: str, mode: int, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
-        await self._check_free(parent, name, is_dir=True)
+        await self.dirs.check_free(parent, name, is_dir=True)
         return self.remember(await self._make_directory(parent, name, mode, uid, gid))
 
     async def _make_directory(self, parent: Node, name: str, mode: int, uid: int, gid: int) -> Node:
@@ -305,7 +295,7 @@ class FsCore:
         node.listed_at = trio.current_time()  # new and empty: nothing to list
         self.attr_index.read_none(key)
         await self.attr_index.publish(node, DIRECTORY_ETAG)
-        self._insert(parent, name, node)
+        self.dirs.insert(parent, name, node)
         return node
 
     async def rmdir(self, parent_ino: int, name: str) -> None:
@@ -313,34 +303,10 @@ class FsCore:
         node = await self._child(parent, name)
         if not node.is_dir:
             raise FsError(FsKind.NOT_A_DIRECTORY)
-        leftovers = await self._check_empty(node)
+        leftovers = await self.dirs.check_empty(node)
         await self.store.delete_many(leftovers)  # the marker and any attribute indexes
         await self.attr_index.forget(parent.key(self.prefix), name + "/")
-        self._remove(parent, name, node)
-
-    async def _check_empty(self, directory: Node) -> list[str]:
-        """ENOTEMPTY unless the directory is empty here and on S3 (a listing may be up to
-        dir_ttl old); returns its marker and attribute-index keys."""
-        await self.dirs.ensure_listed(directory)
-        if any(not child.unlinked for child in directory.children.values()):
-            raise FsError(FsKind.NOT_EMPTY)
-        leftovers = await self.dirs.remote_leftovers(directory)
-        if leftovers is None:
-            self.dirs.invalidate(directory)
-            raise FsError(FsKind.NOT_EMPTY)
-        return leftovers
-
-    async def _check_free(self, parent: Node, name: str, is_dir: bool = False) -> None:
-        await self.dirs.ensure_listed(parent)
-        if name in parent.children:
-            raise FsError(FsKind.EXISTS)
-        check_key_length(parent.key(self.prefix) + name + ("/" if is_dir else ""))
-
-    def _insert(self, parent: Node, name: str, node: Node) -> None:
-        parent.children[name] = node
-        parent.mtime_ns = parent.ctime_ns = now_ns()
-        parent.touch()
-        node.touch()
+        self.dirs.remove(parent, name, node)
 
     def new_file(self, parent: Node, name: str, attrs: Attributes) -> Node:
         """A file node for ``name`` in ``parent`` in place of what a listing put there (for
@@ -349,11 +315,6 @@ class FsCore:
         if existing is not None:
             self.dirs.detach(parent, name, existing)
         return self.inodes.new(parent, name, attrs)
-
-    def _remove(self, parent: Node, name: str, node: Node) -> None:
-        parent.remember_removal(name)
-        parent.mtime_ns = parent.ctime_ns = now_ns()
-        self.dirs.detach(parent, name, node)
 
     # -- files ------------------------------------------------------------------------------
 
@@ -418,12 +379,12 @@ class FsCore:
     async def create(self, parent_ino: int, name: str, mode: int, flags: int,
                      uid: int, gid: int) -> tuple[int, Node]:
         parent = self.node(parent_ino)
-        await self._check_free(parent, name)
+        await self.dirs.check_free(parent, name)
         attrs = Attributes(stat.S_IFREG | (mode & 0o7777), uid, gid, now_ns())
         node = self.inodes.new(parent, name, attrs)
         node.meta_loaded = True
         node.data_changed()  # even an empty new file becomes an object
-        self._insert(parent, name, node)
+        self.dirs.insert(parent, name, node)
         handle = self._open_handle(node, flags)
         return handle, self.remember(node)
 
@@ -641,7 +602,7 @@ class FsCore:
             await self.file_journal.checkpoint(node)
         if node.open_count == 0 and node.file.data is not None:
             node.file.data.release_fd()
-        self._after_change(node)
+        self.uploader.after_change(node)
 
     async def fsync(self, fh: int) -> None:
         """Durable in the local cache and journal; with durability = "s3", on S3."""
@@ -662,12 +623,12 @@ class FsCore:
             raise FsError(FsKind.IS_A_DIRECTORY)
         await self._delete_object(node, parent, name)
         await self.attr_index.forget(parent.key(self.prefix), name)
-        self._remove(parent, name, node)
+        self.dirs.remove(parent, name, node)
 
     async def _delete_object(self, node: Node, parent: Node, name: str) -> None:
         """Stop the node's uploads and remove its object (an upload in flight is aborted)."""
         async with self.uploader.held(node):
-            _still_at(node, parent, name)
+            still_at(node, parent, name)
             await self.kept_aside.let_go_of_key(node)
             if node.file.remote_maybe or node.file.base is not None:
                 await self.store.delete(node.key(self.prefix))
@@ -678,7 +639,7 @@ class FsCore:
 
     async def symlink(self, parent_ino: int, name: str, target: str, uid: int, gid: int) -> Node:
         parent = self.node(parent_ino)
-        await self._check_free(parent, name)
+        await self.dirs.check_free(parent, name)
         node = self.inodes.new(parent, name, Attributes(stat.S_IFLNK | 0o777, uid, gid, now_ns()))
         key = node.key(self.prefix)
         body = target.encode("utf-8", "surrogateescape")
@@ -693,177 +654,15 @@ class FsCore:
         node.file.backed_by(RemoteObject(key, etag, len(body)))
         node.meta_loaded = True
         await self.attr_index.publish_uploaded(node, key, etag)
-        self._insert(parent, name, node)
+        self.dirs.insert(parent, name, node)
         return self.remember(node)
 
     # -- rename -----------------------------------------------------------------------------
 
     async def rename(self, old_parent_ino: int, old_name: str, new_parent_ino: int,
                      new_name: str, noreplace: bool = False) -> None:
-        old_parent, new_parent = self.node(old_parent_ino), self.node(new_parent_ino)
-        node = await self._child(old_parent, old_name)
-        await self.dirs.ensure_listed(new_parent)
-        target = new_parent.children.get(new_name)
-        if target is node:
-            return
-        if target is not None:
-            await self._check_replaceable(node, target, noreplace)
-        check_key_length(new_parent.key(self.prefix) + new_name + ("/" if node.is_dir else ""))
-        if node.is_dir:
-            if any(n is node for n in _ancestors(new_parent)):
-                raise FsError(FsKind.INVALID_ARGUMENT, "cannot move a directory into itself")
-            await self._rename_directory(node, new_parent, new_name, target)
-        else:
-            await self._rename_file(node, new_parent, new_name, target)
-
-    async def _check_replaceable(self, node: Node, target: Node, noreplace: bool) -> None:
-        if noreplace:
-            raise FsError(FsKind.EXISTS)
-        if target.is_dir:
-            if not node.is_dir:
-                raise FsError(FsKind.IS_A_DIRECTORY)
-            await self._check_empty(target)
-        elif node.is_dir:
-            raise FsError(FsKind.NOT_A_DIRECTORY)
-
-    def _move(self, node: Node, new_parent: Node, new_name: str, target: Node | None) -> None:
-        old_parent, old_name = node.parent, node.name
-        if target is not None:
-            self._remove(new_parent, new_name, target)
-        old_parent.children.pop(old_name, None)
-        old_parent.remember_removal(old_name)
-        node.parent, node.name = new_parent, new_name
-        self._insert(new_parent, new_name, node)
-
-    async def _rename_file(self, node: Node, new_parent: Node, new_name: str,
-                           target: Node | None) -> None:
-        held = [node] if target is None else [node, target]
-        old_parent, old_name = node.parent, node.name
-        async with self.uploader.held(*held):
-            _still_at(node, old_parent, old_name)
-            if new_parent.children.get(new_name) is not target:
-                raise FsError(FsKind.RACED, "the target changed during the rename")
-            if target is not None:  # replaced: its upload must not land; handles read on
-                await self.kept_aside.let_go_of_key(target)
-            await self._move_file(node, new_parent, new_name, target)
-            if target is not None:
-                await self.file_journal.checkpoint(target)
-            await self.uploader.delete_stale_keys(node)
-        if target is not None:
-            await self.kept_aside.delete_if_closed(target)
-        self._after_change(node)
-
-    async def _move_file(self, node: Node, new_parent: Node, new_name: str,
-                         target: Node | None) -> None:
-        """Copy what S3 holds of the file to the new key (if needed), move the node, and
-        journal the new key; the old object is deleted after that (``stale_keys``), so that
-        a failure or a crash never loses the only copy."""
-        old_key = node.key(self.prefix)
-        old_dir_key, old_name = node.parent.key(self.prefix), node.name
-        had_object = node.file.remote_maybe or node.file.base is not None
-        copied = await self._carry_base(node, new_parent.key(self.prefix) + new_name)
-        target_on_s3 = target is not None and (target.file.remote_maybe
-                                                or target.file.base is not None)
-        self._move(node, new_parent, new_name, target)
-        node.file.moved(object_at_new_key=copied or target_on_s3)
-        node.ctime_ns = now_ns()
-        if had_object:
-            self.left_keys.leave(node, old_key)
-        if target is not None:  # the replaced file's leftovers are ours to delete now
-            self.left_keys.hand_over(target, node)
-        # Durable before the old object is deleted (the journal must know the new key then);
-        # without one, an old record still keeps the data safe.
-        await self.file_journal.checkpoint(node, durable=had_object)
-        await self.attr_index.forget(old_dir_key, old_name)
-        if copied:
-            await self.attr_index.publish_uploaded(node, node.file.base.key, node.file.base.etag)
-
-    async def _carry_base(self, node: Node, new_key: str) -> bool:
-        """Make the file's remote data available at ``new_key``; True if copied there.
-
-        A file whose every byte is in the cache and that must be uploaded anyway needs no copy:
-        its upload goes to the new key. Otherwise the server copies the object.
-        """
-        if node.file.landing is not None:  # an upload cancelled by this rename may have landed
-            await self.uploader.settle_landing(node)
-        if node.file.base is None:
-            return False
-        data = node.file.data
-        if node.file.data_dirty and data is not None and data.fully_local(node.size):
-            node.file.local_only()
-            return False
-        metadata = node.object_metadata()
-        etag = await self.writer.copy_object(node.file.base, new_key, metadata)
-        node.file.copied_with_attributes(RemoteObject(new_key, etag, node.file.base.size))
-        return True
-
-    async def _rename_directory(self, node: Node, new_parent: Node, new_name: str,
-                                target: Node | None) -> None:
-        loaded = [n for n in walk(node) if n is not node]
-        async with self.uploader.held(*loaded):
-            await self._move_tree(node, new_parent, new_name, target, loaded)
-            for descendant in loaded:
-                await self.file_journal.checkpoint(descendant, durable=True)
-        for descendant in loaded:
-            self._after_change(descendant)
-
-    async def _move_tree(self, node: Node, new_parent: Node, new_name: str,
-                         target: Node | None, loaded: list[Node]) -> None:
-        old_prefix = node.key(self.prefix)
-        new_prefix = new_parent.key(self.prefix) + new_name + "/"
-        objects = await self.dirs.list_tree(old_prefix)
-        keep = {new_prefix} if target is not None else set()  # the target's own marker
-        new_etags = await self._copy_tree(objects, old_prefix, new_prefix, keep)
-        if old_prefix not in {obj.key for obj in objects}:
-            await self.store.put(new_prefix, b"", node.object_metadata())
-        await self.store.delete_many([obj.key for obj in objects])
-        old_parent_key, old_name = node.parent.key(self.prefix), node.name
-        self._move(node, new_parent, new_name, target)
-        for descendant in loaded:
-            self._rebase(descendant, old_prefix, new_prefix, new_etags)
-        self.attr_index.moved(old_prefix)  # the index objects moved with the other keys
-        await self.attr_index.forget(old_parent_key, old_name + "/")
-        await self.attr_index.publish(node, DIRECTORY_ETAG)
-
-    async def _copy_tree(self, objects, old_prefix: str, new_prefix: str,
-                         keep: set[str]) -> dict[str, str]:
-        """Server-side copies of every object; new key -> new etag.
-
-        On failure every destination key except those in ``keep`` is deleted again, including
-        copies whose answer never arrived because their task was cancelled.
-        """
-        new_etags: dict[str, str] = {}
-        limiter = trio.CapacityLimiter(self.config.max_connections)
-
-        async def copy_one(obj) -> None:
-            new_key = new_prefix + obj.key[len(old_prefix):]
-            source = RemoteObject(obj.key, obj.etag, obj.size)
-            async with limiter:
-                new_etags[new_key] = await self.writer.copy_object(source, new_key, None)
-
-        try:
-            with first_fs_error():
-                async with trio.open_nursery() as nursery:
-                    for obj in objects:
-                        nursery.start_soon(copy_one, obj)
-        except BaseException:
-            destinations = {new_prefix + obj.key[len(old_prefix):] for obj in objects} - keep
-            with trio.CancelScope(shield=True):
-                try:
-                    await self.store.delete_many(sorted(destinations))
-                except StoreError as exc:
-                    log.warning("could not remove copies after a failed rename: %s", exc)
-            raise
-        return new_etags
-
-    def _rebase(self, node: Node, old_prefix: str, new_prefix: str, new_etags: dict) -> None:
-        if node.file.base is None or not node.file.base.key.startswith(old_prefix):
-            return
-        new_key = new_prefix + node.file.base.key[len(old_prefix):]
-        if new_key in new_etags:
-            node.file.backed_by(RemoteObject(new_key, new_etags[new_key], node.file.base.size))
-        else:  # it was not on S3 when listed; only local data is left
-            node.file.local_only()
+        node = await self._child(self.node(old_parent_ino), old_name)
+        await self.renames.rename(node, self.node(new_parent_ino), new_name, noreplace)
 
     # -- statfs -----------------------------------------------------------------------------
 
@@ -874,17 +673,3 @@ class FsCore:
         used_blocks = min(total - 1, -(-used // STATFS_BLOCK))
         files = len(self.inodes)
         return StatFs(STATFS_BLOCK, total, total - used_blocks, files + 1_000_000, 1_000_000)
-
-
-def _still_at(node: Node, parent: Node, name: str) -> None:
-    """After waiting for a node's lock: it must still be where the operation found it (the
-    kernel serialises operations on one directory; this guards every other caller)."""
-    if node.unlinked or node.parent is not parent or node.name != name:
-        raise FsError(FsKind.NOT_FOUND, f"{name} moved or vanished meanwhile")
-
-
-def _ancestors(node: Node):
-    while node is not None:
-        yield node
-        node = node.parent
-

@@ -17,8 +17,8 @@ import trio
 from .attrindex import AttributeIndex
 from .errors import FsError, FsKind, StoreError
 from .names import (INDEX_PREFIX, KEPT_PREFIX, META_MTIME, Attributes, SkippedKeys,
-                    decode_attributes, listing_name)
-from .nodes import InodeTable, Node, next_change
+                    check_key_length, decode_attributes, listing_name)
+from .nodes import InodeTable, Node, next_change, now_ns
 from .objectstore import RemoteObject
 from .s3options import ARCHIVE_CLASSES
 from .store import ObjectInfo, ObjectStore
@@ -221,6 +221,49 @@ class Directories:
 
     def _holds_local_state(self, node: Node) -> bool:
         return any(n.busy for n in walk(node))
+
+    # -- changes of the tree ----------------------------------------------------------------
+
+    async def check_free(self, parent: Node, name: str, is_dir: bool = False) -> None:
+        """EEXIST if ``name`` is taken in ``parent`` (as listed); the key must fit S3."""
+        await self.ensure_listed(parent)
+        if name in parent.children:
+            raise FsError(FsKind.EXISTS)
+        check_key_length(parent.key(self.prefix) + name + ("/" if is_dir else ""))
+
+    async def check_empty(self, directory: Node) -> list[str]:
+        """ENOTEMPTY unless the directory is empty here and on S3 (a listing may be up to
+        dir_ttl old); returns its marker and attribute-index keys."""
+        await self.ensure_listed(directory)
+        if any(not child.unlinked for child in directory.children.values()):
+            raise FsError(FsKind.NOT_EMPTY)
+        leftovers = await self.remote_leftovers(directory)
+        if leftovers is None:
+            self.invalidate(directory)
+            raise FsError(FsKind.NOT_EMPTY)
+        return leftovers
+
+    @staticmethod
+    def insert(parent: Node, name: str, node: Node) -> None:
+        parent.children[name] = node
+        parent.mtime_ns = parent.ctime_ns = now_ns()
+        parent.touch()
+        node.touch()
+
+    def remove(self, parent: Node, name: str, node: Node) -> None:
+        parent.remember_removal(name)
+        parent.mtime_ns = parent.ctime_ns = now_ns()
+        self.detach(parent, name, node)
+
+    def move(self, node: Node, new_parent: Node, new_name: str, target: Node | None) -> None:
+        """``node`` is at ``new_name`` in ``new_parent`` now, in place of ``target``."""
+        old_parent, old_name = node.parent, node.name
+        if target is not None:
+            self.remove(new_parent, new_name, target)
+        old_parent.children.pop(old_name, None)
+        old_parent.remember_removal(old_name)
+        node.parent, node.name = new_parent, new_name
+        self.insert(new_parent, new_name, node)
 
     def detach(self, directory: Node, name: str, child: Node) -> None:
         """Take a node out of the tree; it lives on while the kernel or a handle holds it."""

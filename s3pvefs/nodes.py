@@ -7,6 +7,7 @@ import stat
 import time
 import trio
 
+from .errors import FsError, FsKind
 from .lifecycle import FileState, State
 from .names import Attributes, encode_attributes
 
@@ -203,3 +204,10 @@ class InodeTable:
 
     def __len__(self) -> int:
         return len(self._nodes)
+
+
+def still_at(node: Node, parent: Node, name: str) -> None:
+    """After waiting for a node's lock: it must still be where the operation found it (the
+    kernel serialises operations on one directory; this guards every other caller)."""
+    if node.unlinked or node.parent is not parent or node.name != name:
+        raise FsError(FsKind.NOT_FOUND, f"{name} moved or vanished meanwhile")

@@ -19,7 +19,7 @@ from .config import Config
 from .errors import FsError, FsKind, RenamePending, StoreError
 from .filejournal import FileJournal
 from .leftkeys import LeftKeys
-from .names import check_key_length
+from .names import check_key_length, is_temporary_name
 from .nodes import InodeTable, Node
 from .objectstore import RemoteObject
 from .objectwriter import ObjectWriter, choose_part_size
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 RETRY_MIN, RETRY_MAX = 1.0, 300.0
 DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for it
 DRAIN_RETRY_MAX = 2.0  # seconds between attempts while a shutdown waits (not minutes)
+TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
 
 
 def retry_delay(failures: int, longest: float) -> float:
@@ -74,6 +75,17 @@ class Uploader:
         else:
             self._not_before.pop(node.ino, None)
         self._wakeup.set()
+
+    def after_change(self, node: Node) -> None:
+        """Upload a closed file's change in the background; open files upload on release.
+
+        A file with a temporary name is about to be renamed (Proxmox renames right after
+        close, and the kernel may deliver the rename after the release): waiting briefly lets
+        its upload go to the final key once instead of twice.
+        """
+        if node.write_handles == 0 and node.needs_upload:
+            delay = TEMPORARY_NAME_GRACE if is_temporary_name(node.name) else 0.0
+            self.schedule(node, delay)
 
     @property
     def idle(self) -> bool:
