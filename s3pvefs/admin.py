@@ -24,7 +24,8 @@ import trio
 from .config import Config, human_size
 from .errors import ConfigError, StoreError
 from .s3options import ARCHIVE_CLASSES, SSE_C, SSE_KMS, SSE_NONE, SSE_S3
-from .store import INTERNAL_NAME_PREFIX, S3Store
+from .s3params import INTERNAL_NAME_PREFIX
+from .store import S3Store
 
 log = logging.getLogger(__name__)
 

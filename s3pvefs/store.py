@@ -1,9 +1,11 @@
-"""The only module that talks to S3: a trio-facing object store over aiobotocore.
+"""The module that sends a mount's S3 requests: a trio-facing object store over aiobotocore.
 
 aiobotocore runs in the asyncio loop of a ``bridge.AsyncioThread``; every request is a small
 coroutine executed there, and only plain values (bytes, str, dicts of str) come back to trio.
-Failures become ``StoreError`` with the S3 error code, which ``errors.py`` classifies (a
-``StoreKind``); only the FUSE boundary turns that into an errno (``errno_map.py``).
+The client comes from ``s3client.py``, the storage class and SSE parameters added to each
+request from ``s3params.py``. Failures become ``StoreError`` with the S3 error code
+(``s3errors.py``), which ``errors.py`` classifies (a ``StoreKind``); only the FUSE boundary
+turns that into an errno (``errno_map.py``).
 """
 
 from __future__ import annotations
@@ -14,27 +16,14 @@ import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import aiohttp
 import trio
-from aiobotocore.config import AioConfig
-from aiobotocore.session import AioSession
-from botocore.credentials import RefreshableCredentials
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import BotoCoreError
 
-from . import logsetup
 from .bridge import AsyncioThread
 from .config import Config
 from .errors import ConfigError, StoreError
-from .names import INDEX_PREFIX
 from .objectstore import (  # noqa: F401 (re-exported: callers import them from here too)
     DELETE_BATCH,  # a global here: tests patch store.DELETE_BATCH
     ListPage,
@@ -47,15 +36,21 @@ from .objectstore import (  # noqa: F401 (re-exported: callers import them from 
 from .objectstore import is_md5 as _is_md5
 from .objectstore import quote_etag as _quote
 from .objectstore import unquote_etag as _unquote
-from .s3options import ARCHIVE_CLASSES, SSE_C, SSE_KMS, SSE_S3, storage_class_for
+from .s3client import CredentialInfo, open_client
+from .s3errors import (
+    REQUEST_FAILURES,
+    TRANSPORT_FAILURES,
+    BodyReadError,
+    to_store_error,
+)
+from .s3options import ARCHIVE_CLASSES, SSE_C
+from .s3params import ObjectOptions
 
 log = logging.getLogger("s3pvefs.store")
 
 T = TypeVar("T")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-# Network and protocol failures (anything else is a bug and propagates as is).
-_TRANSPORT_FAILURES = (BotoCoreError, ClientError, aiohttp.ClientError, OSError)
 
 
 # -- conversions ----------------------------------------------------------------------------
@@ -109,216 +104,6 @@ def _listed_object(entry: dict[str, Any]) -> ObjectInfo:
     )
 
 
-class _BodyReadError(Exception):
-    """Reading a GET body failed after the response headers arrived (botocore won't retry)."""
-
-    def __init__(self, cause: BaseException):
-        super().__init__(str(cause))
-        self.cause = cause
-
-
-# Failures that become StoreError.
-_REQUEST_FAILURES = (*_TRANSPORT_FAILURES, _BodyReadError)
-
-
-def _error_from_client_error(operation: str, exc: ClientError) -> tuple[str | None, str]:
-    error = exc.response.get("Error", {})
-    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    code = error.get("Code") or (str(status) if status else None)
-    if code == "404":  # a HEAD answer has no body, so only the status says what is missing
-        code = "NoSuchBucket" if operation == "HeadBucket" else "NotFound"
-    message = error.get("Message") or str(exc)
-    return code, f"HTTP {status}: {message}" if status else message
-
-
-def to_store_error(operation: str, key: str | None, exc: BaseException) -> StoreError:
-    """Describe a failed request as a StoreError (its code decides the kind)."""
-    if isinstance(exc, ClientError):
-        code, message = _error_from_client_error(operation, exc)
-    elif isinstance(exc, EndpointConnectionError):
-        code, message = "EndpointConnectionError", str(exc)
-    elif isinstance(exc, ConnectTimeoutError):
-        code, message = "ConnectTimeout", str(exc)
-    elif isinstance(exc, ReadTimeoutError):
-        code, message = "ReadTimeout", str(exc)
-    elif isinstance(exc, _BodyReadError):
-        code, message = "IncompleteBody", f"reading the response body failed: {exc.cause}"
-    else:
-        code, message = type(exc).__name__, str(exc) or type(exc).__name__
-    return StoreError(operation, key, code, message)
-
-
-# -- parameters from the configuration -----------------------------------------------------
-
-# Names s3pvefs writes next to the data (attribute indexes, `s3pvefs check` probes): small,
-# rewritten and read often, so they never go to a colder class than the server's default.
-INTERNAL_NAME_PREFIX = ".s3pvefs-"
-assert INDEX_PREFIX.startswith(INTERNAL_NAME_PREFIX)
-
-
-@dataclass(frozen=True)
-class ObjectOptions:
-    """Request parameters the configuration adds, per kind of request.
-
-    SSE-S3 and SSE-KMS are asked for only where an object is created (PutObject,
-    CreateMultipartUpload, CopyObject): S3 rejects them on reads. SSE-C needs the key on every
-    request that touches object data, and the source's key (the same one) on copies.
-    """
-
-    prefix: str = ""
-    default_class: str | None = None
-    class_by_dir: dict[str, str] = field(default_factory=dict)
-    # PutObject, CreateMultipartUpload, CopyObject: SSE-S3, SSE-KMS or SSE-C
-    on_create: dict[str, Any] = field(default_factory=dict, repr=False)
-    # Every other request on object data (GET, HEAD, parts, completion): the SSE-C key
-    sse_c: dict[str, Any] = field(default_factory=dict, repr=False)
-    # CopyObject, UploadPartCopy: the SSE-C key of the source
-    sse_c_source: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @classmethod
-    def from_config(cls, config: Config) -> ObjectOptions:
-        on_create: dict[str, Any] = {}
-        sse_c: dict[str, Any] = {}
-        sse_c_source: dict[str, Any] = {}
-        if config.sse == SSE_S3:
-            on_create = {"ServerSideEncryption": "AES256"}
-        elif config.sse == SSE_KMS:
-            on_create = {"ServerSideEncryption": "aws:kms"}
-            if config.kms_key_id:
-                on_create["SSEKMSKeyId"] = config.kms_key_id
-        elif config.sse == SSE_C:
-            if not config.sse_customer_key:
-                raise ConfigError("SSE-C is configured without a customer key")
-            # botocore adds the key's MD5 and base64-encodes both (handlers.sse_md5), in its
-            # own copy of the parameters: these dicts are reused as they are.
-            customer_key = config.sse_customer_key
-            sse_c = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": customer_key}
-            on_create = dict(sse_c)
-            sse_c_source = {"CopySourceSSECustomerAlgorithm": "AES256",
-                            "CopySourceSSECustomerKey": customer_key}
-        return cls(config.prefix, config.storage_class, dict(config.storage_class_by_dir),
-                   on_create, sse_c, sse_c_source)
-
-    @property
-    def etags_are_md5(self) -> bool:
-        """Whether S3 makes a PUT's or a part's ETag the MD5 of its body (not under SSE-C or
-        SSE-KMS)."""
-        return not self.sse_c and self.on_create.get("ServerSideEncryption") != "aws:kms"
-
-    def storage_class(self, key: str) -> str | None:
-        """The class a new object at `key` gets (None: the server's default)."""
-        name = key.rsplit("/", 1)[-1]
-        if not name or name.startswith(INTERNAL_NAME_PREFIX):
-            return None  # a directory marker or an object of s3pvefs's own
-        relative = key[len(self.prefix):] if key.startswith(self.prefix) else key
-        return storage_class_for(relative, self.default_class, self.class_by_dir)
-
-    def for_create(self, key: str, storage_class: str | None = None) -> dict[str, Any]:
-        chosen = storage_class or self.storage_class(key)
-        return {**self.on_create, **({"StorageClass": chosen} if chosen else {})}
-
-    def configured_classes(self) -> set[str]:
-        return {c for c in (self.default_class, *self.class_by_dir.values()) if c}
-
-
-@dataclass(frozen=True)
-class CredentialInfo:
-    """Where the credentials in use come from (botocore's provider name), never the secret."""
-
-    method: str | None  # "explicit", "env", "shared-credentials-file", "custom-process", ...
-    refreshable: bool  # botocore refreshes them before they expire
-    access_key_hint: str | None  # the key id's first characters, for telling keys apart
-
-
-# -- client setup (runs in the loop thread) -------------------------------------------------
-
-
-def _client_config(config: Config) -> AioConfig:
-    return AioConfig(
-        region_name=config.region,
-        s3={"addressing_style": config.addressing_style},
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        retries={"mode": config.retry_mode, "total_max_attempts": config.max_attempts},
-        max_pool_connections=config.max_connections,
-        # Many S3-compatible servers reject the CRC trailers botocore sends by default.
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-
-
-def _client_kwargs(config: Config) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {
-        "region_name": config.region,
-        "endpoint_url": config.endpoint_url,
-        "config": _client_config(config),
-    }
-    if not config.verify_tls:
-        kwargs["verify"] = False
-    elif config.ca_bundle:
-        kwargs["verify"] = config.ca_bundle
-    if config.access_key_id and config.secret_access_key:
-        kwargs["aws_access_key_id"] = config.access_key_id
-        kwargs["aws_secret_access_key"] = config.secret_access_key
-        kwargs["aws_session_token"] = config.session_token
-    return kwargs
-
-
-def _session(config: Config) -> AioSession:
-    explicit_keys = bool(config.access_key_id and config.secret_access_key)
-    if config.profile and not explicit_keys:
-        return AioSession(profile=config.profile)
-    return AioSession()  # the standard chain: env, shared files, instance metadata, ...
-
-
-def open_s3_client(config: Config, session: AioSession | None = None) -> Any:
-    """An aiobotocore S3 client with the mount's settings (endpoint, region, addressing style,
-    timeouts, retries, connection pool, TLS, checksum mode, credentials), as an async context
-    manager to enter in an asyncio loop.
-
-    Every S3 client s3pvefs makes comes from here: the mount's store, and the direct client
-    that `s3pvefs bench` measures the mount against, so that both talk to S3 alike.
-    ``session`` is the one to ask for the credentials afterwards (default: a new one).
-    """
-    return (session or _session(config)).create_client("s3", **_client_kwargs(config))
-
-
-async def _open_client(config: Config) -> tuple[AsyncExitStack, Any, CredentialInfo]:
-    stack = AsyncExitStack()
-    session = _session(config)
-    # create_client resolves the credentials (chain or explicit) before it returns.
-    client = await stack.enter_async_context(open_s3_client(config, session))
-    try:
-        credentials = await _credentials_in_use(session, config)
-    except BaseException:
-        await stack.aclose()
-        raise
-    return stack, client, credentials
-
-
-async def _credentials_in_use(session: AioSession, config: Config) -> CredentialInfo:
-    """Describe the client's credentials and mask their secrets in every log from now on."""
-    if config.access_key_id and config.secret_access_key:
-        return CredentialInfo("explicit", False, _key_hint(config.access_key_id))
-    credentials = await session.get_credentials()  # the object the client signs with
-    if credentials is None:
-        return CredentialInfo(None, False, None)
-    frozen = await credentials.get_frozen_credentials()
-    for secret in (frozen.secret_key, frozen.token):
-        if secret:
-            logsetup.add_secret(secret)
-    return CredentialInfo(
-        credentials.method, isinstance(credentials, RefreshableCredentials),
-        _key_hint(frozen.access_key),
-    )
-
-
-def _key_hint(access_key: str | None) -> str | None:
-    if not access_key:
-        return None
-    return access_key[:4] + "***" if len(access_key) > 8 else "***"
-
-
 # -- the store ------------------------------------------------------------------------------
 
 
@@ -359,7 +144,7 @@ class S3Store:
             self.stats.requests[operation] += 1
             try:
                 return await self._bridge.run(fn, *args)
-            except _REQUEST_FAILURES as exc:
+            except REQUEST_FAILURES as exc:
                 error = to_store_error(operation, key, exc)
                 quiet = (quiet_not_found and error.not_found) or error.code in quiet_codes
                 self._record_failure(error, quiet)
@@ -497,8 +282,8 @@ class S3Store:
         async with response["Body"] as body:
             try:
                 return await body.read()  # type: ignore[no-any-return]
-            except _TRANSPORT_FAILURES as exc:
-                raise _BodyReadError(exc) from exc
+            except TRANSPORT_FAILURES as exc:
+                raise BodyReadError(exc) from exc
 
     async def put(
         self, key: str, data: bytes, metadata: dict[str, str], *,
@@ -721,7 +506,7 @@ async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
     bridge = AsyncioThread()
     await trio.to_thread.run_sync(bridge.start)
     try:
-        client_stack, client, credentials = await bridge.run(_open_client, config)
+        client_stack, client, credentials = await bridge.run(open_client, config)
     except BaseException as exc:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(bridge.stop)

@@ -16,6 +16,7 @@ from s3pvefs.bridge import AsyncioThread, LoopStoppedError
 from s3pvefs.config import MiB, Config
 from s3pvefs.errors import StoreError, StoreKind
 from s3pvefs.faults import FaultInjectingStore, store_error
+from s3pvefs.s3errors import BodyReadError
 from s3pvefs.store import S3Store, multipart_etag, open_s3_store
 
 PART = 5 * MiB  # S3's (and moto's) minimum size of a part that is not the last
@@ -111,7 +112,7 @@ async def test_get_retries_a_body_cut_off_mid_stream(
     async def cut_off_once(params: dict) -> bytes:
         attempts.append(1)
         if len(attempts) == 1:
-            raise store_module._BodyReadError(ConnectionResetError("reset by peer"))
+            raise BodyReadError(ConnectionResetError("reset by peer"))
         return await real_get_in_loop(params)
 
     monkeypatch.setattr(store, "_get_in_loop", cut_off_once)

@@ -1,5 +1,5 @@
 """The baseline: a direct S3 client with the mount's own client settings
-(`store.open_s3_client`), counting its requests and bytes as the mount counts its own."""
+(`s3client.open_s3_client`), counting its requests and bytes as the mount counts its own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..store import open_s3_client
+from ..s3client import open_s3_client
 from .measure import KiB
 
 if TYPE_CHECKING:
