@@ -21,7 +21,8 @@ from typing import Any
 
 import trio
 
-from .config import Config, human_size
+from .config import Config
+from .configvalues import human_size
 from .errors import ConfigError, StoreError
 from .s3options import ARCHIVE_CLASSES, SSE_C, SSE_KMS, SSE_NONE, SSE_S3
 from .s3params import INTERNAL_NAME_PREFIX

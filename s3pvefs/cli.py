@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 from . import __version__
 from .bench import add_parser as add_bench_parser
-from .config import human_size
+from .configvalues import human_size
 from .errors import ConfigError, print_error
 
 log = logging.getLogger("s3pvefs.cli")
@@ -282,7 +282,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     import shutil
 
     from . import preflight
-    from .config import Config, load_config
+    from .config import Config
+    from .configfile import load_config
     from .logsetup import setup_logging
 
     try:
@@ -503,7 +504,7 @@ EXIT_S3_ERROR = 1
 def _admin_config(args: argparse.Namespace) -> Any:
     """The validated configuration of check/info/lifecycle with logging set up; or an exit
     status after printing why there is none."""
-    from .config import load_config
+    from .configfile import load_config
     from .logsetup import setup_logging
 
     try:

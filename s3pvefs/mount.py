@@ -23,7 +23,8 @@ import trio
 
 from .assembly import build_admin, build_filesystem, recover_journal
 from .blockcache import BlockCache
-from .config import Config, human_size
+from .config import Config
+from .configvalues import human_size
 from .control import serve_control
 from .core import FsCore
 from .errors import ConfigError, S3PveFsError, StoreError, StoreKind

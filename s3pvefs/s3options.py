@@ -1,7 +1,7 @@
 """Storage class and server-side encryption settings: spellings, validation, the SSE-C key file.
 
-Kept apart from config.py so that the vocabulary of S3 options lives in one place; config.py
-calls `validate_object_options` and the store calls `storage_class_for`.
+Kept apart from config.py so that the vocabulary of S3 options lives in one place; configcheck.py
+calls `validate_object_options` and s3params.py calls `storage_class_for`.
 """
 
 from __future__ import annotations

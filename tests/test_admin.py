@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from s3pvefs import admin
-from s3pvefs.config import MiB, Config
+from s3pvefs.config import Config
+from s3pvefs.configcheck import validate_config
+from s3pvefs.configvalues import MiB
 from s3pvefs.errors import ConfigError, StoreError
 from s3pvefs.store import S3Store, open_s3_store
 from mounting import run_cli
@@ -31,7 +33,7 @@ def all_keys(s3_client, bucket: str) -> list[str]:
 
 def validated(config: Config, **changes) -> Config:
     config = dataclasses.replace(config, **changes)
-    config.validate()
+    validate_config(config)
     return config
 
 

@@ -1,4 +1,5 @@
-"""Unit tests of s3pvefs.config: TOML + flags, conversions, validation messages."""
+"""Unit tests of the configuration (config, configfile, configcheck, configvalues): TOML + flags,
+conversions, validation messages."""
 
 from __future__ import annotations
 
@@ -9,17 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from s3pvefs.config import (
-    GiB,
-    KiB,
-    MiB,
-    PiB,
-    TiB,
-    Config,
-    load_config,
-    parse_mode,
-    parse_size,
-)
+from s3pvefs.config import Config
+from s3pvefs.configfile import load_config
+from s3pvefs.configvalues import GiB, KiB, MiB, PiB, TiB, parse_mode, parse_size
 from s3pvefs.errors import ConfigError
 from s3pvefs.logsetup import setup_logging
 

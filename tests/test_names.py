@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from s3pvefs.config import GiB, MiB, TiB
+from s3pvefs.configvalues import GiB, MiB, TiB
 from s3pvefs.errors import FsError, FsKind
 from s3pvefs.names import (
     KEY_MAX,

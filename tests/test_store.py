@@ -13,7 +13,9 @@ import trio
 
 from s3pvefs import store as store_module
 from s3pvefs.bridge import AsyncioThread, LoopStoppedError
-from s3pvefs.config import MiB, Config
+from s3pvefs.config import Config
+from s3pvefs.configcheck import validate_config
+from s3pvefs.configvalues import MiB
 from s3pvefs.errors import StoreError, StoreKind
 from s3pvefs.faults import FaultInjectingStore, store_error
 from s3pvefs.s3errors import BodyReadError
@@ -559,7 +561,7 @@ def options_config(store_config: Config):
     """A validated copy of the store configuration with some settings changed."""
     def make(**changes) -> Config:
         config = dataclasses.replace(store_config, **changes)
-        config.validate()
+        validate_config(config)
         return config
     return make
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import human_size, load_config, parse_size
+from ..configfile import load_config
+from ..configvalues import human_size, parse_size
 from ..embedded import LOCAL_KEY, start_local_s3
 from ..errors import ConfigError, print_error
 from ..mountproc import MountProcessError, child_env

@@ -11,7 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..config import human_size
+from ..configvalues import human_size
 from ..preflight import mount_points
 from .measure import GiB, KiB
 

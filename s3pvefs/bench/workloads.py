@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import human_size
+from ..configvalues import human_size
 from .measure import (
     GiB, KiB, MiB, BenchError, Progress, dd, delta, requests_of, run_dd, say, total_requests,
     transfer_timeout,
