@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import trio
 
 from .attrindex import DIRECTORY_ETAG, AttributeIndex
-from .blockcache import BlockCache, CachedFile
+from .blockcache import BlockCache
+from .cachefile import CachedFile
 from .journal import Journal
 from .filejournal import FileJournal
 from .config import Config

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import trio
 
-from .blockcache import CachedFile
+from .cachefile import CachedFile
 from .errors import FsError, StoreError
 from .journal import JournalRecord
 from .objectstore import RemoteObject

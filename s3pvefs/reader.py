@@ -11,7 +11,7 @@ import logging
 
 import trio
 
-from .blockcache import CachedFile
+from .cachefile import CachedFile
 from .config import MiB
 from .errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
 from .objectstore import RemoteObject

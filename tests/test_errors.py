@@ -200,7 +200,7 @@ async def test_a_store_error_leaves_a_nursery_as_itself() -> None:
 # Where the package may still name an errno constant outside errno_map.py, and why.
 ALLOWED = {
     ("blockcache.py", "ENOSPC"): "the cache disk full, raised as the OSError a full disk gives",
-    ("blockcache.py", "ESTALE"): "an OSError for a cache file thrown away under a worker thread",
+    ("cachefile.py", "ESTALE"): "an OSError for a cache file thrown away under a worker thread",
     ("fuse_adapter.py", "ENOENT"): "the boundary: a lookup answered ENOENT becomes a negative "
                                    "entry; an invalidation of what the kernel dropped fails so",
     ("preflight.py", "ENOTCONN"): "os.stat of a stale FUSE mountpoint, before mounting",

@@ -27,7 +27,7 @@ import pytest
 import trio
 
 import s3pvefs
-from s3pvefs import blockcache
+from s3pvefs import cachefile
 from s3pvefs.assembly import recover_journal
 from s3pvefs.control import serve_control
 from corekit import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
@@ -43,7 +43,7 @@ WATCHED = [
     (builtins, ("open",)),
     (io, ("open",)),
     (fcntl, ("flock",)),
-    (blockcache, ("punch_hole",)),
+    (cachefile, ("punch_hole",)),
 ]
 # Modules that only pass a call on (Path.exists calls os.stat): the caller that counts is the
 # first frame outside them. Other standard modules (logging formatting a traceback reads
