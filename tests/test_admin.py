@@ -406,9 +406,9 @@ def test_lifecycle_command(moto_server, bucket, s3_client) -> None:
 
 
 def test_cli_and_admin_agree_on_the_abort_default() -> None:
-    from s3pvefs import cli
+    from s3pvefs import cliadmin
 
-    assert cli.DEFAULT_ABORT_DAYS == admin.DEFAULT_ABORT_DAYS
+    assert cliadmin.DEFAULT_ABORT_DAYS == admin.DEFAULT_ABORT_DAYS
 
 
 # ---- secrets stay out of output, logs and process titles ---------------------------------------

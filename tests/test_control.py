@@ -394,7 +394,7 @@ def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, buc
 
 
 def test_status_text_adds_up():
-    from s3pvefs.cli import _format_status
+    from s3pvefs.clicontrol import format_status
 
     status = {
         "dirty_files": 3, "dirty_bytes": 3 * MiB, "uploaded_bytes": 22 * MiB,
@@ -411,7 +411,7 @@ def test_status_text_adds_up():
                    "waiting": "open for writing"}],
         "errors": [],
     }
-    text = _format_status(Path("/mnt/pve/s3"), status)
+    text = format_status(Path("/mnt/pve/s3"), status)
     assert text.splitlines() == [
         "/mnt/pve/s3",
         "  not on S3 yet:  3 file(s), 3.0 MiB dirty in the cache, 22.0 MiB uploaded in parts "
