@@ -192,6 +192,9 @@ class RecordingNotifier(Notifier):
 
 
 class FakeCore:
+    """What the reporter reads of the core (store, cache, dirty_nodes) and of its admin
+    (status)."""
+
     def __init__(self) -> None:
         self.files = 2
         self.errors: list[dict] = []
@@ -208,7 +211,7 @@ class FakeCore:
 
 def test_status_text_and_timeout_extension_follow_the_drain():
     notifier, core = RecordingNotifier(), FakeCore()
-    reporter = mount_module._Reporter(notifier, core, "s3://b/p/ on /mnt/pve/x")
+    reporter = mount_module._Reporter(notifier, core, core, "s3://b/p/ on /mnt/pve/x")  # core, admin
     assert reporter.text() == ("Mounted s3://b/p/ on /mnt/pve/x: 2 file(s), 40.0 MiB not on S3 "
                                "yet, 1 uploading")
     core.errors = [{"path": "dump/a", "error": "AccessDenied"}]
