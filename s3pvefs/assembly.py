@@ -2,7 +2,7 @@
 it uses when it is made.
 
     inodes      the tree, from its root
-    reader      block GETs
+    reader      block GETs (the writer reads ranges of objects through it too)
     attr_index  the attribute index objects
     journal     the cache directory's journal, and the file journal that keeps each file's
                 record in step with its lifecycle (checkpoints)
@@ -11,6 +11,8 @@ it uses when it is made.
     left_keys   keys files left, to delete; asks the inodes which file is at a key
     kept_aside  hidden copies of files deleted while open
     uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
+    reads       the read path over the reader, with each handle's readahead; asks the
+                uploader whether a changed object is its own upload (prefetch.OwnUploads)
     dirs        listings and changes of the tree; sends every directory it listed on a
                 channel
     renames     of files and directories
@@ -22,7 +24,7 @@ the mount builds it, with the kernel's caches that `refresh` tells what it dropp
 Nothing is set on an object after it is made. Where a lower layer tells a higher one
 something, it does so through a channel (cache pressure, listed directories) or through a
 typed protocol that the higher one fulfils (recovery.Tree,
-liveadmin.KernelCache, control.Admin).
+liveadmin.KernelCache, control.Admin, prefetch.OwnUploads).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from .names import Attributes
 from .nodes import InodeTable, Node, now_ns
 from .objectstore import ObjectStore
 from .objectwriter import ObjectWriter
+from .prefetch import Reads
 from .reader import BlockReader
 from .recovery import recover
 from .renames import Renames
@@ -74,6 +77,7 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     uploader = Uploader(writer, streamer, reader, config, file_journal=file_journal,
                         inodes=inodes, left_keys=left_keys, attr_index=attr_index,
                         pressure=cache.pressure)
+    reads = Reads(reader, uploader, config.readahead_max)
     listed_sent, listed = trio.open_memory_channel[Node](LISTED_BACKLOG)
     dirs = Directories(store, inodes, config.prefix, config.dir_ttl, defaults,
                        config.max_connections, attr_index=attr_index,
@@ -81,11 +85,10 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     renames = Renames(config, store, dirs=dirs, uploader=uploader, writer=writer,
                       file_journal=file_journal, left_keys=left_keys, kept_aside=kept_aside,
                       attr_index=attr_index)
-    return FsCore(config, store, cache, inodes=inodes, reader=reader, journal=journal,
-                  file_journal=file_journal, writer=writer, streamer=streamer,
+    return FsCore(config, store, cache, inodes=inodes, reader=reader, reads=reads,
+                  journal=journal, file_journal=file_journal, writer=writer, streamer=streamer,
                   left_keys=left_keys, kept_aside=kept_aside, uploader=uploader, dirs=dirs,
-                  renames=renames,
-                  attr_index=attr_index, listed=listed)
+                  renames=renames, attr_index=attr_index, listed=listed)
 
 
 def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None) -> LiveAdmin:

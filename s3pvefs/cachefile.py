@@ -327,8 +327,12 @@ class CachedFile:
         for offset, data in writes:
             self._pwrite(offset, data)
 
-    async def read(self, offset: int, length: int) -> bytes:
+    def used(self) -> None:
+        """A read was answered from it (or from a fetched payload on its way into it)."""
         self.last_used = time.monotonic()
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.used()
         return await self._io(self._pread, offset, length)
 
     async def truncate(self, old_size: int, new_size: int) -> None:

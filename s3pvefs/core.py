@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import trio
 
@@ -20,7 +20,7 @@ from .cachefile import CachedFile
 from .journal import Journal
 from .filejournal import FileJournal
 from .config import Config
-from .errors import FsError, FsKind, StoreError, is_not_found, is_stale
+from .errors import FsError, FsKind, StoreError, is_not_found
 from .listing import Directories
 from .names import PROXMOX_DIRS, Attributes, check_key_length
 from .nodes import ROOT_INODE, InodeTable, Node, now_ns, still_at
@@ -28,6 +28,7 @@ from .objectstore import RemoteObject
 from .keptaside import KeptAside
 from .leftkeys import LeftKeys
 from .objectwriter import MAX_OBJECT_SIZE, ObjectWriter
+from .prefetch import Prefetcher, Reads
 from .reader import BlockReader
 from .renames import Renames
 from .store import ObjectStore
@@ -37,8 +38,6 @@ from .uploader import Uploader
 log = logging.getLogger(__name__)
 
 STATFS_BLOCK = 4096
-# A GET that found the object replaced by this mount's own upload is tried again this often.
-OWN_UPLOADS_WAITED_FOR = 3
 READ_WAITS_FOR_UPLOAD = 300.0  # seconds a read may wait for an upload to complete (see read)
 # Small files fetched when their directory is listed: backup notes, logs, guest configs.
 PREFETCH_SUFFIXES = (".notes", ".log", ".conf", ".fw", ".cfg")
@@ -48,12 +47,7 @@ PREFETCH_SUFFIXES = (".notes", ".log", ".conf", ".fw", ".cfg")
 class Handle:
     node: Node
     writable: bool
-    # Readahead: where a sequential reader is expected next, and how far ahead to fetch.
-    next_offset: int = 0
-    sequential_bytes: int = 0
-    window: int = 0
-    requested_end: int = 0  # readahead asked for everything before this offset
-    readahead: set = field(default_factory=set)  # cancel scopes of its prefetches
+    prefetcher: Prefetcher  # its reads and their readahead (prefetch.py)
 
 
 @dataclass
@@ -70,7 +64,7 @@ class FsCore:
     """Built by assembly.build_filesystem, which hands it its collaborators."""
 
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
-                 inodes: InodeTable, reader: BlockReader, journal: Journal,
+                 inodes: InodeTable, reader: BlockReader, reads: Reads, journal: Journal,
                  file_journal: FileJournal, writer: ObjectWriter, streamer: Streamer,
                  left_keys: LeftKeys, kept_aside: KeptAside, uploader: Uploader,
                  dirs: Directories, renames: Renames,
@@ -81,6 +75,7 @@ class FsCore:
         self.cache = cache
         self.inodes = inodes
         self.reader = reader
+        self.reads = reads
         self.journal = journal
         self.file_journal = file_journal
         self.writer = writer
@@ -368,7 +363,7 @@ class FsCore:
         data.keep_fd()
         handle = self._next_handle
         self._next_handle += 1
-        self.handles[handle] = Handle(node, writable)
+        self.handles[handle] = Handle(node, writable, self.reads.prefetcher(node))
         return handle
 
     def handle(self, fh: int) -> Handle:
@@ -416,11 +411,7 @@ class FsCore:
         data = self._data(node)
         if any(data.unreadable(b) for b in data.blocks(offset, length)):
             await self._complete_for_read(node, data, offset, length)
-        with data.in_use(offset, length):
-            if node.file.base is not None:
-                await self._fetch(node, data, data.blocks(offset, length))
-                self._read_ahead(handle, data, offset, length)
-            return await data.read(offset, length)
+        return await handle.prefetcher.read(data, offset, length)
 
     async def _complete_for_read(self, node: Node, data: CachedFile, offset: int,
                                  length: int) -> None:
@@ -457,61 +448,6 @@ class FsCore:
                 data.unreadable(b) for b in data.blocks(offset, length)):
             raise unreadable
 
-    async def _fetch(self, node: Node, data: CachedFile, blocks) -> None:
-        """Cache those of ``blocks`` that must come from the file's object.
-
-        The GETs ask for the object's ETag. When this mount's own upload replaces the object
-        meanwhile, they fail although nothing changed that the cache does not hold (blocks
-        not cached are not dirty, so both versions agree there): wait for that upload and
-        read from the new object. A change by anyone else is ESTALE. Likewise a GET that an
-        unlink of the open file overtook (it moved the object aside) reads from there.
-        """
-        for _ in range(OWN_UPLOADS_WAITED_FOR):
-            base = node.file.base
-            if base is None:
-                return  # no object behind the file any more: every byte is local
-            try:
-                await self.reader.ensure_cached(
-                    data, base, [b for b in blocks if data.needs_fetch(b)])
-                return
-            except (FsError, StoreError) as exc:
-                if not (is_stale(exc) or is_not_found(exc)):
-                    raise
-                await self.uploader.settled(node)
-                if node.file.base is base:
-                    if is_not_found(exc):
-                        raise
-                    log.error("%s changed on S3 while its blocks were cached here; refusing "
-                              "to mix versions: the new one is read once the directory "
-                              "listing is refreshed (after dir_ttl)", base.key)
-                    raise
-        raise FsError(FsKind.STALE, f"{node.path()}: its object kept changing during a read")
-
-    def _read_ahead(self, handle: Handle, data: CachedFile, offset: int, length: int) -> None:
-        """Adaptive readahead: none for random reads, and none until a sequential reader has
-        read two whole blocks; then a window that doubles with every read up to
-        ``readahead_max``. Two, not one: "show configuration" needs a backup's first 128 KiB,
-        but zstd reads ahead in its own buffers (up to ~1.4 MiB under load), and readahead
-        started by that would fetch a whole stretch of a backup nobody restores."""
-        if offset == handle.next_offset:
-            handle.sequential_bytes += length
-        else:
-            handle.sequential_bytes = handle.window = handle.requested_end = 0
-        handle.next_offset = offset + length
-        if handle.sequential_bytes < 2 * data.block_size:
-            return
-        handle.window = min(self.config.readahead_max, max(2 * data.block_size, handle.window * 2))
-        # Ask for more only when what was asked for runs low, and then for a large stretch:
-        # a window that slid one block per read would make one small GET per block.
-        position = offset + length
-        stretch = self.reader.max_range  # whole aligned stretches: one GET each
-        target = -(-(position + handle.window) // stretch) * stretch
-        start = max(handle.requested_end, position)
-        if target - start >= min(self.reader.max_range, handle.window // 2):
-            self.reader.prefetch(data, handle.node.file.base, start, target - start,
-                                 handle.readahead)
-            handle.requested_end = target
-
     async def write(self, fh: int, offset: int, buf: bytes) -> int:
         handle = self.handle(fh)
         if not handle.writable:
@@ -542,7 +478,7 @@ class FsCore:
             self.streamer.before_write(node, offset, len(buf))
             edges = self._partly_written_blocks(data, offset, len(buf))
             if edges:
-                await self._fetch(node, data, edges)
+                await self.reads.make_cached(node, data, edges)
             async with data.write_lock:
                 await data.write(offset, buf)
                 node.size = max(node.size, offset + len(buf))
@@ -585,8 +521,7 @@ class FsCore:
         handle = self.handles.pop(fh, None)
         if handle is None:
             return
-        for scope in list(handle.readahead):  # a killed reader's readahead stops with it
-            scope.cancel()
+        handle.prefetcher.close()  # a killed reader's readahead stops with it
         node = handle.node
         node.open_count -= 1
         if handle.writable:

@@ -321,7 +321,9 @@ async def test_cache_evicts_closed_clean_files(make_core, store, s3) -> None:
     core = await make_core(cache_size=4 * BLOCK)
     ino_a, ino_b = await inode(core, "images/a.raw"), await inode(core, "images/b.raw")
     assert await read_file(core, ino_a) == a  # open: kept although over the limit
+    await settle()  # fetched blocks are written to the cache file in the background
     assert await read_file(core, ino_b) == b  # a is closed and clean: evicted
+    await settle()
     assert not core.node(ino_a).file.data.cached
     counts = Counts(store)
     assert await read_file(core, ino_a) == a
