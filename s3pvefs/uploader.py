@@ -245,24 +245,37 @@ class Uploader:
     async def complete_stream_early(self, node: Node) -> None:
         """Make a streaming file's evicted parts readable again before a write lands in one:
         complete the multipart upload with the parts done so far, and let that object back
-        the file from now on (the file stays dirty; its next upload is a whole one). Only for
-        a stream at the file's own key: an archive streamed to the name vzdump will rename
-        it to must never appear there half-written. Once renamed there, it may (its writer
-        closed it, and the kernel's RELEASE may still be on its way)."""
+        the file from now on (the file stays dirty; its next upload is a whole one). Not for
+        an archive streamed to the name vzdump will rename it to: it must never appear there
+        half-written. Once renamed there, it may (its writer closed it, and the kernel's
+        RELEASE may still be on its way). A file renamed elsewhere while it streamed is
+        completed where it streamed, as a key it left (hidden, deleted after its upload)."""
         async with node.file.sync_lock:
             stream = node.file.stream
             if stream is None:
                 return
-            key = node.key(self.prefix)
-            if stream.key != key:  # streamed to a name it has not been renamed to (yet)
-                raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded and left "
-                                          "the cache; they can be read back once it is renamed "
-                                          f"to {stream.key}, where its upload goes")
+            if stream.key != node.key(self.prefix):
+                await self._leave_stream_key(node, stream)
             log.info("%s: written or read behind its streaming upload; completing the parts "
                      "uploaded so far so that evicted ones can be read back", node.path())
             await self.streamer.complete_prefix(node)  # node.file.base is that object now
             # a restart reads them from there too
             await self.file_journal.checkpoint(node, durable=True)
+
+    async def _leave_stream_key(self, node: Node, stream) -> None:
+        """The file streamed to a key it does not have: refused while it waits for the
+        predicted rename there, or when another file has that key now; otherwise the key is
+        left (journaled before the object appears: listings and a restart skip it)."""
+        if stream.predicted and node.name == stream.origin_name:
+            raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded and left the "
+                                      f"cache; they can be read back once it is renamed to "
+                                      f"{stream.key}, where its upload goes")
+        if self.left_keys.owner(stream.key) not in (None, node):
+            raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded to "
+                                      f"{stream.key} and left the cache, and another file is "
+                                      "there now: they cannot be read back")
+        self.left_keys.leave(node, stream.key)
+        await self.file_journal.checkpoint(node, durable=True)
 
     async def _upload(self, node: Node) -> None:
         if node.file.landing is not None:  # the last attempt's answer was lost: did it land?

@@ -1967,3 +1967,27 @@ async def test_readahead_starts_only_after_two_blocks_read_in_sequence(make_core
     with trio.fail_after(TIMEOUT):
         await settled(lambda: counts.received > 2 * BLOCK)
     await core.release(fh)
+
+
+async def test_a_write_behind_the_stream_of_a_file_renamed_away_completes_it_where_it_streamed(
+        make_core, s3) -> None:
+    """A file streamed at its own name, renamed (to a name nobody predicted) while parts of it
+    had left the cache, then written behind its stream: the write used to fail with EIO
+    ("once it is renamed to ..."; the model-based tier, example 9). The parts are completed
+    where they streamed, that key is left, and the final upload lands at the new name only."""
+    core = await make_core(cache_size=2 * PART)
+    data = bytearray(payload(6 * PART, seed=24))
+    fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", bytes(data))
+    images = node.parent
+    await core.rename(images.ino, "vm-100-disk-0.raw", images.ino, "vm-100-disk-1.raw")
+    patch = payload(3 * BLOCK, seed=25)
+    offset = PART + BLOCK // 2  # inside the evicted part 2
+    assert await core.write(fh, offset, patch) == len(patch)
+    data[offset:offset + len(patch)] = patch
+    assert node.file.stream is None and node.file.base is not None
+    await core.release(fh)
+    await drain(core)
+    assert s3.keys(f"{PREFIX}images/100/") == [f"{PREFIX}images/100/",
+                                               f"{PREFIX}images/100/vm-100-disk-1.raw"]
+    assert s3.body(f"{PREFIX}images/100/vm-100-disk-1.raw") == bytes(data)
+    assert s3.uploads() == []
