@@ -2,6 +2,6 @@
 
 import sys
 
-from s3pvefs.cli import main
+from s3pvefs.cli.main import main
 
 sys.exit(main())

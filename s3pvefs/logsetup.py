@@ -23,8 +23,8 @@ import re
 import sys
 from pathlib import Path
 
-from .config import Config
-from .errors import ConfigError
+from s3pvefs.config.settings import Config
+from s3pvefs.errors import ConfigError
 
 # Libraries that log every request (botocore logs whole request bodies at DEBUG).
 _NOISY = ("botocore", "aiobotocore", "urllib3", "aiohttp", "s3transfer", "boto3")

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 
 from cachetools import LRUCache
 
-from .errors import FsError, FsKind
+from s3pvefs.errors import FsError, FsKind
 
 log = logging.getLogger(__name__)
 

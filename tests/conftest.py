@@ -49,11 +49,11 @@ import pytest
 # Until the package is installed or pytest's `pythonpath` is set, import it from the checkout.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from s3pvefs.config import Config
-from s3pvefs.embedded import LocalS3, free_port
-from s3pvefs.memstore import MemoryStore
-from s3pvefs.objectstore import ObjectStore
-from s3pvefs.store import S3Store, open_s3_store
+from s3pvefs.config.settings import Config
+from s3pvefs.service.embedded import LocalS3, free_port
+from s3pvefs.store.memstore import MemoryStore
+from s3pvefs.store.objectstore import ObjectStore
+from s3pvefs.store.s3store import S3Store, open_s3_store
 
 REGION = "us-east-1"
 RGW_ENABLED = os.environ.get("S3PVEFS_TEST_RGW", "1") != "0"

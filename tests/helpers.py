@@ -13,7 +13,7 @@ import pytest
 import trio
 import trio.testing
 
-from s3pvefs.memstore import StoredObject
+from s3pvefs.store.memstore import StoredObject
 
 needs_fuse = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="needs /dev/fuse")
 

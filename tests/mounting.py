@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from s3pvefs.mountproc import MountProcess, child_env
+from s3pvefs.service.mountproc import MountProcess, child_env
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 60.0
@@ -25,7 +25,7 @@ def run_cli(*args: str | Path, env: dict[str, str] | None = None, cwd: Path | No
 
 
 class Mount(MountProcess):
-    """One s3pvefs process serving one mountpoint (s3pvefs.mountproc starts and stops it),
+    """One s3pvefs process serving one mountpoint (s3pvefs.service.mountproc starts and stops it),
     with what a test does to it as an admin would."""
 
     def __init__(self, path: Path, args: list[str], log_path: Path, env: dict[str, str]):

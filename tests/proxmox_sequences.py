@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import keys
 
 MiB = 1024 * 1024

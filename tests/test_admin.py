@@ -10,15 +10,15 @@ import os
 from pathlib import Path
 
 import pytest
-
-from s3pvefs import admin
-from s3pvefs.config import Config
-from s3pvefs.configcheck import validate_config
-from s3pvefs.configvalues import MiB
-from s3pvefs.errors import ConfigError, StoreError
-from s3pvefs.store import S3Store, open_s3_store
-from mounting import run_cli
 from helpers import needs_fuse, open_uploads
+from mounting import run_cli
+
+from s3pvefs.config.check import validate_config
+from s3pvefs.config.settings import Config
+from s3pvefs.config.values import MiB
+from s3pvefs.errors import ConfigError, StoreError
+from s3pvefs.service import admin
+from s3pvefs.store.s3store import S3Store, open_s3_store
 
 
 def s3_args(moto_server, bucket: str, prefix: str = "pve/") -> list[str]:
@@ -406,7 +406,7 @@ def test_lifecycle_command(moto_server, bucket, s3_client) -> None:
 
 
 def test_cli_and_admin_agree_on_the_abort_default() -> None:
-    from s3pvefs import cliadmin
+    from s3pvefs.cli import admin as cliadmin
 
     assert cliadmin.DEFAULT_ABORT_DAYS == admin.DEFAULT_ABORT_DAYS
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from s3pvefs.blockcache import BlockCache
-from s3pvefs.cachefile import PAGE, block_charge
+from s3pvefs.state.blockcache import BlockCache
+from s3pvefs.state.cachefile import PAGE, block_charge
 
 KiB = 1024
 BLOCK = 64 * KiB

@@ -9,10 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from s3pvefs import preflight
-from s3pvefs.errors import ConfigError
 from mounting import run_cli
+
+from s3pvefs.errors import ConfigError
+from s3pvefs.service import preflight
 
 
 def mounted(path: Path) -> bool:
@@ -168,7 +168,7 @@ def test_check_fuse_here():
 def test_embedded_without_moto_says_what_to_install(monkeypatch, tmp_path):
     import importlib.util
 
-    from s3pvefs import embedded
+    from s3pvefs.service import embedded
 
     real = importlib.util.find_spec
     monkeypatch.setattr(embedded.importlib.util, "find_spec",
@@ -181,8 +181,8 @@ def test_embedded_local_s3_starts_configures_and_stops(tmp_path):
     pytest.importorskip("moto")
     import urllib.request
 
-    from s3pvefs.config import Config
-    from s3pvefs.embedded import LOCAL_BUCKET, start_local_s3
+    from s3pvefs.config.settings import Config
+    from s3pvefs.service.embedded import LOCAL_BUCKET, start_local_s3
 
     with start_local_s3(tmp_path / "state") as local:
         config = local.configure(Config(prefix="pve/"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from s3pvefs.config import Config
-from s3pvefs.configfile import load_config
-from s3pvefs.configvalues import GiB, KiB, MiB, PiB, TiB, parse_mode, parse_size
+from s3pvefs.config.file import load_config
+from s3pvefs.config.settings import Config
+from s3pvefs.config.values import GiB, KiB, MiB, PiB, TiB, parse_mode, parse_size
 from s3pvefs.errors import ConfigError
 from s3pvefs.logsetup import setup_logging
 

@@ -14,12 +14,17 @@ from pathlib import Path
 
 import pytest
 import trio
-
-from s3pvefs import control
-from s3pvefs.control import ControlError, control_socket_path, find_mountpoint, serve_control
-from s3pvefs.errors import FsError, FsKind
-from mounting import run_cli
 from helpers import needs_fuse
+from mounting import run_cli
+
+from s3pvefs.errors import FsError, FsKind
+from s3pvefs.service import control
+from s3pvefs.service.control import (
+    ControlError,
+    control_socket_path,
+    find_mountpoint,
+    serve_control,
+)
 
 MiB = 1024 * 1024
 
@@ -394,7 +399,7 @@ def test_refresh_shows_another_hosts_files_at_once(mount_s3pvefs, s3_client, buc
 
 
 def test_status_text_adds_up():
-    from s3pvefs.clicontrol import format_status
+    from s3pvefs.cli.control import format_status
 
     status = {
         "dirty_files": 3, "dirty_bytes": 3 * MiB, "uploaded_bytes": 22 * MiB,

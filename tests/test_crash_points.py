@@ -27,6 +27,7 @@ import threading
 import time
 
 import pytest
+from helpers import needs_fuse
 from workload import (
     PREFIX,
     Expect,
@@ -42,7 +43,6 @@ from workload import (
     sync,
     unmount_problems,
 )
-from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,

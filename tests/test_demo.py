@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from s3pvefs.mountproc import child_env
-from mounting import REPO, Mount
 from helpers import needs_fuse
+from mounting import REPO, Mount
+
+from s3pvefs.service.mountproc import child_env
 
 RUN_SCRIPT = REPO / "scripts" / "run"
 

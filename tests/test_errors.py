@@ -11,12 +11,25 @@ import pyfuse3
 import pytest
 import trio
 
-from s3pvefs.errno_map import FS_ERRNO, OPEN_FILE_OPERATIONS, STORE_ERRNO, answer, errno_for
-from s3pvefs.errors import (
-    FsError, FsKind, RenamePending, StoreError, StoreKind, first_fs_error, is_not_found,
-    is_stale, kind_of_s3_code,
+from s3pvefs.adapter.errno_map import (
+    FS_ERRNO,
+    OPEN_FILE_OPERATIONS,
+    STORE_ERRNO,
+    answer,
+    errno_for,
 )
-from s3pvefs.fuse_adapter import _answer
+from s3pvefs.adapter.fuse_adapter import _answer
+from s3pvefs.errors import (
+    FsError,
+    FsKind,
+    RenamePending,
+    StoreError,
+    StoreKind,
+    first_fs_error,
+    is_not_found,
+    is_stale,
+    kind_of_s3_code,
+)
 
 PACKAGE = Path(__file__).resolve().parent.parent / "s3pvefs"
 
@@ -199,11 +212,11 @@ async def test_a_store_error_leaves_a_nursery_as_itself() -> None:
 
 # Where the package may still name an errno constant outside errno_map.py, and why.
 ALLOWED = {
-    ("blockcache.py", "ENOSPC"): "the cache disk full, raised as the OSError a full disk gives",
-    ("cachefile.py", "ESTALE"): "an OSError for a cache file thrown away under a worker thread",
-    ("fuse_adapter.py", "ENOENT"): "the boundary: a lookup answered ENOENT becomes a negative "
+    ("state/blockcache.py", "ENOSPC"): "the cache disk full, raised as the OSError a full disk gives",
+    ("state/cachefile.py", "ESTALE"): "an OSError for a cache file thrown away under a worker thread",
+    ("adapter/fuse_adapter.py", "ENOENT"): "the boundary: a lookup answered ENOENT becomes a negative "
                                    "entry; an invalidation of what the kernel dropped fails so",
-    ("preflight.py", "ENOTCONN"): "os.stat of a stale FUSE mountpoint, before mounting",
+    ("service/preflight.py", "ENOTCONN"): "os.stat of a stale FUSE mountpoint, before mounting",
 }
 
 
@@ -211,7 +224,7 @@ def test_errno_constants_appear_only_in_the_mapping() -> None:
     found: dict[tuple[str, str], list[str]] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()
-        if relative == "errno_map.py":
+        if relative == "adapter/errno_map.py":
             continue
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             for constant in re.findall(r"\b(?:errno|pyfuse3)\.(E[A-Z0-9]+)\b", line):

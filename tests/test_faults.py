@@ -15,10 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-from mounting import run_cli
 from helpers import needs_fuse, object_bytes, open_uploads
-
+from mounting import run_cli
 
 MiB = 1024 * 1024
 QUICK = 2.0  # seconds an operation answered from memory or the cache may take, at most

@@ -11,14 +11,14 @@ import stat
 import pytest
 import trio
 
-from s3pvefs.blockcache import BlockCache
 from s3pvefs.errors import FsError, FsKind, StoreError
-from s3pvefs.filejournal import FileJournal
-from s3pvefs.journal import Journal, JournalRecord, StreamRecord
-from s3pvefs.lifecycle import FileState, State
 from s3pvefs.names import Attributes
-from s3pvefs.nodes import InodeTable
-from s3pvefs.objectstore import RemoteObject
+from s3pvefs.state.blockcache import BlockCache
+from s3pvefs.state.filejournal import FileJournal
+from s3pvefs.state.journal import Journal, JournalRecord, StreamRecord
+from s3pvefs.state.lifecycle import FileState, State
+from s3pvefs.state.nodes import InodeTable
+from s3pvefs.store.objectstore import RemoteObject
 
 BLOCK = 4096
 PREFIX = "pve/"

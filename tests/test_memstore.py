@@ -11,10 +11,10 @@ import pytest
 import trio
 import trio.testing
 
-from s3pvefs.bridge import LoopStoppedError
 from s3pvefs.errors import StoreError
-from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.memstore import MemoryStore
+from s3pvefs.store.bridge import LoopStoppedError
+from s3pvefs.store.faults import FaultInjectingStore, store_error
+from s3pvefs.store.memstore import MemoryStore
 
 
 async def test_times_come_from_the_clock(mock_clock: trio.testing.MockClock) -> None:
@@ -145,7 +145,7 @@ def test_importable_without_botocore() -> None:
     code = ("import sys\n"
             "for name in ('aiobotocore', 'botocore', 'aiohttp', 'boto3'):\n"
             "    sys.modules[name] = None  # importing them now fails\n"
-            "import s3pvefs.memstore, s3pvefs.faults, s3pvefs.objectstore\n"
-            "assert 's3pvefs.store' not in sys.modules\n")
+            "import s3pvefs.store.memstore, s3pvefs.store.faults, s3pvefs.store.objectstore\n"
+            "assert 's3pvefs.store.s3store' not in sys.modules\n")
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True, timeout=60)

@@ -10,10 +10,10 @@ import stat
 import time
 
 import pytest
-
-from s3pvefs.mountproc import MountProcessError
-from s3pvefs.preflight import is_mounted
 from helpers import keys, needs_fuse, object_bytes, open_uploads
+
+from s3pvefs.service.mountproc import MountProcessError
+from s3pvefs.service.preflight import is_mounted
 
 MiB = 1024 * 1024
 PROXMOX_DIRS = ["dump", "images", "private", "snippets", "import", "template/iso",
@@ -266,7 +266,7 @@ def test_unreachable_endpoint_fails_clearly(mount_s3pvefs, unreachable_endpoint_
 @pytest.fixture
 def authenticating_server(tmp_path):
     """A moto server that checks credentials after its first request (the bucket creation)."""
-    from s3pvefs.embedded import LocalS3
+    from s3pvefs.service.embedded import LocalS3
 
     with LocalS3(tmp_path / "moto-auth", bucket=None,
                  env={"INITIAL_NO_AUTH_ACTION_COUNT": "1"}) as server:

@@ -15,9 +15,8 @@ import stat
 import time
 from pathlib import Path
 
-
-from mounting import run_cli
 from helpers import keys, needs_fuse
+from mounting import run_cli
 
 MiB = 1024 * 1024
 TTL = 1.0  # --dir-ttl of the nodes that rely on expiry

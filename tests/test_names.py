@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from s3pvefs.configvalues import GiB, MiB, TiB
+from s3pvefs.config.values import GiB, MiB, TiB
 from s3pvefs.errors import FsError, FsKind
 from s3pvefs.names import (
     KEY_MAX,
@@ -18,7 +18,7 @@ from s3pvefs.names import (
     listing_name,
     name_from_kernel,
 )
-from s3pvefs.objectwriter import MAX_OBJECT_SIZE, MAX_PARTS, choose_part_size
+from s3pvefs.transfer.objectwriter import MAX_OBJECT_SIZE, MAX_PARTS, choose_part_size
 
 DEFAULT_FILE = Attributes(stat.S_IFREG | 0o644, 0, 0, 1_600_000_000_000_000_000)
 DEFAULT_DIR = Attributes(stat.S_IFDIR | 0o755, 0, 0, 1_600_000_000_000_000_000)

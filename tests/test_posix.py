@@ -10,7 +10,6 @@ import stat
 import time
 
 import pytest
-
 from helpers import needs_fuse
 
 pytestmark = needs_fuse

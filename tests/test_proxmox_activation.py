@@ -14,10 +14,14 @@ import stat
 import time
 
 import pytest
-
 from helpers import keys, needs_fuse
 from proxmox_sequences import (
-    CONTENT_DIRS, PREFIX, activation_probe, log_tail, run, sync,
+    CONTENT_DIRS,
+    PREFIX,
+    activation_probe,
+    log_tail,
+    run,
+    sync,
 )
 
 pytestmark = [needs_fuse]

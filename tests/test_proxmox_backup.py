@@ -14,13 +14,34 @@ import os
 import stat
 
 import pytest
-
 from helpers import keys, needs_fuse, object_bytes, open_uploads
 from proxmox_sequences import (
-    MiB, PREFIX, backup_basename, dat_name, data_keys, file_sha256, kill_reader_part_way, log_tail,
-    mixed_data, needs_tools, object_sha256, perl_rmtree, proxmox_listing, qemu_config_tmpdir, run,
-    set_protected, sha256, show_config_tar, show_config_vma, sync, unlink_errno, write_all,
-    write_dat_through_shared_fd, write_notes, write_sizes, zstd_compress,
+    PREFIX,
+    MiB,
+    backup_basename,
+    dat_name,
+    data_keys,
+    file_sha256,
+    kill_reader_part_way,
+    log_tail,
+    mixed_data,
+    needs_tools,
+    object_sha256,
+    perl_rmtree,
+    proxmox_listing,
+    qemu_config_tmpdir,
+    run,
+    set_protected,
+    sha256,
+    show_config_tar,
+    show_config_vma,
+    sync,
+    unlink_errno,
+    write_all,
+    write_dat_through_shared_fd,
+    write_notes,
+    write_sizes,
+    zstd_compress,
 )
 
 pytestmark = [needs_fuse, needs_tools("zstd", "tar", "perl", "gzip"), pytest.mark.real_server]

@@ -13,11 +13,20 @@ import stat
 import threading
 
 import pytest
-
 from helpers import keys, needs_fuse, object_bytes, open_uploads
 from proxmox_sequences import (
-    MiB, PREFIX, data_keys, file_sha256, log_tail, mixed_data, needs_tools, object_sha256, run,
-    sha256, sync, unlink_errno,
+    PREFIX,
+    MiB,
+    data_keys,
+    file_sha256,
+    log_tail,
+    mixed_data,
+    needs_tools,
+    object_sha256,
+    run,
+    sha256,
+    sync,
+    unlink_errno,
 )
 
 pytestmark = [needs_fuse, pytest.mark.real_server]

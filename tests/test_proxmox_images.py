@@ -18,10 +18,18 @@ import stat
 import struct
 
 import pytest
-
 from helpers import needs_fuse, open_uploads
 from proxmox_sequences import (
-    KiB, MiB, PREFIX, data_keys, file_sha256, log_tail, needs_tools, object_sha256, run, sha256,
+    PREFIX,
+    KiB,
+    MiB,
+    data_keys,
+    file_sha256,
+    log_tail,
+    needs_tools,
+    object_sha256,
+    run,
+    sha256,
     sync,
 )
 

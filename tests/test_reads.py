@@ -11,7 +11,6 @@ import subprocess
 import tarfile
 
 import pytest
-
 from helpers import needs_fuse
 
 MiB = 1024 * 1024

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-
 from helpers import keys, needs_fuse, object_bytes
 from mounting import MountFactory
 

@@ -7,19 +7,20 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 
 import pytest
 import trio
 
-from s3pvefs import store as store_module
-from s3pvefs.bridge import AsyncioThread, LoopStoppedError
-from s3pvefs.config import Config
-from s3pvefs.configcheck import validate_config
-from s3pvefs.configvalues import MiB
+from s3pvefs.config.check import validate_config
+from s3pvefs.config.settings import Config
+from s3pvefs.config.values import MiB
 from s3pvefs.errors import StoreError, StoreKind
-from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.s3errors import BodyReadError
-from s3pvefs.store import S3Store, multipart_etag, open_s3_store
+from s3pvefs.store import s3store as store_module
+from s3pvefs.store.bridge import AsyncioThread, LoopStoppedError
+from s3pvefs.store.faults import FaultInjectingStore, store_error
+from s3pvefs.store.s3errors import BodyReadError
+from s3pvefs.store.s3store import S3Store, multipart_etag, open_s3_store
 
 PART = 5 * MiB  # S3's (and moto's) minimum size of a part that is not the last
 
@@ -236,18 +237,20 @@ async def test_if_match_mismatch_is_precondition_failed(store: S3Store) -> None:
 async def test_missing_key_is_not_found_and_logged_quietly(
     store: S3Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="s3pvefs.store")
+    caplog.set_level(logging.DEBUG, logger="s3pvefs.store.s3store")
     for request in (store.head, store.get):
         with pytest.raises(StoreError) as failure:
             await request("no/such/key")
         assert failure.value.kind is StoreKind.NOT_FOUND
         assert failure.value.key == "no/such/key"
-    records = [r for r in caplog.records if r.name == "s3pvefs.store"]
+    records = [r for r in caplog.records if r.name == "s3pvefs.store.s3store"]
     assert len(records) == 2 and all(r.levelno == logging.DEBUG for r in records)
 
 
 async def test_missing_bucket(store_config: Config, caplog: pytest.LogCaptureFixture) -> None:
-    config = dataclasses.replace(store_config, bucket="no-such-bucket-here")
+    # A name of its own: the bucket is created below, on the server other tests share.
+    name = f"no-such-bucket-{uuid.uuid4().hex[:12]}"
+    config = dataclasses.replace(store_config, bucket=name)
     async with open_s3_store(config) as missing:
         with pytest.raises(StoreError) as failure:
             await missing.head_bucket()
@@ -258,7 +261,7 @@ async def test_missing_bucket(store_config: Config, caplog: pytest.LogCaptureFix
         await missing.create_bucket()
         await missing.head_bucket()
     warning = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert any("PutObject" in m and "no-such-bucket-here/k" in m for m in warning)
+    assert any("PutObject" in m and f"{name}/k" in m for m in warning)
 
 
 async def test_unreachable_endpoint_fails_fast_as_unavailable(
@@ -751,7 +754,7 @@ async def test_expiring_credentials_are_refreshed_during_an_upload(
 
 @pytest.mark.parametrize("region", ["eu-central-1", "us-east-1"])
 async def test_create_bucket_in_the_configured_region(options_config, s3_client, region) -> None:
-    from s3pvefs.mount import check_bucket
+    from s3pvefs.service.mount import check_bucket
 
     config = options_config(region=region, bucket=f"created-{region}-{time.time_ns()}",
                             create_bucket=True)

@@ -31,10 +31,10 @@ import time
 import pytest
 import trio
 
-from s3pvefs import store as store_module
 from s3pvefs.errors import StoreError, StoreKind
-from s3pvefs.memstore import MemoryStore
-from s3pvefs.objectstore import ObjectStore, multipart_etag
+from s3pvefs.store import s3store as store_module
+from s3pvefs.store.memstore import MemoryStore
+from s3pvefs.store.objectstore import ObjectStore, multipart_etag
 
 MiB = 1024 * 1024
 PART = 5 * MiB  # the smallest part that may be followed by another, everywhere

@@ -21,6 +21,7 @@ import random
 import time
 
 import pytest
+from helpers import needs_fuse
 from workload import (
     PREFIX,
     MiB,
@@ -38,7 +39,6 @@ from workload import (
     sync,
     unmount_problems,
 )
-from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,

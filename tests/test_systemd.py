@@ -22,11 +22,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
-from s3pvefs import mount as mount_module
-from s3pvefs.preflight import is_mounted
-from s3pvefs.sdnotify import Notifier
 from helpers import needs_fuse
+
+from s3pvefs.service import mount as mount_module
+from s3pvefs.service.preflight import is_mounted
+from s3pvefs.service.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "s3pvefs@.service"

@@ -27,6 +27,7 @@ import threading
 import time
 
 import pytest
+from helpers import needs_fuse
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -56,7 +57,6 @@ from workload import (
     unmount_problems,
     write_all,
 )
-from helpers import needs_fuse
 
 pytestmark = [
     pytest.mark.real_server,

@@ -9,7 +9,6 @@ import subprocess
 import threading
 
 import pytest
-
 from helpers import needs_fuse
 
 MiB = 1024 * 1024

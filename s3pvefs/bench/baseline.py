@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..s3client import open_s3_client
+from s3pvefs.store.s3client import open_s3_client
+
 from .measure import KiB
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from s3pvefs.config.settings import Config
 
 
 class Counters:

@@ -18,17 +18,25 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..configfile import load_config
-from ..configvalues import human_size, parse_size
-from ..embedded import LOCAL_KEY, start_local_s3
-from ..errors import ConfigError, print_error
-from ..mountproc import MountProcessError, child_env
-from .measure import MiB, BenchError, say
+from s3pvefs import __version__
+from s3pvefs.config.file import load_config
+from s3pvefs.config.values import human_size, parse_size
+from s3pvefs.errors import ConfigError, print_error
+from s3pvefs.service.embedded import LOCAL_KEY, start_local_s3
+from s3pvefs.service.mountproc import MountProcessError, child_env
+
+from .measure import BenchError, MiB, say
 from .profiling import profiler
 from .report import (
-    ALL_WORKLOADS, TITLES, WorkloadResult, commit, filesystem, format_header, format_profiles,
-    format_table, machine,
+    ALL_WORKLOADS,
+    TITLES,
+    WorkloadResult,
+    commit,
+    filesystem,
+    format_header,
+    format_profiles,
+    format_table,
+    machine,
 )
 from .runner import Bench
 from .showconfig import w3

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import S3PveFsError
+from s3pvefs.errors import S3PveFsError
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 COMMAND_TIMEOUT = 300.0  # short commands (tar, zstd, ...)

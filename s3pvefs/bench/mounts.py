@@ -9,8 +9,9 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from ..control import ControlError, request
-from ..mountproc import MountProcess
+from s3pvefs.service.control import ControlError, request
+from s3pvefs.service.mountproc import MountProcess
+
 from .measure import BenchError, cpu_seconds, say
 from .profiling import profiled, profiled_pid
 

@@ -11,8 +11,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from ..configvalues import human_size
-from ..preflight import mount_points
+from s3pvefs.config.values import human_size
+from s3pvefs.service.preflight import mount_points
+
 from .measure import GiB, KiB
 
 TITLES = {

@@ -15,7 +15,7 @@ from .mounts import BenchMount
 from .profiling import profiler, summarize_profile
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from s3pvefs.config.settings import Config
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 

@@ -14,7 +14,16 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .measure import COMMAND_TIMEOUT, KiB, MiB, BenchError, delta, requests_of, run_command, say
+from .measure import (
+    COMMAND_TIMEOUT,
+    BenchError,
+    KiB,
+    MiB,
+    delta,
+    requests_of,
+    run_command,
+    say,
+)
 from .report import WorkloadResult
 from .runner import Bench
 

@@ -11,9 +11,20 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ..configvalues import human_size
+from s3pvefs.config.values import human_size
+
 from .measure import (
-    GiB, KiB, MiB, BenchError, Progress, dd, delta, requests_of, run_dd, say, total_requests,
+    BenchError,
+    GiB,
+    KiB,
+    MiB,
+    Progress,
+    dd,
+    delta,
+    requests_of,
+    run_dd,
+    say,
+    total_requests,
     transfer_timeout,
 )
 from .report import WorkloadResult

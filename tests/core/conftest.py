@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from corekit import BLOCK, GID, PART, PREFIX, UID, runs_on_server
 from helpers import MemoryBucket, ServerBucket, run_on_real_time, run_on_virtual_time
-from s3pvefs.assembly import build_filesystem
-from s3pvefs.blockcache import BlockCache
-from s3pvefs.config import MiB, Config
-from s3pvefs.core import FsCore
-from s3pvefs.memstore import MemoryStore
-from s3pvefs.store import open_s3_store
+
+from s3pvefs.config.settings import Config, MiB
+from s3pvefs.fs.assembly import build_filesystem
+from s3pvefs.fs.core import FsCore
+from s3pvefs.state.blockcache import BlockCache
+from s3pvefs.store.memstore import MemoryStore
+from s3pvefs.store.s3store import open_s3_store
 
 HERE = Path(__file__).parent
 

@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from helpers import settle
-from s3pvefs.config import KiB, MiB
-from s3pvefs.core import FsCore
-from s3pvefs.errno_map import errno_for
+
+from s3pvefs.adapter.errno_map import errno_for
+from s3pvefs.config.settings import KiB, MiB
 from s3pvefs.errors import FsError, StoreError
-from s3pvefs.faults import FaultInjectingStore
+from s3pvefs.fs.core import FsCore
 from s3pvefs.names import Attributes, decode_attributes
-from s3pvefs.nodes import ROOT_INODE, Node
+from s3pvefs.state.nodes import ROOT_INODE, Node
+from s3pvefs.store.faults import FaultInjectingStore
 
 BLOCK = 64 * KiB
 PART = 5 * MiB

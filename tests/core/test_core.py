@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import trio
-
 from corekit import (
     BLOCK,
     FILE_MODE,
@@ -41,14 +40,15 @@ from corekit import (
     write_file,
 )
 from helpers import settle
-from s3pvefs.assembly import build_admin, recover_journal
-from s3pvefs.config import KiB, MiB, Config
-from s3pvefs.core import FsCore
-from s3pvefs.faults import FaultInjectingStore, store_error
-from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes
-from s3pvefs.nodes import ROOT_INODE
-from s3pvefs.objectstore import multipart_etag
 
+from s3pvefs.config.settings import Config, KiB, MiB
+from s3pvefs.fs.assembly import recover_journal
+from s3pvefs.fs.core import FsCore
+from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes
+from s3pvefs.service.liveadmin import build_admin
+from s3pvefs.state.nodes import ROOT_INODE
+from s3pvefs.store.faults import FaultInjectingStore, store_error
+from s3pvefs.store.objectstore import multipart_etag
 
 
 async def test_proxmox_dirs_are_markers(make_core, store, s3) -> None:
@@ -1557,7 +1557,7 @@ async def test_truncating_into_evicted_streamed_parts_keeps_what_is_left(
 
 
 def test_retry_delays_double_up_to_their_cap_however_many_failures() -> None:
-    from s3pvefs.uploader import retry_delay
+    from s3pvefs.transfer.uploader import retry_delay
 
     assert [retry_delay(n, 300.0) for n in (1, 2, 3, 9, 10)] == [1, 2, 4, 256, 300]
     assert retry_delay(100_000, 2.0) == 2.0  # 2 ** 100_000 overflowed a float: the mount died

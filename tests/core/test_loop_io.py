@@ -25,14 +25,23 @@ from pathlib import Path
 
 import pytest
 import trio
+from corekit import (
+    BLOCK,
+    PART,
+    PREFIX,
+    TIMEOUT,
+    drain,
+    inode,
+    payload,
+    read_file,
+    settled,
+    write_file,
+)
 
 import s3pvefs
-from s3pvefs import cachefile
-from s3pvefs.assembly import recover_journal
-from s3pvefs.control import serve_control
-from corekit import (BLOCK, PART, PREFIX, TIMEOUT, drain, inode, payload, read_file, settled,
-                     write_file)
-
+from s3pvefs.fs.assembly import recover_journal
+from s3pvefs.service.control import serve_control
+from s3pvefs.state import cachefile
 
 PACKAGE = Path(s3pvefs.__file__).parent
 PACKAGE_PREFIX = f"{PACKAGE}{os.sep}"

@@ -18,18 +18,18 @@ from dataclasses import dataclass, field
 import pytest
 import trio
 import trio.testing
-
 from helpers import settle
-from s3pvefs.blockcache import BlockCache
-from s3pvefs.cachefile import CachedFile
-from s3pvefs.errno_map import errno_for
+
+from s3pvefs.adapter.errno_map import errno_for
 from s3pvefs.errors import FsError, StoreError
-from s3pvefs.memstore import MemoryStore
 from s3pvefs.names import Attributes
-from s3pvefs.nodes import Node
-from s3pvefs.objectstore import RemoteObject
-from s3pvefs.prefetch import Prefetcher, Reads
-from s3pvefs.reader import CACHE_WRITES, BlockReader
+from s3pvefs.state.blockcache import BlockCache
+from s3pvefs.state.cachefile import CachedFile
+from s3pvefs.state.nodes import Node
+from s3pvefs.store.memstore import MemoryStore
+from s3pvefs.store.objectstore import RemoteObject
+from s3pvefs.transfer.prefetch import Prefetcher, Reads
+from s3pvefs.transfer.reader import CACHE_WRITES, BlockReader
 
 KiB = 1024
 BLOCK = 64 * KiB

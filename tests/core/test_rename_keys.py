@@ -20,8 +20,7 @@ from corekit import (
     write_file,
 )
 
-from s3pvefs.faults import FaultInjectingStore, store_error
-
+from s3pvefs.store.faults import FaultInjectingStore, store_error
 
 RETRY_WAIT = 2.0  # seconds: the uploader retries a failed delete after 1 s
 

@@ -1,0 +1,220 @@
+"""`s3pvefs sync`, `status` and `refresh`: their flags, and the commands, which talk to a running
+mount over its admin socket (``control.py``). Exit status: 0 all is well, 1 an upload failed (or
+sync timed out), 2 the mount cannot be reached. Also the text `status` prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from s3pvefs.config.values import human_size
+from s3pvefs.errors import print_error
+
+EXIT_UPLOAD_FAILED = 1
+EXIT_NO_MOUNT = 2  # PATH is not on a mount, or the mount does not answer
+STATUS_TIMEOUT = 30.0  # seconds to wait for a status answer
+SYNC_ANSWER_MARGIN = 30.0  # the mount answers at --timeout; the client gives it this much more
+
+
+def add_parsers(sub: Any) -> None:
+    """The subcommands that talk to a running mount (called from cli.build_parser)."""
+    sync = sub.add_parser(
+        "sync",
+        help="upload everything not yet on S3 now and wait for it",
+        description=(
+            "Upload every file of a running mount that is not on S3 yet (or only PATH: one file "
+            "or a directory tree) and wait until it is there, even files still open for "
+            "writing. Exit status: 0 everything is on S3; 1 an upload failed (one line per "
+            "file on stderr) or the timeout passed (the uploads go on in the mount); 2 PATH is "
+            "not on an s3pvefs mount or the mount does not answer."
+        ),
+    )
+    sync.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
+                      help="stop waiting after this long (default: wait as long as it takes)")
+    sync.add_argument("path", metavar="PATH", type=Path, nargs="?", default=Path("."),
+                      help="file, directory or mountpoint (default: the current directory)")
+    sync.set_defaults(handler=cmd_sync)
+
+    status = sub.add_parser(
+        "status",
+        help="show data not yet on S3, uploads in flight and upload errors",
+        description=(
+            "Show what a running mount has not uploaded yet, the cache use, the uploads in "
+            "flight with their progress and rate, and the files whose upload failed. Exit "
+            "status: 0; 1 when there are upload errors; 2 the mount does not answer."
+        ),
+    )
+    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
+                        help="the mountpoint (or any path in the mount)")
+    status.set_defaults(handler=cmd_status)
+
+    refresh = sub.add_parser(
+        "refresh",
+        help="forget cached listings and attributes (another host changed the bucket)",
+        description=(
+            "Make a running mount forget what it cached about directories and files at or "
+            "below PATH, so that objects another host wrote or deleted show at once instead of "
+            "after dir_ttl. Data not yet on S3 is kept. Exit status: 0; 2 the mount does not "
+            "answer."
+        ),
+    )
+    refresh.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
+                         help="the mountpoint, or a directory in the mount")
+    refresh.add_argument("path", metavar="PATH", nargs="?", default="",
+                         help="directory below the mountpoint (default: all of it)")
+    refresh.set_defaults(handler=cmd_refresh)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _locate(path: Path) -> tuple[Path, str]:
+    """(mountpoint, path relative to it) of a path on a running s3pvefs mount, or ControlError.
+
+    A mountpoint that no longer shows in the mount table but whose admin socket still exists
+    (a mount uploading what is left after fusermount3 -u) is reachable too.
+    """
+    from s3pvefs.service.control import (
+        ControlError,
+        control_socket_path,
+        find_mountpoint,
+    )
+
+    try:
+        return find_mountpoint(path)
+    except ControlError:
+        given = Path(os.path.realpath(path))
+        if control_socket_path(given).exists():
+            return given, ""
+        raise
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from s3pvefs.service.control import ControlError, request
+
+    try:
+        os.lstat(args.path)
+    except OSError as exc:
+        print_error(f"{args.path}: {exc.strerror}")
+        return EXIT_NO_MOUNT
+    try:
+        mountpoint, relative = _locate(args.path)
+        wait = None if args.timeout is None else args.timeout + SYNC_ANSWER_MARGIN
+        answer = request(mountpoint, {"op": "sync", "path": relative, "timeout": args.timeout},
+                         wait)
+    except ControlError as exc:
+        print_error(str(exc))
+        return EXIT_NO_MOUNT
+    except KeyboardInterrupt:
+        print_error("interrupted (the uploads go on in the mount)")
+        return 130
+    if "error" in answer:
+        print_error(str(answer["error"]))
+        return EXIT_NO_MOUNT
+    failures = answer.get("failures") or {}
+    for path, message in sorted(failures.items()):
+        print(f"s3pvefs: sync: {mountpoint / path}: {message}", file=sys.stderr)
+    if answer.get("timed_out"):
+        print(f"s3pvefs: sync: timed out after {args.timeout:g} s, "
+              f"{answer.get('pending', '?')} files still pending", file=sys.stderr)
+        return EXIT_UPLOAD_FAILED
+    if failures or not answer.get("ok"):
+        return EXIT_UPLOAD_FAILED
+    return 0
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from s3pvefs.service.control import ControlError, request
+
+    try:
+        mountpoint, relative = _locate(args.mountpoint)
+        path = "/".join(filter(None, [relative, args.path.strip("/")]))
+        answer = request(mountpoint, {"op": "refresh", "path": path}, STATUS_TIMEOUT)
+    except ControlError as exc:
+        print_error(str(exc))
+        return EXIT_NO_MOUNT
+    if not answer.get("ok"):
+        print_error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return EXIT_NO_MOUNT
+    print(f"{mountpoint}: forgot {answer['refreshed']} cached entries")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from s3pvefs.service.control import ControlError, request
+
+    try:
+        mountpoint, _relative = _locate(args.mountpoint)
+        answer = request(mountpoint, {"op": "status"}, STATUS_TIMEOUT)
+    except ControlError as exc:
+        print_error(str(exc))
+        return EXIT_NO_MOUNT
+    status = answer.get("status")
+    if not answer.get("ok") or not isinstance(status, dict):
+        print_error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return EXIT_NO_MOUNT
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(mountpoint, status), end="")
+    return EXIT_UPLOAD_FAILED if status.get("errors") else 0
+
+
+STATUS_WAITING_SHOWN = 20  # dirty files not uploading listed by name; the rest are counted
+
+
+def _percent(done: int, total: int) -> str:
+    """Rounded down: 100.0% only when all of it is done."""
+    if not total:
+        return "100.0%" if done >= total else "0.0%"
+    return f"{math.floor(1000 * done / total) / 10:5.1f}%"
+
+
+def format_status(mountpoint: Path, status: dict) -> str:
+    """What `s3pvefs status` prints for a mount's status answer (without --json)."""
+    uploads = status.get("uploads") or []
+    errors = status.get("errors") or []
+    waiting = [file for file in status.get("files") or [] if not file.get("uploading")]
+    lines = [
+        f"{mountpoint}",
+        f"  not on S3 yet:  {status.get('dirty_files', 0)} file(s), "
+        f"{human_size(status.get('dirty_bytes', 0))} dirty in the cache, "
+        f"{human_size(status.get('uploaded_bytes', 0))} uploaded in parts not completed yet",
+        f"  cache:          {human_size(status.get('cache_used_bytes', 0))} used of "
+        f"{human_size(status.get('cache_limit_bytes', 0))}",
+        f"  uploading:      {len(uploads)} file(s)",
+    ]
+    for upload in uploads:
+        total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
+        rate = upload.get("bytes_per_second", 0) / 1024**2
+        lines.append(f"    {upload.get('path')}  {_percent(done, total)} uploaded "
+                     f"({human_size(done)} of {human_size(total)}), "
+                     f"{human_size(upload.get('bytes_dirty', 0))} dirty  {rate:.1f} MiB/s")
+    if waiting:
+        lines.append(f"  waiting:        {len(waiting)} file(s)")
+        for file in waiting[:STATUS_WAITING_SHOWN]:
+            why = f" ({file['waiting']})" if file.get("waiting") else ""
+            lines.append(f"    {file.get('path')}  {human_size(file.get('bytes_dirty', 0))} "
+                         f"dirty of {human_size(file.get('bytes_total', 0))}{why}")
+        if len(waiting) > STATUS_WAITING_SHOWN:
+            lines.append(f"    ... and {len(waiting) - STATUS_WAITING_SHOWN} more (--json "
+                         "lists them all)")
+    lines.append(f"  upload errors:  {len(errors)}")
+    for error in errors:
+        lines.append(f"    {error.get('path')}: {error.get('error')}")
+    return "\n".join(lines) + "\n"

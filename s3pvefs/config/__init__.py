@@ -1,0 +1,1 @@
+"""Configuration: the Config dataclass, its file, flags, values and checks."""

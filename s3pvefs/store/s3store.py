@@ -1,0 +1,520 @@
+"""The module that sends a mount's S3 requests: a trio-facing object store over aiobotocore.
+
+aiobotocore runs in the asyncio loop of a ``bridge.AsyncioThread``; every request is a small
+coroutine executed there, and only plain values (bytes, str, dicts of str) come back to trio.
+The client comes from ``s3client.py``, the storage class and SSE parameters added to each
+request from ``s3params.py``. Failures become ``StoreError`` with the S3 error code
+(``s3errors.py``), which ``errors.py`` classifies (a ``StoreKind``); only the FUSE boundary
+turns that into an errno (``errno_map.py``).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+from botocore.exceptions import BotoCoreError
+
+from s3pvefs.config.s3options import ARCHIVE_CLASSES, SSE_C
+from s3pvefs.config.settings import Config
+from s3pvefs.errors import ConfigError, StoreError
+from s3pvefs.store.bridge import AsyncioThread
+from s3pvefs.store.objectstore import (  # noqa: F401 (re-exported: callers import them from here too)
+    DELETE_BATCH,  # a global here: tests patch store.DELETE_BATCH
+    ListPage,
+    MultipartUploadInfo,
+    ObjectInfo,
+    ObjectStore,
+    StoreStats,
+    multipart_etag,
+)
+from s3pvefs.store.objectstore import is_md5 as _is_md5
+from s3pvefs.store.objectstore import quote_etag as _quote
+from s3pvefs.store.objectstore import unquote_etag as _unquote
+from s3pvefs.store.s3client import CredentialInfo, open_client
+from s3pvefs.store.s3errors import (
+    REQUEST_FAILURES,
+    TRANSPORT_FAILURES,
+    BodyReadError,
+    to_store_error,
+)
+from s3pvefs.store.s3params import ObjectOptions
+
+log = logging.getLogger("s3pvefs.store.s3store")
+
+T = TypeVar("T")
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+# -- conversions ----------------------------------------------------------------------------
+
+
+def _contradicts(etag: str, expected: str) -> bool:
+    """Whether an ETag of the form S3 uses proves the object is not what was sent (servers
+    with other forms of multipart ETags are judged by size alone)."""
+    digest, dash, count = etag.partition("-")
+    same_form = _is_md5(digest) and (count.isdigit() if dash else "-" not in expected)
+    return same_form and etag != expected
+
+
+async def body_etag(data: bytes) -> str:
+    """The ETag S3 gives a PUT of ``data`` where ETags are MD5s (``etags_are_md5``)."""
+    return (await _md5(data)).hex()
+
+
+async def _md5(data: bytes) -> bytes:
+    """MD5 of a body, in a worker thread for large ones (hashlib releases the GIL)."""
+    if len(data) < 1024 * 1024:
+        return hashlib.md5(data, usedforsecurity=False).digest()
+    return await trio.to_thread.run_sync(
+        lambda: hashlib.md5(data, usedforsecurity=False).digest())
+
+
+def _unverified(operation: str, key: str, message: str) -> StoreError:
+    """S3 answered, but not with what was sent: the upload failed (and is retried)."""
+    return StoreError(operation, key, "UploadNotVerified", message)
+
+
+def _ns(timestamp: dt.datetime) -> int:
+    return (timestamp - _EPOCH) // dt.timedelta(microseconds=1) * 1000
+
+
+def _range_header(start: int, length: int | None) -> str | None:
+    if start == 0 and length is None:
+        return None
+    if length is None:
+        return f"bytes={start}-"
+    return f"bytes={start}-{start + length - 1}"
+
+
+def _listed_object(entry: dict[str, Any]) -> ObjectInfo:
+    return ObjectInfo(
+        key=entry["Key"],
+        size=entry["Size"],
+        etag=_unquote(entry.get("ETag", "")),
+        mtime_ns=_ns(entry["LastModified"]),
+        storage_class=entry.get("StorageClass"),
+    )
+
+
+# -- the store ------------------------------------------------------------------------------
+
+
+class S3Store:
+    """``ObjectStore`` over one aiobotocore client living in an ``AsyncioThread``."""
+
+    def __init__(
+        self, bridge: AsyncioThread, client: Any, client_stack: AsyncExitStack, config: Config,
+        credentials: CredentialInfo | None = None,
+    ) -> None:
+        assert config.bucket
+        self.bucket: str = config.bucket
+        self.stats = StoreStats()
+        self.options = ObjectOptions.from_config(config)
+        self.credentials = credentials or CredentialInfo(None, False, None)
+        self._bridge = bridge
+        self._client = client
+        self._client_stack = client_stack
+        self._region = config.region
+        self._max_attempts = max(1, config.max_attempts)
+        self._limiter = trio.CapacityLimiter(config.max_connections)
+        self._closed = False
+        _warn_about_options(config, self.options)
+
+    # -- plumbing --
+
+    async def _request(
+        self,
+        operation: str,
+        key: str | None,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        quiet_not_found: bool = False,
+        quiet_codes: tuple[str, ...] = (),
+    ) -> T:
+        """Run ``fn(*args)`` in the loop under the limiter; count it and translate failures."""
+        async with self._limiter:
+            self.stats.requests[operation] += 1
+            try:
+                return await self._bridge.run(fn, *args)
+            except REQUEST_FAILURES as exc:
+                error = to_store_error(operation, key, exc)
+                quiet = (quiet_not_found and error.not_found) or error.code in quiet_codes
+                self._record_failure(error, quiet)
+                raise error from exc
+
+    async def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
+        """One plain client call: ``operation`` is the S3 name, params go to botocore as is."""
+        return await self._request(operation, key, self._call_in_loop, operation, params)
+
+    async def _call_in_loop(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        method = getattr(self._client, _snake_case(operation))
+        response: dict[str, Any] = await method(Bucket=self.bucket, **params)
+        response.pop("ResponseMetadata", None)
+        return response
+
+    def _record_failure(self, error: StoreError, quiet: bool) -> None:
+        """Count and log a failed request; `quiet` ones (expected answers) only at DEBUG."""
+        self.stats.errors[error.operation] += 1
+        where = f"s3://{self.bucket}/{error.key}" if error.key else f"s3://{self.bucket}"
+        level = logging.DEBUG if quiet else logging.WARNING
+        log.log(level, "S3 request %s %s failed: %s: %s",
+                error.operation, where, error.code, error.detail)
+
+    # -- bucket --
+
+    async def head_bucket(self) -> None:
+        await self._call("HeadBucket", None)
+
+    async def create_bucket(self) -> None:
+        params: dict[str, Any] = {}
+        if self._region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
+            params["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+        try:
+            await self._request("CreateBucket", None, self._call_in_loop, "CreateBucket", params,
+                                quiet_codes=("BucketAlreadyOwnedByYou",))
+        except StoreError as error:
+            if error.code != "BucketAlreadyOwnedByYou":  # created meanwhile: what we wanted
+                raise
+
+    async def bucket_region(self) -> str:
+        """The bucket's LocationConstraint as a region name (us-east-1 answers none)."""
+        response = await self._call("GetBucketLocation", None)
+        return response.get("LocationConstraint") or "us-east-1"
+
+    async def get_lifecycle(self) -> dict[str, Any]:
+        """The bucket's lifecycle configuration: {"Rules": [...]} and any other top-level
+        setting the server returned; {"Rules": []} when the bucket has none."""
+        try:
+            return await self._request(
+                "GetBucketLifecycleConfiguration", None, self._call_in_loop,
+                "GetBucketLifecycleConfiguration", {},
+                quiet_codes=("NoSuchLifecycleConfiguration",),
+            )
+        except StoreError as error:
+            if error.code == "NoSuchLifecycleConfiguration":
+                return {"Rules": []}
+            raise
+
+    async def put_lifecycle(self, configuration: dict[str, Any]) -> None:
+        """Replace the bucket's lifecycle configuration (no rules left: delete it)."""
+        rules = configuration.get("Rules") or []
+        if not rules:
+            await self._call("DeleteBucketLifecycle", None)
+            return
+        params: dict[str, Any] = {"LifecycleConfiguration": {"Rules": rules}}
+        if "TransitionDefaultMinimumObjectSize" in configuration:
+            params["TransitionDefaultMinimumObjectSize"] = (
+                configuration["TransitionDefaultMinimumObjectSize"]
+            )
+        await self._call("PutBucketLifecycleConfiguration", None, **params)
+
+    @property
+    def etags_are_md5(self) -> bool:
+        return self.options.etags_are_md5
+
+    # -- objects --
+
+    async def head(self, key: str) -> ObjectInfo:
+        response = await self._request(
+            "HeadObject", key, self._call_in_loop, "HeadObject",
+            {"Key": key, **self.options.sse_c}, quiet_not_found=True,
+        )
+        return ObjectInfo(
+            key=key,
+            size=response["ContentLength"],
+            etag=_unquote(response.get("ETag", "")),
+            mtime_ns=_ns(response["LastModified"]),
+            metadata=dict(response.get("Metadata", {})),
+            storage_class=response.get("StorageClass"),
+            encryption="SSE-C" if response.get("SSECustomerAlgorithm")
+            else response.get("ServerSideEncryption"),
+            kms_key_id=response.get("SSEKMSKeyId"),
+        )
+
+    async def get(
+        self, key: str, start: int = 0, length: int | None = None, if_match: str | None = None
+    ) -> bytes:
+        if length == 0:
+            return b""
+        params: dict[str, Any] = {"Key": key, **self.options.sse_c}
+        if (byte_range := _range_header(start, length)) is not None:
+            params["Range"] = byte_range
+        if if_match is not None:
+            params["IfMatch"] = _quote(if_match)
+        data = await self._get_with_body_retries(key, params)
+        self.stats.bytes_received += len(data)
+        return data
+
+    async def get_range(self, key: str, start: int, length: int) -> tuple[bytes, str | None]:
+        """A ranged GET that also returns the Content-Range header the server sent (None: it
+        answered the whole object), for `s3pvefs check`."""
+        params = {"Key": key, "Range": _range_header(start, length), **self.options.sse_c}
+        return await self._request("GetObject", key, self._get_range_in_loop, params)
+
+    async def _get_range_in_loop(self, params: dict[str, Any]) -> tuple[bytes, str | None]:
+        response = await self._client.get_object(Bucket=self.bucket, **params)
+        async with response["Body"] as body:
+            return await body.read(), response.get("ContentRange")
+
+    async def _get_with_body_retries(self, key: str, params: dict[str, Any]) -> bytes:
+        # botocore retries a request, not a body cut off mid-stream; that is done here.
+        attempt = 1
+        while True:
+            try:
+                return await self._request(
+                    "GetObject", key, self._get_in_loop, params, quiet_not_found=True
+                )
+            except StoreError as error:
+                if error.code != "IncompleteBody" or attempt >= self._max_attempts:
+                    raise
+                attempt += 1
+
+    async def _get_in_loop(self, params: dict[str, Any]) -> bytes:
+        response = await self._client.get_object(Bucket=self.bucket, **params)
+        async with response["Body"] as body:
+            try:
+                return await body.read()  # type: ignore[no-any-return]
+            except TRANSPORT_FAILURES as exc:
+                raise BodyReadError(exc) from exc
+
+    async def put(
+        self, key: str, data: bytes, metadata: dict[str, str], *,
+        storage_class: str | None = None,
+    ) -> str:
+        """PUT one object; `storage_class` overrides the configured one (s3pvefs check).
+
+        Returns the ETag once S3 has shown that it stored exactly these bytes: it checked the
+        body against its Content-MD5, and the ETag it answers is the body's MD5 (where the
+        answer has none, or another, a HEAD decides)."""
+        digest = await _md5(data)
+        response = await self._call(
+            "PutObject", key, Key=key, Body=data, Metadata=metadata,
+            ContentMD5=base64.b64encode(digest).decode(),
+            **self.options.for_create(key, storage_class),
+        )
+        self.stats.bytes_sent += len(data)  # counted once accepted: failures are no progress
+        expected = digest.hex() if self.options.etags_are_md5 else None
+        return await self._confirm("PutObject", key, response, expected, len(data))
+
+    async def delete(self, key: str) -> None:
+        await self._call("DeleteObject", key, Key=key)
+
+    async def delete_many(self, keys: list[str]) -> None:
+        for first in range(0, len(keys), DELETE_BATCH):
+            await self._delete_batch(keys[first:first + DELETE_BATCH])
+
+    async def _delete_batch(self, keys: list[str]) -> None:
+        response = await self._call(
+            "DeleteObjects", keys[0],
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        failures = response.get("Errors") or []
+        if failures:
+            first = failures[0]
+            error = StoreError(
+                "DeleteObjects", first.get("Key"), first.get("Code"),
+                f"{len(failures)} of {len(keys)} keys not deleted; first: {first.get('Message')}",
+            )
+            self._record_failure(error, quiet=False)
+            raise error
+
+    async def list_page(
+        self, prefix: str, delimiter: str | None = "/", token: str | None = None,
+        max_keys: int = 1000,
+    ) -> ListPage:
+        params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": max_keys}
+        if delimiter is not None:
+            params["Delimiter"] = delimiter
+        if token is not None:
+            params["ContinuationToken"] = token
+        response = await self._call("ListObjectsV2", prefix, **params)
+        truncated = bool(response.get("IsTruncated"))
+        return ListPage(
+            objects=[_listed_object(entry) for entry in response.get("Contents", [])],
+            prefixes=[entry["Prefix"] for entry in response.get("CommonPrefixes", [])],
+            next_token=response.get("NextContinuationToken") if truncated else None,
+        )
+
+    async def copy(
+        self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "Key": dst_key,
+            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+        }
+        if metadata is None:
+            params["MetadataDirective"] = "COPY"
+        else:
+            params["MetadataDirective"] = "REPLACE"
+            params["Metadata"] = metadata
+        if if_match is not None:
+            params["CopySourceIfMatch"] = _quote(if_match)
+        # S3 gives a copy the class and encryption asked for, not the source's.
+        params.update(self.options.for_create(dst_key), **self.options.sse_c_source)
+        response = await self._call("CopyObject", src_key, **params)
+        etag = _unquote(response.get("CopyObjectResult", {}).get("ETag") or "")
+        return etag or (await self.head(dst_key)).etag  # no ETag in the answer: ask
+
+    # -- multipart --
+
+    async def create_multipart(self, key: str, metadata: dict[str, str]) -> str:
+        response = await self._call(
+            "CreateMultipartUpload", key, Key=key, Metadata=metadata,
+            **self.options.for_create(key),
+        )
+        return response["UploadId"]  # type: ignore[no-any-return]
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part)."""
+        digest = await _md5(data)
+        response = await self._call(
+            "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data,
+            ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c,
+        )
+        self.stats.bytes_sent += len(data)
+        etag = _unquote(response.get("ETag") or "")
+        if not etag:
+            raise _unverified("UploadPart", key, f"part {part_number}: no ETag in the answer")
+        if self.options.etags_are_md5 and etag.lower() != digest.hex():
+            raise _unverified("UploadPart", key, f"part {part_number}: the server answered "
+                                                 f"ETag {etag} for a body whose MD5 is "
+                                                 f"{digest.hex()}")
+        return etag
+
+    async def upload_part_copy(
+        self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
+        end_inclusive: int, if_match: str | None = None,
+    ) -> str:
+        params: dict[str, Any] = {
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": part_number,
+            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+            "CopySourceRange": f"bytes={start}-{end_inclusive}",
+            **self.options.sse_c,
+            **self.options.sse_c_source,
+        }
+        if if_match is not None:
+            params["CopySourceIfMatch"] = _quote(if_match)
+        response = await self._call("UploadPartCopy", src_key, **params)
+        etag = _unquote(response.get("CopyPartResult", {}).get("ETag") or "")
+        if not etag:
+            raise _unverified("UploadPartCopy", key, f"part {part_number}: no ETag in the answer")
+        return etag
+
+    async def complete_multipart(
+        self, key: str, upload_id: str, parts: list[tuple[int, str]], size: int
+    ) -> str:
+        """Complete an upload of ``size`` bytes; returns the object's ETag once S3 has shown
+        that the object is made of these parts: the answer's ETag is the MD5 of the parts'
+        MD5s, "-" and their count, or else (Ceph RGW 16.2 answers an empty one) a HEAD shows
+        the size and the ETag that later conditional requests must use."""
+        ordered = [{"PartNumber": number, "ETag": _quote(etag)} for number, etag in sorted(parts)]
+        response = await self._call(
+            "CompleteMultipartUpload", key,
+            Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered},
+            **self.options.sse_c,  # AWS wants the SSE-C key here when a bucket policy asks
+        )
+        expected = (multipart_etag([etag for _, etag in sorted(parts)])
+                    if self.options.etags_are_md5 else None)
+        return await self._confirm("CompleteMultipartUpload", key, response, expected, size)
+
+    async def _confirm(self, operation: str, key: str, response: dict[str, Any],
+                       expected: str | None, size: int) -> str:
+        """The ETag of an object just written: the answer's when it is the one expected;
+        otherwise a HEAD's, once it shows the size sent and an ETag that does not contradict
+        what was sent (a multipart ETag of another form than S3's is judged by size)."""
+        answered = _unquote(response.get("ETag") or "")
+        if answered and (expected is None or answered.lower() == expected):
+            return answered
+        info = await self.head(key)
+        found = info.etag
+        if info.size != size:
+            raise _unverified(operation, key, f"the object holds {info.size} bytes where "
+                                              f"{size} were sent")
+        if not found or (answered and found != answered):
+            raise _unverified(operation, key, f"the server answered ETag {answered!r}, "
+                                              f"a HEAD shows {found!r}")
+        if expected is not None and _contradicts(found.lower(), expected):
+            raise _unverified(operation, key, f"the object's ETag is {found}, the data sent "
+                                              f"gives {expected}")
+        return found
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        await self._call("AbortMultipartUpload", key, Key=key, UploadId=upload_id)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[MultipartUploadInfo]:
+        uploads: list[MultipartUploadInfo] = []
+        markers: dict[str, str] = {}
+        while True:
+            response = await self._call("ListMultipartUploads", prefix, Prefix=prefix, **markers)
+            uploads.extend(
+                MultipartUploadInfo(entry["Key"], entry["UploadId"], _ns(entry["Initiated"]))
+                for entry in response.get("Uploads", [])
+            )
+            if not response.get("IsTruncated"):
+                return uploads
+            markers = {
+                "KeyMarker": response.get("NextKeyMarker", ""),
+                "UploadIdMarker": response.get("NextUploadIdMarker", ""),
+            }
+
+    # -- teardown --
+
+    async def aclose(self) -> None:
+        """Close the client inside its loop, then stop the loop thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with trio.CancelScope(shield=True):
+            try:
+                await self._bridge.run(self._client_stack.aclose)
+            except Exception:
+                log.warning("closing the S3 client failed", exc_info=True)
+            await trio.to_thread.run_sync(self._bridge.stop)
+
+
+def _warn_about_options(config: Config, options: ObjectOptions) -> None:
+    archived = sorted(options.configured_classes() & ARCHIVE_CLASSES)
+    if archived:
+        log.warning(
+            "new objects go to %s: they cannot be read back, renamed or have their attributes "
+            "changed through the mount before they are restored", " and ".join(archived))
+    if config.sse == SSE_C and (config.endpoint_url or "https:").startswith("http:"):
+        log.warning("SSE-C over plain http sends the encryption key in clear text; AWS and "
+                    "most servers refuse it: use an https endpoint")
+
+
+def _snake_case(operation: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
+
+
+@asynccontextmanager
+async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
+    """Start the loop thread, create the client in it, and tear both down on exit."""
+    if not config.bucket:
+        raise ConfigError("no bucket configured")
+    bridge = AsyncioThread()
+    await trio.to_thread.run_sync(bridge.start)
+    try:
+        client_stack, client, credentials = await bridge.run(open_client, config)
+    except BaseException as exc:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(bridge.stop)
+        if isinstance(exc, (BotoCoreError, ValueError, OSError)):
+            raise ConfigError(f"cannot create the S3 client: {exc}") from exc
+        raise
+    store = S3Store(bridge, client, client_stack, config, credentials)
+    try:
+        yield store
+    finally:
+        await store.aclose()
