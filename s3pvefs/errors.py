@@ -191,6 +191,17 @@ class RenamePending(FsError):
                                                 "where its data was streamed")
 
 
+class StreamAhead(FsError):
+    """Another file streamed its data to this file's key before it was renamed away; its
+    upload completes there first (and is copied to its new name), then this file's upload
+    replaces it. Uploaded the other way round, that completion would replace this file's
+    object."""
+
+    def __init__(self, path: str, other: str):
+        super().__init__(FsKind.BUSY, f"{path}: its upload waits for that of {other}, which was "
+                                      "streamed to this name before it was renamed")
+
+
 def print_error(message: str, log: logging.Logger | None = None) -> None:
     """`s3pvefs: error: MESSAGE` on stderr, the form every command uses; also into ``log``
     when the command logs to a file (the admin may only read that)."""

@@ -169,6 +169,11 @@ class Streamer:
             self.nursery.start_soon(self._pump, stream)
         stream.wakeup.set()
 
+    def streaming_to(self, key: str, other_than: Node) -> Stream | None:
+        """A stream of another file (renamed away since) that may still complete at ``key``."""
+        return next((s for s in self.streams if s.key == key and s.node is not other_than),
+                    None)
+
     def part_end(self, node: Node, offset: int) -> int | None:
         """The end of the next part to launch, when a write at ``offset`` fills it, for a
         file that streams or may start to (written from the start, nothing on S3 behind

@@ -15,7 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import trio
 
 from s3pvefs.config.settings import Config
-from s3pvefs.errors import FsError, FsKind, RenamePending, StoreError
+from s3pvefs.errors import FsError, FsKind, RenamePending, StoreError, StreamAhead
 from s3pvefs.names import check_key_length, is_temporary_name
 from s3pvefs.state.attrindex import PENDING, AttributeIndex
 from s3pvefs.state.filejournal import FileJournal
@@ -33,6 +33,7 @@ RETRY_MIN, RETRY_MAX = 1.0, 300.0
 DRAIN_ATTEMPTS = 3  # failures per file after which a shutdown stops waiting for it
 DRAIN_RETRY_MAX = 2.0  # seconds between attempts while a shutdown waits (not minutes)
 TEMPORARY_NAME_GRACE = 5.0  # seconds a closed temporary file waits for its rename
+STREAM_AHEAD_WAIT = 0.5  # seconds between looks at another file's stream to this file's key
 
 
 def retry_delay(failures: int, longest: float) -> float:
@@ -125,6 +126,9 @@ class Uploader:
             await self.sync(node)
         except RenamePending as exc:
             log.info("%s", exc)  # a rename or unlink of the file schedules it again
+        except StreamAhead as exc:
+            log.info("%s", exc)
+            self.schedule(node, STREAM_AHEAD_WAIT)
         except Exception as exc:  # whatever failed, the data stays dirty and is retried
             failures = self._failures.get(node.ino, 0) + 1
             self._failures[node.ino] = failures
@@ -196,7 +200,10 @@ class Uploader:
             if node.file.holds:
                 await trio.sleep(0.05)  # a rename or unlink is changing where it goes
                 continue
-            await self.sync(node)
+            try:
+                await self.sync(node)
+            except StreamAhead:
+                await trio.sleep(0.05)
 
     async def settled(self, node: Node) -> None:
         """Wait until no upload of the node is running (the one running may replace its
@@ -270,14 +277,25 @@ class Uploader:
             raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded and left the "
                                       f"cache; they can be read back once it is renamed to "
                                       f"{stream.key}, where its upload goes")
-        if self.left_keys.owner(stream.key) not in (None, node):
+        if self._has_object_of_another(stream.key, node):
             raise FsError(FsKind.IO, f"{node.path()}: parts of it were uploaded to "
                                       f"{stream.key} and left the cache, and another file is "
                                       "there now: they cannot be read back")
         self.left_keys.leave(node, stream.key)
         await self.file_journal.checkpoint(node, durable=True)
 
+    def _has_object_of_another(self, key: str, node: Node) -> bool:
+        """Another file is at ``key`` and S3 may hold its object there: a stream completed at
+        ``key`` would replace that object."""
+        owner = self.left_keys.owner(key)
+        return owner not in (None, node) and (owner.file.remote_maybe
+                                              or owner.file.base is not None)
+
     async def _upload(self, node: Node) -> None:
+        key = node.key(self.prefix)
+        other = self.streamer.streaming_to(key, other_than=node)
+        if other is not None:  # its completion there would replace ours: it goes first
+            raise StreamAhead(node.path(), other.node.path())
         if node.file.landing is not None:  # the last attempt's answer was lost: did it land?
             await self.settle_landing(node)
         key = node.key(self.prefix)
@@ -382,7 +400,7 @@ class Uploader:
             node.file.rename_awaited(stream.key)
             raise RenamePending(node.path(), stream.key)
         streamed_at = stream.key
-        if self.left_keys.owner(streamed_at) not in (None, node):
+        if self._has_object_of_another(streamed_at, node):
             raise FsError(FsKind.BUSY, f"{node.path()}: its data was streamed to {streamed_at}, "
                                         "where another file is now; it stays in the cache")
         log.warning("%s ended up at %s, not where its upload was streamed (%s): completing "

@@ -1991,3 +1991,23 @@ async def test_a_write_behind_the_stream_of_a_file_renamed_away_completes_it_whe
                                                f"{PREFIX}images/100/vm-100-disk-1.raw"]
     assert s3.body(f"{PREFIX}images/100/vm-100-disk-1.raw") == bytes(data)
     assert s3.uploads() == []
+
+
+async def test_a_new_file_at_the_name_a_stream_left_uploads_after_that_stream_completes(
+        make_core, s3) -> None:
+    """A file streamed at its own name is renamed away with parts evicted, and a new file is
+    written at the old name and closed first. Its upload used to land before the renamed
+    file's stream completed at that key, and the completion replaced it (the model-based
+    tier, example 9). The new file's upload waits for that completion now."""
+    core = await make_core(cache_size=2 * PART)
+    data = payload(6 * PART, seed=26)
+    fh, node = await streamed_with_evicted_parts(core, "vm-100-disk-0.raw", data)
+    images = node.parent
+    await core.release(fh)
+    await core.rename(images.ino, "vm-100-disk-0.raw", images.ino, "vm-100-disk-1.raw")
+    newer = payload(PART // 2, seed=27)
+    await write_file(core, images.ino, "vm-100-disk-0.raw", newer)
+    await drain(core)
+    assert s3.body(f"{PREFIX}images/100/vm-100-disk-1.raw") == data
+    assert s3.body(f"{PREFIX}images/100/vm-100-disk-0.raw") == newer
+    assert s3.uploads() == []
