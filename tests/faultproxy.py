@@ -9,6 +9,8 @@ answered with a fault, as the current mode says:
     proxy.error503(n=None)                      S3 "503 SlowDown" XML answers, Connection: close
     proxy.error(403, "AccessDenied", n=None)    any other S3-style error answer
     proxy.reset(n=None)                         close the connection abruptly (RST, no answer)
+    proxy.corrupt(n=None)                       forward the request with one byte of its body
+                                                flipped (the middle one): corruption in transit
     proxy.stop() / proxy.start()                close the listener and every open connection
                                                 (connection refused), and listen again on the
                                                 same port
@@ -18,7 +20,9 @@ the n-th the proxy passes requests again. ``methods`` and ``match`` narrow a fau
 with one of those HTTP methods and/or whose request line contains ``match`` (for example
 ``match="partNumber="`` fails only UploadPart). Requests seen are counted per method
 (``counts``), faults served per kind (``faults``: "503", "403", "reset", ...), and every request
-line is kept with what was done with it (``requests(...)`` filters them).
+line is kept with what was done with it (``requests(...)`` filters them). Requests that were
+forwarded also keep the status the server answered and whether they carried ``Content-MD5``
+(``answers``).
 
 Client connections stay alive across requests (HTTP/1.1 keep-alive); upstream, every request
 gets its own connection, so a request is never sent into a connection the server already closed.
@@ -50,7 +54,7 @@ class _Closed(Exception):
 
 @dataclass
 class _Rule:
-    kind: str  # "error" or "reset"
+    kind: str  # "error", "reset" or "corrupt"
     remaining: int | None
     methods: frozenset[str] | None
     match: str | None
@@ -112,6 +116,8 @@ class FaultProxy:
         self.counts: collections.Counter[str] = collections.Counter()  # method -> requests seen
         self.faults: collections.Counter[str] = collections.Counter()  # kind -> faults served
         self.history: list[tuple[float, str, str, str]] = []  # (time, outcome, method, line)
+        # forwarded requests: (method, line, body length, carried Content-MD5, server's status)
+        self.answers: list[tuple[str, str, int, bool, int]] = []
         self._lock = threading.Lock()
         self._rule: _Rule | None = None
         self._listener: socket.socket | None = None
@@ -200,6 +206,10 @@ class FaultProxy:
     def reset(self, n: int | None = None, *, methods=None, match: str | None = None) -> None:
         self._set(_Rule("reset", n, _methods(methods), match))
 
+    def corrupt(self, n: int | None = None, *, methods=None, match: str | None = None) -> None:
+        """Forward matching requests with the middle byte of their body flipped."""
+        self._set(_Rule("corrupt", n, _methods(methods), match))
+
     def _set(self, rule: _Rule) -> None:
         if rule.remaining is not None and rule.remaining < 1:
             raise ValueError("n must be at least 1 (or None for every request)")
@@ -217,7 +227,7 @@ class FaultProxy:
             return "stopped"
         if rule is None:
             return "pass"
-        what = f"error {rule.status} {rule.code}" if rule.kind == "error" else "reset"
+        what = f"error {rule.status} {rule.code}" if rule.kind == "error" else rule.kind
         return f"{what}, {'all' if rule.remaining is None else rule.remaining} to go"
 
     # -- observing --------------------------------------------------------------------------
@@ -263,7 +273,7 @@ class FaultProxy:
                         self._rule = None
                 outcome = rule
             kind = "pass" if outcome is None else (
-                str(outcome.status) if outcome.kind == "error" else "reset")
+                str(outcome.status) if outcome.kind == "error" else outcome.kind)
             if outcome is not None:
                 self.faults[kind] += 1
             self.history.append((time.monotonic(), kind, request.method, request.line))
@@ -312,10 +322,10 @@ class FaultProxy:
                 if rule is not None and rule.kind == "reset":
                     _abort(client)
                     return
-                if rule is not None:
+                if rule is not None and rule.kind == "error":
                     self._answer_error(client, reader, request, rule)
                     return
-                if not self._forward(client, reader, request):
+                if not self._forward(client, reader, request, corrupt=rule is not None):
                     return
         except (_Closed, OSError, ValueError, IndexError):
             pass  # the peer went away, the proxy was stopped, or garbage came in: hang up
@@ -360,8 +370,9 @@ class FaultProxy:
         except OSError:
             pass
 
-    def _forward(self, client, reader, request: _Request) -> bool:
-        """Forward one request on a new upstream connection; True to keep the client's open."""
+    def _forward(self, client, reader, request: _Request, corrupt: bool = False) -> bool:
+        """Forward one request on a new upstream connection; True to keep the client's open.
+        ``corrupt``: flip the middle byte of its body on the way."""
         try:
             upstream = socket.create_connection(self.upstream, timeout=UPSTREAM_TIMEOUT)
         except OSError as exc:
@@ -384,7 +395,7 @@ class FaultProxy:
             upstream.sendall(b"".join(head))
             if request.expects_continue:
                 client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            _relay_body(reader, upstream, request)
+            _relay_body(reader, upstream, request, corrupt)
             return self._relay_response(upstream_reader, client, request)
         finally:
             upstream_reader.close()
@@ -401,6 +412,9 @@ class FaultProxy:
             if 100 <= status < 200:
                 continue  # interim answers (the client got its own 100 Continue already)
             break
+        with self._lock:
+            self.answers.append((request.method, request.line, request.content_length,
+                                 request.header(b"content-md5") is not None, status))
         values = {name.lower(): value.strip() for name, value in headers}
         if request.method == "HEAD" or status in (204, 304):
             framing = "none"
@@ -479,22 +493,30 @@ def _read_request(reader) -> _Request | None:
     return _Request(method.upper(), target, version, text, _read_headers(reader))
 
 
-def _relay_body(reader, upstream: socket.socket | None, request: _Request) -> None:
-    """Pass the request body on to ``upstream`` (or drop it when None)."""
+def _relay_body(reader, upstream: socket.socket | None, request: _Request,
+                corrupt: bool = False) -> None:
+    """Pass the request body on to ``upstream`` (or drop it when None); ``corrupt`` flips the
+    middle byte of a body of known length."""
     if request.chunked:
         _relay_chunked(reader, upstream)
     elif request.content_length:
-        _relay_exact(reader, upstream, request.content_length)
+        flip_at = request.content_length // 2 if corrupt else None
+        _relay_exact(reader, upstream, request.content_length, flip_at)
 
 
-def _relay_exact(reader, sink: socket.socket | None, length: int) -> None:
-    while length > 0:
-        chunk = reader.read1(min(length, CHUNK))
+def _relay_exact(reader, sink: socket.socket | None, length: int,
+                 flip_at: int | None = None) -> None:
+    sent = 0
+    while sent < length:
+        chunk = reader.read1(min(length - sent, CHUNK))
         if not chunk:
             raise _Closed()
+        if flip_at is not None and sent <= flip_at < sent + len(chunk):
+            at = flip_at - sent
+            chunk = chunk[:at] + bytes([chunk[at] ^ 0x01]) + chunk[at + 1:]
         if sink is not None:
             sink.sendall(chunk)
-        length -= len(chunk)
+        sent += len(chunk)
 
 
 def _relay_chunked(reader, sink: socket.socket | None) -> None:
