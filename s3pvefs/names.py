@@ -44,6 +44,8 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
+# The SHA-256 (hex) of the object's content, where s3pvefs knew it before the upload (a PUT).
+META_SHA256 = "s3pvefs-sha256"
 
 # Bounds of what a stat structure can carry; metadata beyond them is garbage.
 MODE_LIMIT = 0o177777 + 1
@@ -80,8 +82,7 @@ def listing_name(dir_key: str, key: str) -> str | None:
     ``key`` is a listed object key or a common prefix (ending with "/").
     """
     rest = key[len(dir_key):]
-    if rest.endswith("/"):
-        rest = rest[:-1]
+    rest = rest.removesuffix("/")
     if rest in ("", ".", "..") or "/" in rest or "\0" in rest:
         return None
     if len(rest.encode("utf-8")) > NAME_MAX:

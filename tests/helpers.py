@@ -132,6 +132,10 @@ class MemoryBucket:
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(key for key in self.store.objects if key.startswith(prefix))
 
+    def files(self, prefix: str = "") -> list[str]:
+        """``keys`` without s3pvefs's attribute index objects (the files and markers)."""
+        return [key for key in self.keys(prefix) if ".s3pvefs-attrs." not in key]
+
     def body(self, key: str) -> bytes:
         return self.store.objects[key].data
 
@@ -163,6 +167,10 @@ class ServerBucket:
 
     def keys(self, prefix: str = "") -> list[str]:
         return sorted(keys(self.client, self.bucket, prefix))
+
+    def files(self, prefix: str = "") -> list[str]:
+        """``keys`` without s3pvefs's attribute index objects (the files and markers)."""
+        return [key for key in self.keys(prefix) if ".s3pvefs-attrs." not in key]
 
     def body(self, key: str) -> bytes:
         return object_bytes(self.client, self.bucket, key)

@@ -127,7 +127,7 @@ class Renames:
         if node.file.data_dirty and data is not None and data.fully_local(node.size):
             node.file.local_only()
             return False
-        metadata = node.object_metadata()
+        metadata = await self.writer.metadata_for_copy(node)
         etag = await self.writer.copy_object(node.file.base, new_key, metadata)
         node.file.copied_with_attributes(RemoteObject(new_key, etag, node.file.base.size))
         return True

@@ -3,8 +3,13 @@
 A listing gives each object's size, ETag and LastModified, not its metadata. Most files on a
 Proxmox storage have the default attributes (root, 0644, mtime = LastModified), so a directory
 gets an index object only when some entry differs: ``<dir key>.s3pvefs-attrs.<host>``, JSON
-``{name: {"etag", "mode", "uid", "gid", "mtime_ns"}}`` (directories as ``name/``). Each host
-writes only its own index object, so hosts sharing a bucket never overwrite each other's.
+``{name: {"etag", "modified_s", "mode", "uid", "gid", "mtime_ns", "sha256"}}`` (directories as
+``name/``). Each host writes only its own index object, so hosts sharing a bucket never
+overwrite each other's.
+
+``sha256`` is the content checksum of a file uploaded in parts (known only once every part
+went), for ``s3pvefs verify``; an entry may hold only that (and its ETag), the attributes
+then being the defaults.
 
 An entry holds for the object version whose ETag it names. Before an object with non-default
 attributes is uploaded, its entry is written with ETag ``*`` (pending); a reader that meets a
@@ -27,6 +32,7 @@ from cachetools import LRUCache
 
 from s3pvefs.errors import StoreError
 from s3pvefs.names import INDEX_PREFIX, Attributes
+from s3pvefs.state.lifecycle import ContentChecksum
 from s3pvefs.state.nodes import Node
 
 log = logging.getLogger(__name__)
@@ -111,12 +117,24 @@ class AttributeIndex:
         node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
         node.mtime_ns = node.ctime_ns = attrs.mtime_ns
         node.mtime_explicit = matching[0].get("mtime_ns") is not None
+        if node.is_file and isinstance(matching[0].get("sha256"), str):
+            node.file.checksum_learned(ContentChecksum(matching[0]["sha256"], in_metadata=False))
         return True
 
     # -- writing ------------------------------------------------------------------------------
 
     def entry_for(self, node: Node) -> dict | None:
-        """The index entry a node needs, or None when its attributes are the defaults."""
+        """The index entry a node needs: its attributes unless they are the defaults, and the
+        checksum of its object where the object's metadata cannot carry it; None for
+        neither."""
+        entry = self.attributes_entry(node) or {}
+        checksum = node.file.checksum if node.is_file else None
+        if checksum is not None and not checksum.in_metadata:
+            entry["sha256"] = checksum.sha256
+        return entry or None
+
+    def attributes_entry(self, node: Node) -> dict | None:
+        """The attributes part of a node's entry, or None when they are the defaults."""
         kind = stat.S_IFMT(node.mode)
         default = self.defaults(kind, node.mtime_ns)
         if kind != stat.S_IFLNK and (node.mode, node.uid, node.gid) == (
@@ -161,7 +179,7 @@ class AttributeIndex:
                                    and node.name not in self._own.get(node.parent.key(self.prefix), {})):
             return
         modified = None
-        if self.entry_for(node) is not None:
+        if self.attributes_entry(node) is not None:
             try:
                 modified = (await self.store.head(key)).mtime_ns // 1_000_000_000
             except StoreError as exc:
@@ -202,6 +220,8 @@ class AttributeIndex:
 
 
 def _attributes(entry: dict, node: Node) -> Attributes:
+    if "mode" not in entry:  # a checksum only: the defaults the listing gave stand
+        return Attributes(node.mode, node.uid, node.gid, node.mtime_ns)
     mode, uid, gid = int(entry["mode"]), int(entry["uid"]), int(entry["gid"])
     if stat.S_IFMT(mode) != stat.S_IFMT(node.mode) and not (
             stat.S_ISLNK(mode) and node.is_file):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import trio
 
@@ -41,18 +42,45 @@ class State(enum.Enum):
     REMOTE = "remote"  # on S3, nothing cached here
 
 
+@dataclass(frozen=True)
+class ContentChecksum:
+    """The SHA-256 of the content of a file's object, as this mount computed it on upload, and
+    where it is recorded for ``s3pvefs verify``: the object's own metadata (a PUT: known
+    before the request) or this host's attribute index of the directory (a multipart upload:
+    known only at its end)."""
+
+    sha256: str
+    in_metadata: bool
+
+
 class FileState:
     """The lifecycle fields of one file (or symlink), and the transitions that change them."""
 
     __slots__ = (
-        "base", "landing", "data", "data_gen", "meta_gen", "uploaded_data_gen",
-        "uploaded_meta_gen", "remote_maybe", "stale_keys", "stream", "waiting_for_rename",
-        "holds", "_sync_lock", "sync_scope", "last_error", "_journal_lock", "journal_id",
+        "_journal_lock",
+        "_sync_lock",
+        "base",
+        "checksum",
+        "data",
+        "data_gen",
         "data_version",
+        "holds",
+        "journal_id",
+        "landing",
+        "last_error",
+        "meta_gen",
+        "remote_maybe",
+        "stale_keys",
+        "stream",
+        "sync_scope",
+        "uploaded_data_gen",
+        "uploaded_meta_gen",
+        "waiting_for_rename",
     )
 
     def __init__(self) -> None:
         self.base: RemoteObject | None = None
+        self.checksum: ContentChecksum | None = None  # of the base's content, when known
         # The object an upload announced (by the ETag S3 will give it) before the request that
         # replaces the one at ``base``: journaled, so that a restart can tell whether it landed.
         self.landing: RemoteObject | None = None
@@ -170,26 +198,32 @@ class FileState:
         """The announced upload's outcome is known: if it landed, its object is the base
         (clean blocks hold there what they held in the old base)."""
         if landed:
-            self.base = self.landing
+            self.base, self.checksum = self.landing, None
             if self.data is not None:
                 self.data.reset_base(min(self.data.base_valid_len, self.landing.size))
         self.landing = None
 
-    def uploaded(self, remote: RemoteObject, data_gen: int, meta_gen: int) -> None:
+    def uploaded(self, remote: RemoteObject, data_gen: int, meta_gen: int,
+                 checksum: ContentChecksum | None = None) -> None:
         """An upload of generations (data_gen, meta_gen) made ``remote``: it is the base."""
-        self.base, self.landing = remote, None
+        self.base, self.landing, self.checksum = remote, None, checksum
         self.uploaded_data_gen, self.uploaded_meta_gen = data_gen, meta_gen
 
     def backed_by(self, remote: RemoteObject, valid_len: int | None = None) -> None:
         """An object of ours backs the file from now on (a copy, a completion, a symlink);
         with ``valid_len``, the cached blocks below it are that object's bytes."""
-        self.base = remote
+        self.base, self.checksum = remote, None
         self.remote_maybe = True
         if valid_len is not None and self.data is not None:
             self.data.reset_base(valid_len)
 
+    def checksum_learned(self, checksum: ContentChecksum) -> None:
+        """The base's checksum, as recorded where this mount put it (its attribute index)."""
+        self.checksum = checksum
+
     def copied_with_attributes(self, remote: RemoteObject) -> None:
-        """A server-side copy carrying the current attributes backs the file at its new key."""
+        """A server-side copy carrying the current attributes backs the file at its new key
+        (the same content: its checksum stays)."""
         self.base = remote
         self.uploaded_meta_gen = self.meta_gen
 
@@ -199,7 +233,7 @@ class FileState:
 
     def local_only(self) -> None:
         """Every byte is in the cache: no object backs the file any more."""
-        self.base = None
+        self.base, self.checksum = None, None
         if self.data is not None:
             self.data.reset_base(0)
 
@@ -210,7 +244,7 @@ class FileState:
     def remote_changed(self, remote: RemoteObject) -> None:
         """Another writer changed the object: cached data of the old one is dropped, and the
         kernel's page cache must not be kept at the next open."""
-        self.base = remote
+        self.base, self.checksum = remote, None
         self.data_version += 1
         self.discard_data()
 

@@ -21,7 +21,7 @@ import trio
 
 from s3pvefs.config.settings import Config, GiB, MiB
 from s3pvefs.errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
-from s3pvefs.names import check_key_length
+from s3pvefs.names import META_SHA256, check_key_length
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.journal import Journal
 from s3pvefs.state.nodes import Node
@@ -185,6 +185,18 @@ class ObjectWriter:
                 raise
             log.info("server cannot copy %s (%s); re-uploading it", source.key, exc.code)
         return await self._copy_by_reupload(source, dest_key, metadata, landing_of)
+
+    async def metadata_for_copy(self, node: Node) -> dict:
+        """The metadata a server-side copy of a file's object gets: its attributes now, and the
+        content checksum its object's metadata carries (asked with a HEAD when unknown here)."""
+        metadata = node.object_metadata()
+        checksum = node.file.checksum
+        if checksum is not None:
+            if checksum.in_metadata:
+                metadata[META_SHA256] = checksum.sha256
+            return metadata
+        recorded = ((await self.store.head(node.file.base.key)).metadata or {}).get(META_SHA256)
+        return {**metadata, META_SHA256: recorded} if recorded else metadata
 
     async def _metadata_of(self, source: RemoteObject, metadata: dict | None) -> dict:
         if metadata is not None:

@@ -16,9 +16,10 @@ import trio
 
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import FsError, FsKind, RenamePending, StoreError, StreamAhead
-from s3pvefs.names import check_key_length, is_temporary_name
+from s3pvefs.names import META_SHA256, check_key_length, is_temporary_name
 from s3pvefs.state.attrindex import PENDING, AttributeIndex
 from s3pvefs.state.filejournal import FileJournal
+from s3pvefs.state.lifecycle import ContentChecksum
 from s3pvefs.state.nodes import InodeTable, Node
 from s3pvefs.store.objectstore import RemoteObject
 from s3pvefs.store.s3store import multipart_etag
@@ -26,6 +27,7 @@ from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter, choose_part_size
 from s3pvefs.transfer.reader import BlockReader
 from s3pvefs.transfer.streaming import Streamer
+from s3pvefs.transfer.wholehash import WholeFileHash, sha256_hex
 
 log = logging.getLogger(__name__)
 
@@ -307,24 +309,27 @@ class Uploader:
         if data is not None:
             data.low_water = size
         node.file.upload_started()
-        if self.attr_index.entry_for(node) is not None:
+        if self.attr_index.attributes_entry(node) is not None:
             await self.attr_index.publish(node, PENDING)  # readers HEAD until it is final
         self._in_flight[node.ino] = _Progress(node, size, trio.current_time(), snapshot)
         try:
             if node.file.stream is not None:
-                streamed_meta_gen = node.file.stream.meta_gen
+                stream = node.file.stream
                 etag = await self._finish_stream(node, key, size, metadata)
                 if etag is None:  # the stream was dropped: upload in one go
-                    etag = await self._upload_whole(node, key, size, metadata)
+                    etag, checksum = await self._upload_whole(node, key, size, metadata)
                 else:  # its metadata is as old as the stream: newer attributes follow by copy
-                    meta_gen = streamed_meta_gen
+                    meta_gen = stream.meta_gen
+                    checksum = _recorded_in_index(stream.hash.hexdigest(size))
             elif self._attributes_only(node, key, snapshot):
+                metadata = await self.writer.metadata_for_copy(node)
                 etag = await self.writer.copy_object(node.file.base, key, metadata, landing_of=node)
+                checksum = node.file.checksum  # the same content
             else:
-                etag = await self._upload_whole(node, key, size, metadata)
+                etag, checksum = await self._upload_whole(node, key, size, metadata)
         finally:
             self._in_flight.pop(node.ino, None)
-        node.file.uploaded(RemoteObject(key, etag, size), data_gen, meta_gen)
+        node.file.uploaded(RemoteObject(key, etag, size), data_gen, meta_gen, checksum)
         node.touch()  # a listing that started before this upload must not drop the file
         # The journal lists the blocks cleaned here as dirty until the checkpoint below: a
         # restart before it uploads them from the cache file again, so none may be evicted.
@@ -337,12 +342,17 @@ class Uploader:
             await self.delete_stale_keys(node)
             await self.file_journal.checkpoint(node)  # clean now: the journal record goes
 
-    async def _upload_whole(self, node: Node, key: str, size: int, metadata: dict) -> str:
+    async def _upload_whole(self, node: Node, key: str, size: int,
+                            metadata: dict) -> tuple[str, ContentChecksum | None]:
+        """Upload the file in one PUT or one multipart upload: the ETag, and the checksum of
+        the content sent where it could be computed on the way."""
         if node.is_symlink:
-            return await self.writer.put(key, node.symlink_target.encode(), metadata)
+            return await self.writer.put(key, node.symlink_target.encode(), metadata), None
         if size < self.writer.threshold:
-            return await self.writer.put(key, await self._compose(node, 0, size), metadata,
-                                         node)
+            body = await self._compose(node, 0, size)
+            checksum = ContentChecksum(await sha256_hex(body), in_metadata=True)
+            metadata = {**metadata, META_SHA256: checksum.sha256}
+            return await self.writer.put(key, body, metadata, node), checksum
         return await self._multipart(node, key, size, metadata)
 
     async def settle_landing(self, node: Node) -> None:
@@ -484,13 +494,15 @@ class Uploader:
                     pieces.append(chunk + bytes(end - start - len(chunk)))
         return b"".join(pieces)
 
-    async def _multipart(self, node: Node, key: str, size: int, metadata: dict) -> str:
+    async def _multipart(self, node: Node, key: str, size: int,
+                         metadata: dict) -> tuple[str, ContentChecksum | None]:
         """Upload the file in parallel parts; a part nothing changed since the file's object
         was written is copied on the server instead of read back and sent again (an image
         larger than the cache, re-uploaded after a few blocks changed)."""
         part_size = choose_part_size(size, self.writer.min_part)
         progress = self._in_flight.get(node.ino)
         base, copied_from_base = node.file.base, []
+        whole = WholeFileHash()
 
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             etag = None
@@ -499,8 +511,10 @@ class Uploader:
                                                              offset, length)
                 if etag is not None:
                     copied_from_base.append(number)
+                    whole.give_up(f"part {number} was copied on the server")
             if etag is None:
                 body = await self._compose(node, offset, length)
+                await whole.feed(offset, body)
                 etag = await self.store.upload_part(key, upload_id, number, body)
             if progress is not None:
                 progress.part_done(offset, length)
@@ -510,8 +524,9 @@ class Uploader:
             if copied_from_base:
                 await self.writer.check_copy_source(base)
 
-        return await self.writer.run_multipart(key, size, part_size, metadata, send_part,
+        etag = await self.writer.run_multipart(key, size, part_size, metadata, send_part,
                                                check_source, landing_of=node)
+        return etag, _recorded_in_index(whole.hexdigest(size))
 
     def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
         """The object behind the file holds exactly these bytes (no block in the range was
@@ -524,6 +539,11 @@ class Uploader:
         blocks = data.blocks(offset, length)
         return (not any(b in data.dirty for b in blocks)
                 and any(data.needs_fetch(b) for b in blocks))
+
+def _recorded_in_index(sha256: str | None) -> ContentChecksum | None:
+    """A multipart upload's checksum, known only at its end: the attribute index keeps it."""
+    return ContentChecksum(sha256, in_metadata=False) if sha256 else None
+
 
 def _segments(data, offset: int, length: int):
     """Split [offset, offset+length) into runs that are (local, start, end)."""

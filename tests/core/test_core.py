@@ -9,6 +9,7 @@ or this mount after a restart.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -35,6 +36,7 @@ from corekit import (
     on_s3_server,
     payload,
     read_file,
+    recorded_sha256,
     s3_attributes,
     settled,
     write_file,
@@ -100,10 +102,13 @@ async def test_upload_on_release(make_core, store, s3, size) -> None:
     assert attrs == Attributes(FILE_MODE, UID, GID, -1)
     assert not node.needs_upload and core.dirty_nodes() == []
     assert s3.uploads() == []
+    # the checksum of what was sent: in the PUT's metadata, or after a multipart upload in
+    # the directory's attribute index (one PUT more)
+    assert recorded_sha256(s3, key) == hashlib.sha256(data).hexdigest()
     if size < PART:
         assert (counts["PutObject"], counts["UploadPart"]) == (1, 0)
     else:
-        assert (counts["PutObject"], counts["CreateMultipartUpload"]) == (0, 1)
+        assert (counts["PutObject"], counts["CreateMultipartUpload"]) == (1, 1)
         assert counts["UploadPart"] == 2
         # two parts, the first one PART long
         assert s3.etag(key) == multipart_etag([md5(data[:PART]), md5(data[PART:])])
@@ -518,7 +523,7 @@ async def test_rewrite_behind_a_stream_to_a_predicted_archive_name_fails(make_co
     assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/"]
     await core.rename(dump, f"{name}.vma.dat", dump, f"{name}.vma.zst")
     await drain(core)
-    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/", f"{PREFIX}dump/{name}.vma.zst"]
+    assert s3.files(f"{PREFIX}dump/") == [f"{PREFIX}dump/", f"{PREFIX}dump/{name}.vma.zst"]
     assert s3.body(f"{PREFIX}dump/{name}.vma.zst") == data  # whole, without the failed write
     assert s3.uploads() == []
 
@@ -577,8 +582,10 @@ async def test_partial_overwrite_of_remote_multipart_file(make_core, store, s3) 
     await core.release(fh)
     counts = Counts(store)
     await drain(core)
-    assert (counts["UploadPart"], counts["PutObject"]) == (2, 0)
+    # both parts sent (one PUT more: the checksum of what was sent, in the attribute index)
+    assert (counts["UploadPart"], counts["PutObject"]) == (2, 1)
     assert s3.body(f"{PREFIX}images/mp.raw") == data
+    assert recorded_sha256(s3, f"{PREFIX}images/mp.raw") == hashlib.sha256(data).hexdigest()
 
 
 async def test_write_beyond_end_of_remote_file(make_core, s3) -> None:
@@ -664,7 +671,7 @@ async def test_rename_while_open_for_writing(make_core, store, s3,
     await core.release(fh)
     await drain(core)
     assert counts["CopyObject"] == fsync_first and counts["DeleteObject"] == fsync_first
-    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/",
+    assert s3.files(f"{PREFIX}dump/") == [f"{PREFIX}dump/",
                                                            f"{PREFIX}dump/vzdump.vma"]
     assert s3.body(f"{PREFIX}dump/vzdump.vma") == first + more
     await fails_with(errno.ENOENT, core.lookup, dump, "vzdump.tmp")
@@ -740,7 +747,7 @@ async def test_rename_during_upload_restarts_it_at_new_key(make_core, store, s3,
     await drain(core)
     await trio.sleep(0.5)  # virtual time: a request still in the delay has been sent by now
     assert s3.uploads() == []
-    assert s3.keys(f"{PREFIX}dump/") == [f"{PREFIX}dump/",
+    assert s3.files(f"{PREFIX}dump/") == [f"{PREFIX}dump/",
                                                            f"{PREFIX}dump/x.vma"]
     assert s3.body(f"{PREFIX}dump/x.vma") == data
 
@@ -778,7 +785,7 @@ async def test_rename_reuploads_when_copy_is_not_implemented(make_core, store, s
     await drain(core)
     assert faulty.injected["CopyObject"] >= 1
     key = f"{PREFIX}template/iso/debian-12.iso"
-    assert s3.keys(f"{PREFIX}template/iso/") == [f"{PREFIX}template/iso/", key]
+    assert s3.files(f"{PREFIX}template/iso/") == [f"{PREFIX}template/iso/", key]
     assert s3.body(key) == data
     assert s3_attributes(s3, key) == Attributes(FILE_MODE, UID, GID, -1)
     assert s3.uploads() == []
