@@ -48,6 +48,7 @@ TOOLS = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph
 PACKAGES = "ceph-mon ceph-osd radosgw ceph-common"
 DAEMONS = ("mon.a", "osd.0", "client.rgw")  # start order; stopped in reverse
 GiB = 1024 ** 3
+DATA_POOL = "default.rgw.buckets.data"  # where the gateway keeps object data
 MiB = 1024 ** 2
 
 
@@ -266,6 +267,32 @@ class CephRGW:
             raise RGWError(f"`{' '.join(command)}` failed with {done.returncode}:\n"
                            f"{done.stdout}{done.stderr}\n{self.logs()}")
         return done
+
+    def rot(self, bucket: str, key: str, offset: int = 0) -> str:
+        """Flip one byte of a stored object's data in RADOS, behind the gateway's back (bit rot
+        at rest): the RADOS object holding ``offset`` of the first part of an object uploaded in
+        parts, else the head object of ``key`` (its data starts the object). Returns the
+        RADOS object's name."""
+        stats = json.loads(self._run("radosgw-admin", "bucket", "stats", "--bucket",
+                                     bucket).stdout)
+        marker = stats["marker"]
+        names = self._run("rados", "-p", DATA_POOL, "ls").stdout.split()
+        part = sorted(n for n in names
+                      if n.startswith(f"{marker}__multipart_{key}.") and n.endswith(".1"))
+        head = [n for n in names if n == f"{marker}_{key}"]
+        target = (part or head or [None])[0]
+        if target is None:
+            raise RGWError(f"no RADOS object holds {key} in {DATA_POOL}: {names}")
+        local = self.root / "rot.tmp"
+        self._run("rados", "-p", DATA_POOL, "get", target, str(local))
+        data = bytearray(local.read_bytes())
+        if offset >= len(data):
+            raise RGWError(f"{target} holds {len(data)} bytes, not {offset + 1}")
+        data[offset] ^= 0x01
+        local.write_bytes(bytes(data))
+        self._run("rados", "-p", DATA_POOL, "put", target, str(local))
+        local.unlink()
+        return target
 
     def _launch(self, daemon: str, program: str, *args: str) -> None:
         with (self.root / "log" / f"{daemon}.out").open("ab") as out:

@@ -95,8 +95,8 @@ def _days(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number of days, got {text!r}") from None
 
 
-def _admin_config(args: argparse.Namespace) -> Any:
-    """The validated configuration of check/info/lifecycle with logging set up; or an exit
+def admin_config(args: argparse.Namespace) -> Any:
+    """The validated configuration of check/info/lifecycle/verify with logging set up; or an exit
     status after printing why there is none."""
     from s3pvefs.config.file import load_config
     from s3pvefs.logsetup import setup_logging
@@ -119,7 +119,7 @@ def _admin_config(args: argparse.Namespace) -> Any:
     return config
 
 
-def _run_with_store(config: Any, work: Any, *args: Any) -> Any:
+def run_with_store(config: Any, work: Any, *args: Any) -> Any:
     """Run `work(store, *args)` on a store opened from `config` in a fresh trio run."""
     import trio
 
@@ -135,11 +135,11 @@ def _run_with_store(config: Any, work: Any, *args: Any) -> Any:
 def cmd_check(args: argparse.Namespace) -> int:
     from s3pvefs.service import admin
 
-    config = _admin_config(args)
+    config = admin_config(args)
     if isinstance(config, int):
         return config
     try:
-        results = _run_with_store(config, admin.run_checks, config)
+        results = run_with_store(config, admin.run_checks, config)
     except ConfigError as exc:
         report_error(str(exc), config.log_file is not None)
         return EXIT_CONFIG
@@ -160,11 +160,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from s3pvefs.errors import StoreError
     from s3pvefs.service import admin
 
-    config = _admin_config(args)
+    config = admin_config(args)
     if isinstance(config, int):
         return config
     try:
-        usage = _run_with_store(config, admin.collect_usage, config.prefix)
+        usage = run_with_store(config, admin.collect_usage, config.prefix)
     except ConfigError as exc:
         report_error(str(exc), config.log_file is not None)
         return EXIT_CONFIG
@@ -189,11 +189,11 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         report_error(str(exc))
         return EXIT_CONFIG
-    config = _admin_config(args)
+    config = admin_config(args)
     if isinstance(config, int):
         return config
     try:
-        result = _run_with_store(config, admin.apply_lifecycle, config.prefix, plan,
+        result = run_with_store(config, admin.apply_lifecycle, config.prefix, plan,
                                  args.dry_run)
     except ConfigError as exc:
         report_error(str(exc), config.log_file is not None)
