@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import mmap
 import os
 import random
@@ -315,6 +316,20 @@ def data_keys(s3_client, bucket: str, prefix: str = PREFIX) -> set[str]:
             if not key.endswith("/") and INDEX_MARK not in "/" + key}
 
 
+def recorded_sha256(s3_client, bucket: str, key: str, etag: str,
+                    metadata: dict[str, str]) -> str | None:
+    """The content checksum s3pvefs recorded for this object: in its metadata, else in an
+    attribute index entry of its directory naming its ETag."""
+    if "s3pvefs-sha256" in metadata:
+        return metadata["s3pvefs-sha256"]
+    directory, _, name = key.rpartition("/")
+    for index in keys(s3_client, bucket, directory + "/" + INDEX_MARK.lstrip("/")):
+        entry = json.loads(object_bytes(s3_client, bucket, index)).get(name) or {}
+        if entry.get("etag") == etag.strip('"') and "sha256" in entry:
+            return entry["sha256"]
+    return None
+
+
 def open_uploads(s3_client, bucket: str, prefix: str = "") -> list[dict]:
     answer = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
     return [{"Key": upload["Key"], "UploadId": upload["UploadId"]}
@@ -375,6 +390,10 @@ def check_bucket(s3_client, bucket: str, expected: dict[str, bytes | Content | E
         answer = s3_client.get_object(Bucket=bucket, Key=key)
         body = answer["Body"].read()
         etag = answer.get("ETag", "")
+        recorded = recorded_sha256(s3_client, bucket, key, etag, answer.get("Metadata", {}))
+        if recorded is not None and recorded != sha256(body):
+            problems.append(f"{key} (ETag {etag}): the checksum recorded for it ({recorded}) "
+                            f"is not the SHA-256 of what S3 holds")
         if isinstance(want, Expect):
             if not want.accepts(body):
                 reference = want.exact[-1] if want.exact else (want.prefix_of or b"")

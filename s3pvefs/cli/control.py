@@ -81,7 +81,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _locate(path: Path) -> tuple[Path, str]:
+def locate(path: Path) -> tuple[Path, str]:
     """(mountpoint, path relative to it) of a path on a running s3pvefs mount, or ControlError.
 
     A mountpoint that no longer shows in the mount table but whose admin socket still exists
@@ -111,7 +111,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
         print_error(f"{args.path}: {exc.strerror}")
         return EXIT_NO_MOUNT
     try:
-        mountpoint, relative = _locate(args.path)
+        mountpoint, relative = locate(args.path)
         wait = None if args.timeout is None else args.timeout + SYNC_ANSWER_MARGIN
         answer = request(mountpoint, {"op": "sync", "path": relative, "timeout": args.timeout},
                          wait)
@@ -140,7 +140,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from s3pvefs.service.control import ControlError, request
 
     try:
-        mountpoint, relative = _locate(args.mountpoint)
+        mountpoint, relative = locate(args.mountpoint)
         path = "/".join(filter(None, [relative, args.path.strip("/")]))
         answer = request(mountpoint, {"op": "refresh", "path": path}, STATUS_TIMEOUT)
     except ControlError as exc:
@@ -159,7 +159,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from s3pvefs.service.control import ControlError, request
 
     try:
-        mountpoint, _relative = _locate(args.mountpoint)
+        mountpoint, _relative = locate(args.mountpoint)
         answer = request(mountpoint, {"op": "status"}, STATUS_TIMEOUT)
     except ControlError as exc:
         print_error(str(exc))

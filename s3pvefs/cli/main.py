@@ -25,6 +25,7 @@ from s3pvefs.bench import add_parser as add_bench_parser
 from s3pvefs.cli import admin as cliadmin
 from s3pvefs.cli import control as clicontrol
 from s3pvefs.cli import verify as cliverify
+from s3pvefs.cli import versions as cliversions
 from s3pvefs.cli.settings import (
     EXIT_CONFIG,
     add_config_arguments,
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     clicontrol.add_parsers(sub)
     cliadmin.add_parsers(sub)
     cliverify.add_parser(sub)
+    cliversions.add_parsers(sub)
     add_bench_parser(sub)  # the flags only: the harness is imported when `bench` runs
     return parser
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from s3pvefs.config.check import validate_config
-from s3pvefs.config.settings import FIELD_CONVERTERS, TOML_LAYOUT, Config, flag_name
+from s3pvefs.config.settings import ANY_KEY, FIELD_CONVERTERS, TOML_LAYOUT, Config, flag_name
 from s3pvefs.errors import ConfigError
 
 
@@ -82,6 +82,12 @@ def _values_from_toml(path: Path) -> tuple[dict[str, Any], dict[str, str]]:
         if not isinstance(table, dict):
             raise ConfigError(f"{section!r} in {path} must be a section [{section}], not a value")
         layout = TOML_LAYOUT[section]
+        gathered = {key: value for key, value in table.items() if key not in layout}
+        if gathered and ANY_KEY in layout:
+            fname, conv = layout[ANY_KEY]
+            values[fname] = conv(gathered, f"[{section}] in {path}")
+            labels[fname] = f"[{section}] in {path}"
+            table = {key: value for key, value in table.items() if key in layout}
         for key, value in table.items():
             if key not in layout:
                 raise ConfigError(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from s3pvefs.config.retention import GOVERNANCE, parse_retention_map, parse_retention_mode
 from s3pvefs.config.s3options import (
     parse_sse,
     parse_storage_class,
@@ -60,6 +61,9 @@ class Config:
     kms_key_id: str | None = None  # SSE-KMS key; None: the AWS managed key aws/s3
     sse_customer_key_file: Path | None = None
     sse_customer_key: bytes | None = field(default=None, repr=False)  # read from the file
+    # S3 Object Lock of new objects: seconds per content directory ("dump/" -> 30 days)
+    retention_by_dir: dict[str, int] = field(default_factory=dict)
+    retention_mode: str = GOVERNANCE  # GOVERNANCE | COMPLIANCE
     # Transport
     verify_tls: bool = True
     ca_bundle: str | None = None
@@ -124,6 +128,7 @@ SECRET_FIELDS = ("secret_access_key", "session_token", "sse_customer_key")
 # TOML layout: section -> key -> (Config field, converter). Flags use the field names.
 
 _Converter = Callable[[Any, str], Any]
+ANY_KEY = "*"  # a section's other keys, gathered into one table for this field
 
 TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
     "s3": {
@@ -148,6 +153,11 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "sse": ("sse", parse_sse),
         "kms_key_id": ("kms_key_id", parse_str),
         "sse_customer_key_file": ("sse_customer_key_file", parse_path),
+    },
+    # mode, and one key per content directory: dump = "30d", "template/iso" = "7d"
+    "retention": {
+        "mode": ("retention_mode", parse_retention_mode),
+        ANY_KEY: ("retention_by_dir", parse_retention_map),
     },
     "credentials": {
         "access_key_id": ("access_key_id", parse_secret),
@@ -201,5 +211,5 @@ def toml_key(field_name: str) -> str:
     for section, keys in TOML_LAYOUT.items():
         for key, (fname, _conv) in keys.items():
             if fname == field_name:
-                return f"[{section}] {key}"
+                return f"[{section}]" if key == ANY_KEY else f"[{section}] {key}"
     return field_name

@@ -72,6 +72,10 @@ class Admin(Protocol):
 
     async def refresh(self, path: str | None) -> int: ...
 
+    async def versions(self, path: str) -> list[dict]: ...
+
+    async def undelete(self, path: str, version_id: str | None) -> dict: ...
+
     def dirty_nodes(self) -> Sequence[_File]: ...
 
 
@@ -220,8 +224,21 @@ class _Server:
                 return {"ok": True, "refreshed": await self.core.refresh(path.strip("/"))}
             except FsError as exc:
                 return {"ok": False, "error": str(exc)}
-        return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync' or "
-                                     "'refresh')"}
+        if op in ("versions", "undelete"):
+            return await self._versions(op, request)
+        return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync', "
+                                     "'refresh', 'versions' or 'undelete')"}
+
+    async def _versions(self, op: str, request: dict) -> dict:
+        path, version = request.get("path") or "", request.get("version")
+        if not isinstance(path, str) or not isinstance(version, (str, type(None))):
+            return {"ok": False, "error": "bad request: path and version must be strings"}
+        try:
+            if op == "versions":
+                return {"ok": True, "versions": await self.core.versions(path.strip("/"))}
+            return {"ok": True, "restored": await self.core.undelete(path.strip("/"), version)}
+        except (S3PveFsError, StoreError) as exc:
+            return {"ok": False, "error": str(exc)}
 
     async def _sync(self, path: str, timeout: float | None) -> dict:
         job = _SyncJob()

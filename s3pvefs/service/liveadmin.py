@@ -15,6 +15,7 @@ from s3pvefs.config.settings import Config
 from s3pvefs.errors import FsError, FsKind, StoreError
 from s3pvefs.fs.core import FsCore
 from s3pvefs.fs.listing import Directories, walk
+from s3pvefs.service import versions
 from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.state.nodes import InodeTable, Node
 from s3pvefs.store.objectstore import ObjectStore
@@ -43,6 +44,7 @@ class LiveAdmin:
         self.dirs = dirs
         self._kernel = kernel  # None without a kernel mount (tests)
         self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))
+        self.prefix = config.prefix
 
     def dirty_nodes(self) -> list[Node]:
         return self.inodes.needing_upload()
@@ -102,6 +104,24 @@ class LiveAdmin:
         if self._kernel is not None:
             await self._kernel.forget(directories, known_files)
         return count
+
+    async def versions(self, path: str) -> list[dict]:
+        """`s3pvefs versions PATH` on a mount (versions.list_versions)."""
+        return await versions.list_versions(self.store, self.prefix, path)
+
+    async def undelete(self, path: str, version_id: str | None) -> dict:
+        """`s3pvefs undelete PATH`: the version is current again on S3, and this mount shows
+        it at once. A file of that name that this mount has not uploaded yet is not replaced."""
+        local = self.inodes.at_path(path)
+        if local is not None and local.needs_upload:
+            raise versions.VersionError(f"{path}: a new file of that name is in this mount, "
+                                        "not on S3 yet; rename it first")
+        restored = await versions.undelete(self.store, self.prefix, path, version_id)
+        try:
+            await self.refresh(path.rpartition("/")[0])
+        except FsError:
+            pass  # a directory this mount never listed: its first listing shows the file
+        return restored
 
     def _loaded_node(self, path: str) -> Node:
         """The node at ``path`` if this mount has seen it (unseen paths hold nothing dirty)."""

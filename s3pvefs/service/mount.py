@@ -31,7 +31,7 @@ from s3pvefs.service.control import serve_control
 from s3pvefs.service.liveadmin import LiveAdmin, build_admin
 from s3pvefs.service.sdnotify import Notifier
 from s3pvefs.state.blockcache import BlockCache
-from s3pvefs.store.s3store import ObjectStore, open_s3_store
+from s3pvefs.store.s3store import S3Store, open_s3_store
 
 log = logging.getLogger(__name__)
 
@@ -81,29 +81,49 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
         await cache.aclose()
 
 
-async def check_bucket(store: ObjectStore, config: Config) -> None:
+async def check_bucket(store: S3Store, config: Config) -> None:
     """Fail before mounting, with a message that says what to fix.
 
     A one-key listing of the prefix checks the endpoint, the credentials, the bucket and the
-    permission to list in one request, and its error body names the cause.
+    permission to list in one request, and its error body names the cause. Retention needs a
+    bucket with Object Lock: without it every upload would be refused.
     """
     where = f"bucket {config.bucket!r} at {config.endpoint_url or 'AWS S3'}"
     try:
         await store.list_page(config.prefix, "/", None, max_keys=1)
-        return
     except StoreError as exc:
-        failure = exc
+        await _bucket_unusable(store, config, where, exc)
+    if config.retention_by_dir:
+        await _check_object_lock(store, where)
+
+
+async def _bucket_unusable(store: S3Store, config: Config, where: str,
+                           failure: StoreError) -> None:
     if failure.code in ("NoSuchBucket", "NotFound", "404"):
         if not config.create_bucket:
             raise ConfigError(f"{where} does not exist: create it, or mount with "
                               "--create-bucket") from None
-        await store.create_bucket()
+        await store.create_bucket(object_lock=bool(config.retention_by_dir))
         log.info("created %s", where)
         return
     if failure.kind is StoreKind.ACCESS_DENIED:
         raise ConfigError(f"access to {where} denied: {failure.code}: {failure.detail} "
                           "(check the credentials and the bucket policy)") from None
     raise ConfigError(f"cannot reach {where}: {failure}") from None
+
+
+async def _check_object_lock(store: S3Store, where: str) -> None:
+    try:
+        protection = await store.bucket_protection()
+    except StoreError as exc:
+        raise ConfigError(f"retention is configured, but the Object Lock configuration of "
+                          f"{where} cannot be read: {exc}") from None
+    if not protection.object_lock:
+        raise ConfigError(
+            f"retention is configured ([retention] or --retention), but {where} does not have "
+            "S3 Object Lock enabled: every upload would be refused. Use a bucket created with "
+            "Object Lock (aws s3api create-bucket ... --object-lock-enabled-for-bucket), or "
+            "remove the retention settings")
 
 
 def _fuse_options(config: Config) -> set[str]:

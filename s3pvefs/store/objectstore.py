@@ -30,6 +30,9 @@ class ObjectInfo:
     # From a HEAD: "AES256", "aws:kms" or "SSE-C" as the server reports it; None: not reported.
     encryption: str | None = None
     kms_key_id: str | None = None
+    # From a HEAD: the Object Lock retention of this version, if any
+    lock_mode: str | None = None
+    retain_until_ns: int | None = None
 
 
 @dataclass
@@ -54,6 +57,27 @@ class MultipartUploadInfo:
     key: str
     upload_id: str
     initiated_ns: int
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One entry of ListObjectVersions: a version of an object, or a delete marker."""
+
+    key: str
+    version_id: str
+    size: int
+    etag: str
+    mtime_ns: int
+    is_latest: bool
+    delete_marker: bool
+
+
+@dataclass(frozen=True)
+class BucketProtection:
+    versioning: str  # "Enabled", "Suspended" or "Disabled"
+    object_lock: bool
+    default_mode: str | None = None  # the bucket's default retention, if any
+    default_period: str | None = None  # "30d", "1y"
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""The request parameters a mount's configuration adds to S3 requests: the storage class of
-new objects and the server-side encryption headers, per kind of request (``ObjectOptions``).
+"""The request parameters a mount's configuration adds to S3 requests: the storage class and
+Object Lock retention of new objects and the server-side encryption headers, per kind of
+request (``ObjectOptions``).
 
 The settings themselves (their spellings, validation, the SSE-C key file) are in
 ``s3options.py``; ``S3Store`` adds what ``ObjectOptions`` gives to each request it sends.
@@ -7,9 +8,11 @@ The settings themselves (their spellings, validation, the SSE-C key file) are in
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from s3pvefs.config.retention import GOVERNANCE, retention_for
 from s3pvefs.config.s3options import SSE_C, SSE_KMS, SSE_S3, storage_class_for
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import ConfigError
@@ -39,6 +42,9 @@ class ObjectOptions:
     sse_c: dict[str, Any] = field(default_factory=dict, repr=False)
     # CopyObject, UploadPartCopy: the SSE-C key of the source
     sse_c_source: dict[str, Any] = field(default_factory=dict, repr=False)
+    # Object Lock of new objects: seconds per content directory, and the mode
+    retention_by_dir: dict[str, int] = field(default_factory=dict)
+    retention_mode: str = GOVERNANCE
 
     @classmethod
     def from_config(cls, config: Config) -> ObjectOptions:
@@ -62,7 +68,8 @@ class ObjectOptions:
             sse_c_source = {"CopySourceSSECustomerAlgorithm": "AES256",
                             "CopySourceSSECustomerKey": customer_key}
         return cls(config.prefix, config.storage_class, dict(config.storage_class_by_dir),
-                   on_create, sse_c, sse_c_source)
+                   on_create, sse_c, sse_c_source, dict(config.retention_by_dir),
+                   config.retention_mode)
 
     @property
     def etags_are_md5(self) -> bool:
@@ -72,15 +79,37 @@ class ObjectOptions:
 
     def storage_class(self, key: str) -> str | None:
         """The class a new object at `key` gets (None: the server's default)."""
-        name = key.rsplit("/", 1)[-1]
-        if not name or name.startswith(INTERNAL_NAME_PREFIX):
-            return None  # a directory marker or an object of s3pvefs's own
-        relative = key[len(self.prefix):] if key.startswith(self.prefix) else key
+        relative = self._file_key(key)
+        if relative is None:
+            return None
         return storage_class_for(relative, self.default_class, self.class_by_dir)
 
-    def for_create(self, key: str, storage_class: str | None = None) -> dict[str, Any]:
+    def retention(self, key: str) -> dict[str, Any]:
+        """The Object Lock parameters of a new object at `key`: none, or the mode and a
+        retain-until date counted from now."""
+        relative = self._file_key(key)
+        seconds = retention_for(relative, self.retention_by_dir) if relative else None
+        if seconds is None:
+            return {}
+        until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+        return {"ObjectLockMode": self.retention_mode, "ObjectLockRetainUntilDate": until}
+
+    def _file_key(self, key: str) -> str | None:
+        """A file's key relative to the prefix; None for a directory marker or an object of
+        s3pvefs's own."""
+        name = key.rsplit("/", 1)[-1]
+        if not name or name.startswith(INTERNAL_NAME_PREFIX):
+            return None
+        return key[len(self.prefix):] if key.startswith(self.prefix) else key
+
+    def for_create(self, key: str, storage_class: str | None = None, *,
+                   retention: bool = True) -> dict[str, Any]:
+        """Parameters of a request that creates an object at ``key``; ``retention=False``
+        leaves Object Lock out (a CopyObject: some servers refuse it there without a
+        Content-MD5 a copy cannot have; the store sets it afterwards)."""
         chosen = storage_class or self.storage_class(key)
-        return {**self.on_create, **({"StorageClass": chosen} if chosen else {})}
+        return {**self.on_create, **({"StorageClass": chosen} if chosen else {}),
+                **(self.retention(key) if retention else {})}
 
     def configured_classes(self) -> set[str]:
         return {c for c in (self.default_class, *self.class_by_dir.values()) if c}

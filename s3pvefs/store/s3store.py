@@ -27,10 +27,12 @@ from s3pvefs.errors import ConfigError, StoreError
 from s3pvefs.store.bridge import AsyncioThread
 from s3pvefs.store.objectstore import (  # noqa: F401 (re-exported: callers import them from here too)
     DELETE_BATCH,  # a global here: tests patch store.DELETE_BATCH
+    BucketProtection,
     ListPage,
     MultipartUploadInfo,
     ObjectInfo,
     ObjectStore,
+    ObjectVersion,
     StoreStats,
     multipart_etag,
 )
@@ -51,6 +53,9 @@ log = logging.getLogger("s3pvefs.store.s3store")
 T = TypeVar("T")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# What servers answer GetObjectLockConfiguration on a bucket without Object Lock
+_NO_LOCK_CODES = ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound",
+                  "NoSuchObjectLockConfiguration", "InvalidRequest")
 
 
 # -- conversions ----------------------------------------------------------------------------
@@ -173,8 +178,9 @@ class S3Store:
     async def head_bucket(self) -> None:
         await self._call("HeadBucket", None)
 
-    async def create_bucket(self) -> None:
-        params: dict[str, Any] = {}
+    async def create_bucket(self, object_lock: bool = False) -> None:
+        """Create the bucket (with Object Lock, which also turns versioning on)."""
+        params: dict[str, Any] = {"ObjectLockEnabledForBucket": True} if object_lock else {}
         if self._region != "us-east-1":  # us-east-1 rejects an explicit LocationConstraint
             params["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
         try:
@@ -222,11 +228,15 @@ class S3Store:
 
     # -- objects --
 
-    async def head(self, key: str) -> ObjectInfo:
+    async def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+        """An object's size, ETag, metadata, class, encryption and Object Lock (of one version
+        with ``version_id``)."""
+        version = {"VersionId": version_id} if version_id else {}
         response = await self._request(
             "HeadObject", key, self._call_in_loop, "HeadObject",
-            {"Key": key, **self.options.sse_c}, quiet_not_found=True,
+            {"Key": key, **version, **self.options.sse_c}, quiet_not_found=True,
         )
+        until = response.get("ObjectLockRetainUntilDate")
         return ObjectInfo(
             key=key,
             size=response["ContentLength"],
@@ -237,14 +247,19 @@ class S3Store:
             encryption="SSE-C" if response.get("SSECustomerAlgorithm")
             else response.get("ServerSideEncryption"),
             kms_key_id=response.get("SSEKMSKeyId"),
+            lock_mode=response.get("ObjectLockMode"),
+            retain_until_ns=_ns(until) if until else None,
         )
 
     async def get(
-        self, key: str, start: int = 0, length: int | None = None, if_match: str | None = None
+        self, key: str, start: int = 0, length: int | None = None, if_match: str | None = None,
+        version_id: str | None = None,
     ) -> bytes:
         if length == 0:
             return b""
         params: dict[str, Any] = {"Key": key, **self.options.sse_c}
+        if version_id is not None:
+            params["VersionId"] = version_id
         if (byte_range := _range_header(start, length)) is not None:
             params["Range"] = byte_range
         if if_match is not None:
@@ -345,11 +360,11 @@ class S3Store:
 
     async def copy(
         self, src_key: str, dst_key: str, metadata: dict[str, str] | None = None,
-        if_match: str | None = None,
+        if_match: str | None = None, src_version: str | None = None,
     ) -> str:
         params: dict[str, Any] = {
             "Key": dst_key,
-            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+            "CopySource": _copy_source(self.bucket, src_key, src_version),
         }
         if metadata is None:
             params["MetadataDirective"] = "COPY"
@@ -359,9 +374,11 @@ class S3Store:
         if if_match is not None:
             params["CopySourceIfMatch"] = _quote(if_match)
         # S3 gives a copy the class and encryption asked for, not the source's.
-        params.update(self.options.for_create(dst_key), **self.options.sse_c_source)
+        params.update(self.options.for_create(dst_key, retention=False),
+                      **self.options.sse_c_source)
         response = await self._call("CopyObject", src_key, **params)
         etag = _unquote(response.get("CopyObjectResult", {}).get("ETag") or "")
+        await self._ensure_retention(dst_key, None)
         return etag or (await self.head(dst_key)).etag  # no ETag in the answer: ask
 
     # -- multipart --
@@ -392,13 +409,13 @@ class S3Store:
 
     async def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
-        end_inclusive: int, if_match: str | None = None,
+        end_inclusive: int, if_match: str | None = None, src_version: str | None = None,
     ) -> str:
         params: dict[str, Any] = {
             "Key": key,
             "UploadId": upload_id,
             "PartNumber": part_number,
-            "CopySource": {"Bucket": self.bucket, "Key": src_key},
+            "CopySource": _copy_source(self.bucket, src_key, src_version),
             "CopySourceRange": f"bytes={start}-{end_inclusive}",
             **self.options.sse_c,
             **self.options.sse_c_source,
@@ -426,7 +443,27 @@ class S3Store:
         )
         expected = (multipart_etag([etag for _, etag in sorted(parts)])
                     if self.options.etags_are_md5 else None)
-        return await self._confirm("CompleteMultipartUpload", key, response, expected, size)
+        etag = await self._confirm("CompleteMultipartUpload", key, response, expected, size)
+        await self._ensure_retention(key, "CreateMultipartUpload")
+        return etag
+
+    async def _ensure_retention(self, key: str, asked_in: str | None) -> None:
+        """An object made under a retained directory has its Object Lock, or gets it now:
+        servers that accept the headers and ignore them exist (Ceph RGW 16 and moto on
+        multipart uploads), and a backup must not stay deletable because of them. Copies
+        never ask (``asked_in`` None): their retention is always set here."""
+        wanted = self.options.retention(key)
+        if not wanted:
+            return
+        found = await self.head(key)
+        if found.lock_mode and found.retain_until_ns:
+            return
+        if asked_in is not None:
+            log.warning("the server did not apply the Object Lock retention asked for in %s "
+                        "to %s; setting it with PutObjectRetention", asked_in, key)
+        await self._call("PutObjectRetention", key, Key=key, Retention={
+            "Mode": wanted["ObjectLockMode"],
+            "RetainUntilDate": wanted["ObjectLockRetainUntilDate"]})
 
     async def _confirm(self, operation: str, key: str, response: dict[str, Any],
                        expected: str | None, size: int) -> str:
@@ -468,6 +505,47 @@ class S3Store:
                 "UploadIdMarker": response.get("NextUploadIdMarker", ""),
             }
 
+    # -- versions and Object Lock (admin commands; the filesystem never asks) --
+
+    async def bucket_protection(self) -> BucketProtection:
+        """The bucket's versioning status and Object Lock configuration."""
+        versioning = (await self._call("GetBucketVersioning", None)).get("Status")
+        try:
+            lock = await self._request(
+                "GetObjectLockConfiguration", None, self._call_in_loop,
+                "GetObjectLockConfiguration", {}, quiet_codes=_NO_LOCK_CODES)
+        except StoreError as error:
+            if error.code not in _NO_LOCK_CODES:
+                raise
+            lock = {}
+        configuration = lock.get("ObjectLockConfiguration") or {}
+        default = (configuration.get("Rule") or {}).get("DefaultRetention") or {}
+        period = (f"{default['Days']}d" if "Days" in default
+                  else f"{default['Years']}y" if "Years" in default else None)
+        return BucketProtection(
+            versioning=versioning or "Disabled",
+            object_lock=configuration.get("ObjectLockEnabled") == "Enabled",
+            default_mode=default.get("Mode"), default_period=period)
+
+    async def list_versions(self, prefix: str) -> list[ObjectVersion]:
+        """Every version and delete marker under ``prefix``, newest first per key."""
+        found: list[ObjectVersion] = []
+        markers: dict[str, str] = {}
+        while True:
+            response = await self._call("ListObjectVersions", prefix, Prefix=prefix, **markers)
+            for entry in response.get("Versions", []):
+                found.append(ObjectVersion(entry["Key"], entry["VersionId"], entry["Size"],
+                                           _unquote(entry.get("ETag", "")),
+                                           _ns(entry["LastModified"]), entry["IsLatest"], False))
+            for entry in response.get("DeleteMarkers", []):
+                found.append(ObjectVersion(entry["Key"], entry["VersionId"], 0, "",
+                                           _ns(entry["LastModified"]), entry["IsLatest"], True))
+            if not response.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": response.get("NextKeyMarker", ""),
+                       "VersionIdMarker": response.get("NextVersionIdMarker", "")}
+        return sorted(found, key=lambda v: (v.key, -v.mtime_ns, not v.is_latest))
+
     # -- teardown --
 
     async def aclose(self) -> None:
@@ -492,6 +570,10 @@ def _warn_about_options(config: Config, options: ObjectOptions) -> None:
     if config.sse == SSE_C and (config.endpoint_url or "https:").startswith("http:"):
         log.warning("SSE-C over plain http sends the encryption key in clear text; AWS and "
                     "most servers refuse it: use an https endpoint")
+
+
+def _copy_source(bucket: str, key: str, version: str | None) -> dict[str, str]:
+    return {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
 
 
 def _snake_case(operation: str) -> str:
