@@ -51,11 +51,14 @@ async def test_check_passes_and_leaves_nothing_behind(store_config, s3_client, b
         results = await admin.run_checks(store, config)
     named = by_name(results)
     assert all(result.ok for result in results), admin.format_checks(config, results)
-    assert list(named) == ["credentials", "bucket", "write", "read", "ranged GET", "encryption",
-                           "class STANDARD", "class STANDARD_IA", "multipart", "Complete ETag",
-                           "UploadPartCopy", "copy-source-if-match", "latency", "delete"]
-    # moto, like Ceph RGW, ignores x-amz-copy-source-if-match: a warning, not a failure
-    assert [r.name for r in results if r.warning] == ["copy-source-if-match"]
+    assert list(named) == ["credentials", "bucket", "protection", "write", "read",
+                           "ranged GET", "encryption", "class STANDARD", "class STANDARD_IA",
+                           "multipart", "Complete ETag", "UploadPartCopy",
+                           "copy-source-if-match", "latency", "delete"]
+    # moto, like Ceph RGW, ignores x-amz-copy-source-if-match: a warning, not a failure; the
+    # bucket has no versioning: nothing deleted can be undeleted
+    assert [r.name for r in results if r.warning] == ["protection", "copy-source-if-match"]
+    assert "versioning Disabled, no Object Lock" in named["protection"].detail
     assert named["copy-source-if-match"].status == "WARN"
     assert "ESTALE" in named["copy-source-if-match"].detail
     assert named["Complete ETag"].detail.startswith("the answer names the new object's ETag")
@@ -63,6 +66,25 @@ async def test_check_passes_and_leaves_nothing_behind(store_config, s3_client, b
     assert "Content-Range bytes 1000-2999/65536" in named["ranged GET"].detail
     assert "median" in named["latency"].detail and "over 5 HEAD requests" in named["latency"].detail
     assert all_keys(s3_client, bucket) == [] and open_uploads(s3_client, bucket) == []
+
+
+async def test_check_reports_object_lock_and_refuses_retention_without_it(
+        store_config, s3_client, bucket) -> None:
+    config = validated(store_config, prefix="pve", retention_by_dir={"dump": "30d"})
+    async with open_s3_store(config) as store:
+        named = by_name(await admin.run_checks(store, config))
+    assert named["protection"].ok is False
+    assert "needs a bucket with Object Lock" in named["protection"].detail
+    locked = f"{bucket}-locked"
+    s3_client.create_bucket(Bucket=locked, ObjectLockEnabledForBucket=True)
+    config = validated(store_config, bucket=locked, prefix="pve",
+                       retention_by_dir={"dump": "30d", "template/iso": "12h"})
+    async with open_s3_store(config) as store:
+        named = by_name(await admin.run_checks(store, config))
+    assert named["protection"].ok and not named["protection"].warning
+    assert named["protection"].detail == (
+        "versioning Enabled, Object Lock enabled; new objects retained (GOVERNANCE): "
+        "dump 30d, template/iso 12h")
 
 
 async def test_check_reports_sse_c_the_server_does_not_confirm(store_config, s3_client, bucket):
@@ -160,7 +182,7 @@ async def test_check_warns_without_upload_part_copy(store: S3Store, store_config
     assert "upload their data again" in named["UploadPartCopy"].detail
     assert not any(r.ok is False for r in results)
     text = admin.format_checks(store_config, results)
-    assert "  WARN  UploadPartCopy" in text and "checks passed, 2 with a warning" in text
+    assert "  WARN  UploadPartCopy" in text and "checks passed, 3 with a warning" in text
     assert all_keys(s3_client, bucket) == [] and open_uploads(s3_client, bucket) == []
 
 
@@ -206,11 +228,13 @@ def test_check_command_exit_status_and_table(moto_server, bucket, s3_client) -> 
     result = run_cli("check", *s3_args(moto_server, bucket), "--sse", "AES256")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"s3pvefs check: s3://{bucket}/pve/ at ")
-    assert "all 12 checks passed, 1 with a warning" in result.stdout
+    assert "all 13 checks passed, 2 with a warning" in result.stdout
     assert "  WARN  copy-source-if-match" in result.stdout
-    assert result.stderr.startswith("s3pvefs: check warning: copy-source-if-match: the server "
-                                    "ignores x-amz-copy-source-if-match")
-    assert len(result.stderr.splitlines()) == 1
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 2
+    assert warnings[0].startswith("s3pvefs: check warning: protection: versioning Disabled")
+    assert warnings[1].startswith("s3pvefs: check warning: copy-source-if-match: the server "
+                                  "ignores x-amz-copy-source-if-match")
     failed = run_cli("check", *s3_args(moto_server, "missing-bucket-x"))
     assert failed.returncode == 1
     assert failed.stderr.splitlines() == [

@@ -585,3 +585,50 @@ def test_sse_c_key_is_a_secret(tmp_path):
     red = c.redacted()
     assert red["sse_customer_key"] == "***" and red["sse_customer_key_file"] == str(path)
     assert key_b64 not in repr(c) + str(red) and repr(SSE_C_KEY) not in repr(c) + str(red)
+
+
+# ---- retention (S3 Object Lock) --------------------------------------------------------------
+
+
+def test_retention_from_toml_one_key_per_directory(tmp_path):
+    path = write(tmp_path, """
+[s3]
+bucket = "b1b"
+
+[retention]
+mode = "compliance"
+dump = "30d"
+"template/iso" = "2w"
+"/snippets/" = "12h"
+""")
+    c = load_config(path)
+    assert c.retention_mode == "COMPLIANCE"
+    assert c.retention_by_dir == {"dump/": 30 * 86400, "template/iso/": 14 * 86400,
+                                  "snippets/": 12 * 3600}
+
+
+def test_retention_flags_and_defaults():
+    c = load_config(None, {"retention_by_dir": "dump=1y, images=7d"})
+    assert c.retention_mode == "GOVERNANCE"
+    assert c.retention_by_dir == {"dump/": 365 * 86400, "images/": 7 * 86400}
+    assert load_config(None, {}).retention_by_dir == {}
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"retention_by_dir": "dump=30"}, "--retention-by-dir entry 'dump': expected a duration such as"),
+    ({"retention_by_dir": "dump=0d"}, "--retention-by-dir entry 'dump': '0d' is out of range"),
+    ({"retention_by_dir": "dump:30d"}, "--retention-by-dir: expected DIR=DURATION"),
+    ({"retention_by_dir": "../x=30d"}, "invalid directory '../x'"),
+    ({"retention_mode": "legal-hold"}, "--retention-mode: expected \"governance\" or"),
+])
+def test_retention_errors_name_the_setting(overrides, expected):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    assert expected in str(info.value)
+
+
+def test_retention_error_in_the_file_names_the_section(tmp_path):
+    path = write(tmp_path, '[s3]\nbucket = "b1b"\n[retention]\ndump = "a month"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert f"[retention] in {path} entry 'dump': expected a duration" in str(info.value)

@@ -46,7 +46,7 @@ def synced(mount) -> None:
 
 def test_a_pruned_backup_survives_under_retention_and_comes_back(
         mount_s3pvefs, s3_server, s3_client, locked_bucket):
-    mount = mount_s3pvefs("--bucket", locked_bucket, "--retention", "dump=1d")
+    mount = mount_s3pvefs("--bucket", locked_bucket, "--retention-by-dir", "dump=1d")
     archive, notes = os.urandom(12 * MiB), b"nightly backup of vm 100\n"
     (mount.path / ARCHIVE).write_bytes(archive)
     (mount.path / NOTES).write_bytes(notes)
@@ -105,5 +105,5 @@ def test_a_pruned_backup_survives_under_retention_and_comes_back(
 
 def test_retention_on_a_bucket_without_object_lock_refuses_to_mount(mount_s3pvefs, bucket):
     with pytest.raises(MountProcessError) as failed:
-        mount_s3pvefs("--retention", "dump=7d")
+        mount_s3pvefs("--retention-by-dir", "dump=7d")
     assert "exited with 2" in str(failed.value) and "Object Lock" in str(failed.value)

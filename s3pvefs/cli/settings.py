@@ -37,7 +37,7 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--storage-class", "storage_class", "CLASS", "storage class of new objects, e.g. STANDARD_IA (default: the server's)"),
     ("--storage-class-by-dir", "storage_class_by_dir", "DIR=CLASS,...", "storage class per content directory, e.g. dump=STANDARD_IA,template=STANDARD"),
     ("--sse", "sse", "MODE", "server-side encryption: none, AES256, aws:kms or SSE-C (default none)"),
-    ("--retention", "retention_by_dir", "DIR=DURATION,...", "S3 Object Lock retention of new objects per content directory, e.g. dump=30d (the bucket needs Object Lock)"),
+    ("--retention-by-dir", "retention_by_dir", "DIR=DURATION,...", "S3 Object Lock retention of new objects per content directory, e.g. dump=30d (the bucket needs Object Lock)"),
     ("--retention-mode", "retention_mode", "MODE", "governance or compliance (default governance)"),
     ("--kms-key-id", "kms_key_id", "KEY", "KMS key (id, ARN or alias) for --sse aws:kms"),
     ("--sse-customer-key-file", "sse_customer_key_file", "FILE", "SSE-C key: chmod 600 file with 32 raw bytes or their base64"),

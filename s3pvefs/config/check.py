@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from s3pvefs.config.retention import parse_retention_map, parse_retention_mode
 from s3pvefs.config.s3options import validate_object_options
 from s3pvefs.config.settings import Config, toml_key
 from s3pvefs.config.values import GiB, KiB, MiB, format_size, parse_path
@@ -160,6 +161,8 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
     if c.max_connections < 1:
         raise ConfigError(f"{lab('max_connections')}: must be at least 1, not {c.max_connections}")
     validate_object_options(c, lab)
+    c.retention_by_dir = parse_retention_map(c.retention_by_dir or {}, lab("retention_by_dir"))
+    c.retention_mode = parse_retention_mode(c.retention_mode, lab("retention_mode"))
     # Cache and uploads
     for name in ("cache_size", "block_size", "part_size", "multipart_threshold", "capacity"):
         if getattr(c, name) <= 0:

@@ -29,12 +29,16 @@ def parse_retention_mode(value: Any, label: str) -> str:
 
 
 def parse_duration(value: Any, label: str) -> int:
-    """"30d", "12h", "2w", "1y" -> seconds (whole hours at least: S3 keeps dates, not timers)."""
-    match = _DURATION_RE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ConfigError(f"{label}: expected a duration such as \"30d\" (h, d, w or y), "
-                          f"got {value!r}")
-    seconds = int(match.group(1)) * _UNITS[match.group(2).lower()]
+    """"30d", "12h", "2w", "1y" -> seconds (whole hours at least: S3 keeps dates, not timers);
+    seconds already converted stay as they are."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        seconds = value
+    else:
+        match = _DURATION_RE.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ConfigError(f"{label}: expected a duration such as \"30d\" (h, d, w or y), "
+                              f"got {value!r}")
+        seconds = int(match.group(1)) * _UNITS[match.group(2).lower()]
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"{label}: {value!r} is out of range (1h to 100y)")
     return seconds

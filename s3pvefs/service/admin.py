@@ -66,7 +66,7 @@ class CheckWarning(Exception):
 
 
 # The checks in the order they run (after "credentials"), for the ones skipped after a failure.
-CHECK_NAMES = ("bucket", "write", "read", "ranged GET", "encryption", "multipart",
+CHECK_NAMES = ("bucket", "protection", "write", "read", "ranged GET", "encryption", "multipart",
                "Complete ETag", "UploadPartCopy", "copy-source-if-match", "latency", "delete")
 
 
@@ -110,6 +110,7 @@ class _Checker:
             return self._skip_rest("credentials")
         if not await self._step("bucket", self._check_bucket):
             return self._skip_rest("bucket")
+        await self._step("protection", self._check_protection)
         if not await self._step("write", self._check_write):
             return self._skip_rest("write")
         await self._step("read", self._check_read)
@@ -180,6 +181,31 @@ class _Checker:
             return (f"bucket {self.config.bucket!r} did not exist: created it in region "
                     f"{self.config.region} (create_bucket); {where} can be listed")
         return f"{where} can be listed"
+
+    async def _check_protection(self) -> str:
+        """Versioning and Object Lock: what `undelete` and `[retention]` need."""
+        try:
+            found = await self.store.bucket_protection()
+        except StoreError as exc:
+            if self.config.retention_by_dir:
+                raise
+            raise CheckWarning(f"versioning and Object Lock cannot be read ({exc.code}): "
+                               "undelete and retention cannot be relied on") from None
+        lock = "Object Lock enabled" if found.object_lock else "no Object Lock"
+        default = (f", default retention {found.default_mode} {found.default_period}"
+                   if found.default_mode else "")
+        summary = f"versioning {found.versioning}, {lock}{default}"
+        if self.config.retention_by_dir and not found.object_lock:
+            raise CheckFailed(f"{summary}: the configured retention needs a bucket with Object "
+                              "Lock (every upload would be refused; a mount will not start)")
+        if found.versioning != "Enabled":
+            raise CheckWarning(f"{summary}: a deleted or overwritten backup cannot be brought "
+                               "back (s3pvefs undelete needs versioning)")
+        retained = ", ".join(f"{d.rstrip('/')} {s // 86400}d" if s % 86400 == 0
+                             else f"{d.rstrip('/')} {s // 3600}h"
+                             for d, s in sorted(self.config.retention_by_dir.items()))
+        return summary + (f"; new objects retained ({self.config.retention_mode}): {retained}"
+                          if retained else "")
 
     async def _check_write(self) -> str:
         await self._put_probe(self.probe, self.payload)
