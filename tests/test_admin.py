@@ -400,6 +400,7 @@ async def test_lifecycle_on_a_bucket_without_one_and_dry_run(store: S3Store, s3_
      "--glacier-days: must be at least --transition-days + 30 (60)"),
     (admin.LifecyclePlan(glacier_days=0), "--glacier-days: must be at least 1"),
     (admin.LifecyclePlan(abort_incomplete_days=0), "--abort-incomplete-days: must be at least 1"),
+    (admin.LifecyclePlan(noncurrent_days=0), "--noncurrent-days: must be at least 1"),
 ])
 def test_lifecycle_validation(plan, message) -> None:
     with pytest.raises(ConfigError) as failure:
@@ -427,6 +428,12 @@ def test_lifecycle_command(moto_server, bucket, s3_client) -> None:
     assert lifecycle_rules(s3_client, bucket)[0]["Transitions"][1]["StorageClass"] == "GLACIER"
     refused = run_cli("lifecycle", *s3_args(moto_server, bucket), "--transition-days", "7")
     assert refused.returncode == 2 and "at the earliest" in refused.stderr
+    # versions that stopped being current expire (the uploads rule, scoped to the prefix)
+    versions = run_cli("lifecycle", *s3_args(moto_server, bucket), "--noncurrent-days", "45")
+    assert versions.returncode == 0, versions.stderr
+    rule = [r for r in lifecycle_rules(s3_client, bucket) if r["ID"] == "s3pvefs-pve-uploads"]
+    assert rule[0]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 45}
+    assert rule[0]["Filter"] == {"Prefix": "pve/"}
 
 
 def test_cli_and_admin_agree_on_the_abort_default() -> None:

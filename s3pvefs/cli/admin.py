@@ -67,7 +67,8 @@ def add_parsers(sub: Any) -> None:
             "Write one lifecycle rule (ID s3pvefs-PREFIX) scoped to the prefix: objects move "
             "to STANDARD_IA after --transition-days, to GLACIER after --glacier-days, and "
             "incomplete multipart uploads are aborted after --abort-incomplete-days (default "
-            f"{DEFAULT_ABORT_DAYS}). The bucket's other rules are kept. Prints the resulting "
+            f"{DEFAULT_ABORT_DAYS}), and with --noncurrent-days versions that are no longer "
+            "current expire. The bucket's other rules are kept. Prints the resulting "
             "configuration. Objects in GLACIER cannot be read through the mount before they "
             "are restored. Exit status: 0; 1 S3 error; 2 invalid arguments or configuration."
         ),
@@ -81,6 +82,10 @@ def add_parsers(sub: Any) -> None:
                            default=DEFAULT_ABORT_DAYS,
                            help=f"abort multipart uploads K days after they started "
                                 f"(default {DEFAULT_ABORT_DAYS})")
+    lifecycle.add_argument("--noncurrent-days", metavar="D", type=_days, default=None,
+                           help="on a versioned bucket, delete versions D days after they "
+                                "stopped being current (deleted or replaced files; locked "
+                                "versions not before their retain-until date)")
     lifecycle.add_argument("--remove", action="store_true",
                            help="remove s3pvefs's rule for the prefix instead")
     lifecycle.add_argument("--dry-run", action="store_true",
@@ -183,7 +188,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     from s3pvefs.service import admin
 
     plan = admin.LifecyclePlan(args.transition_days, args.glacier_days,
-                               args.abort_incomplete_days, args.remove)
+                               args.abort_incomplete_days, args.remove, args.noncurrent_days)
     try:
         plan.validate()
     except ConfigError as exc:

@@ -510,6 +510,9 @@ class LifecyclePlan:
     glacier_days: int | None = None  # to GLACIER
     abort_incomplete_days: int = DEFAULT_ABORT_DAYS
     remove: bool = False  # drop our rule instead of writing it
+    # On a versioned bucket: versions that stopped being current go after this many days
+    # (locked ones not before their retain-until date: S3 keeps them until then)
+    noncurrent_days: int | None = None
 
     def validate(self) -> None:
         """S3's own constraints, checked before anything is sent; ConfigError names the flag."""
@@ -526,6 +529,9 @@ class LifecyclePlan:
                 f"before it moves them on, not {m}")
         if k < 1:
             raise ConfigError(f"--abort-incomplete-days: must be at least 1, not {k}")
+        if self.noncurrent_days is not None and self.noncurrent_days < 1:
+            raise ConfigError(f"--noncurrent-days: must be at least 1, not "
+                              f"{self.noncurrent_days}")
 
 
 def rule_id(prefix: str) -> str:
@@ -552,10 +558,13 @@ def build_rules(prefix: str, plan: LifecyclePlan) -> list[dict[str, Any]]:
                       else size_filter,
                       "Transitions": transitions})
     # Uploads that a crash or a lost host left behind cost money and are invisible otherwise.
-    rules.append({"ID": rule_id(prefix) + UPLOADS_RULE_SUFFIX, "Status": "Enabled",
-                  "Filter": {"Prefix": prefix},
-                  "AbortIncompleteMultipartUpload": {
-                      "DaysAfterInitiation": plan.abort_incomplete_days}})
+    uploads = {"ID": rule_id(prefix) + UPLOADS_RULE_SUFFIX, "Status": "Enabled",
+               "Filter": {"Prefix": prefix},
+               "AbortIncompleteMultipartUpload": {
+                   "DaysAfterInitiation": plan.abort_incomplete_days}}
+    if plan.noncurrent_days is not None:  # deleted and replaced versions do not pile up
+        uploads["NoncurrentVersionExpiration"] = {"NoncurrentDays": plan.noncurrent_days}
+    rules.append(uploads)
     return rules
 
 
