@@ -19,6 +19,7 @@ class StoreKind(enum.Enum):
     NO_SUCH_UPLOAD = "no such multipart upload"
     PRECONDITION_FAILED = "the object changed (ETag condition failed)"
     ACCESS_DENIED = "access denied"
+    LOCKED = "protected by S3 Object Lock (retention or legal hold)"
     BUCKET_MISSING = "no such bucket"
     TOO_LARGE = "entity too large"
     KEY_TOO_LONG = "key too long"
@@ -39,6 +40,7 @@ _S3_CODE_KIND: dict[str, StoreKind] = {
     "NoSuchUpload": StoreKind.NO_SUCH_UPLOAD,
     "NoSuchBucket": StoreKind.BUCKET_MISSING,
     "AccessDenied": StoreKind.ACCESS_DENIED,
+    "ObjectLocked": StoreKind.LOCKED,  # MinIO: "Object is WORM protected"
     "403": StoreKind.ACCESS_DENIED,
     "Forbidden": StoreKind.ACCESS_DENIED,
     "InvalidAccessKeyId": StoreKind.ACCESS_DENIED,
@@ -66,12 +68,20 @@ _S3_CODE_KIND: dict[str, StoreKind] = {
 }
 
 
-def kind_of_s3_code(code: str | None) -> StoreKind:
-    """The kind of an S3 error code or HTTP status; any other 5xx is the server unavailable,
-    anything else unknown is OTHER."""
+# AWS and Ceph answer a delete or overwrite refused by Object Lock with AccessDenied and say
+# why in the message only ("... protected by object lock", "forbidden by object lock").
+_LOCK_WORDS = ("object lock", "objectlock", "worm", "retention")
+
+
+def kind_of_s3_code(code: str | None, message: str = "") -> StoreKind:
+    """The kind of an S3 error code (and its message) or HTTP status; any other 5xx is the
+    server unavailable, anything else unknown is OTHER."""
     code = code or ""
     if code in _S3_CODE_KIND:
-        return _S3_CODE_KIND[code]
+        kind = _S3_CODE_KIND[code]
+        if kind is StoreKind.ACCESS_DENIED and any(w in message.lower() for w in _LOCK_WORDS):
+            return StoreKind.LOCKED
+        return kind
     return StoreKind.UNAVAILABLE if code.isdigit() and code.startswith("5") else StoreKind.OTHER
 
 
@@ -94,7 +104,7 @@ class StoreError(S3PveFsError):
         self.key = key
         self.code = code
         self.detail = message
-        self.kind = kind_of_s3_code(code)
+        self.kind = kind_of_s3_code(code, message)
 
     def __str__(self) -> str:
         where = f" {self.key}" if self.key else ""

@@ -59,7 +59,8 @@ def _of_kind(kind: StoreKind) -> StoreError:
     code = next(c for c in ("NoSuchKey", "NoSuchUpload", "PreconditionFailed", "AccessDenied",
                             "NoSuchBucket", "EntityTooLarge", "KeyTooLongError",
                             "InvalidObjectState", "InvalidRange", "QuotaExceeded",
-                            "NotImplemented", "UploadNotVerified", "SlowDown", "Weird")
+                            "NotImplemented", "UploadNotVerified", "SlowDown", "ObjectLocked",
+                            "Weird")
                 if kind_of_s3_code(c) is kind)
     return store_error(code)
 
@@ -80,6 +81,17 @@ def _of_kind(kind: StoreKind) -> StoreError:
 ])
 def test_filesystem_kinds(kind: FsKind, expected: int) -> None:
     assert errno_for(FsError(kind, "x"), "lookup") == expected
+
+
+@pytest.mark.parametrize("message", [
+    "Access Denied because object protected by object lock.",  # AWS
+    "forbidden by object lock",  # Ceph RGW
+    "Object is WORM protected and cannot be overwritten",  # MinIO's message
+])
+def test_a_refusal_because_of_a_lock_is_eperm_not_eacces(message: str) -> None:
+    failure = StoreError("DeleteObject", "pve/dump/x.vma.zst", "AccessDenied", message)
+    assert failure.kind is StoreKind.LOCKED
+    assert errno_for(failure, "unlink") == errno.EPERM
 
 
 @pytest.mark.parametrize("code, kind, expected", [
@@ -104,6 +116,7 @@ def test_filesystem_kinds(kind: FsKind, expected: int) -> None:
     ("503", StoreKind.UNAVAILABLE, errno.EIO),
     ("InvalidPart", StoreKind.OTHER, errno.EIO),
     (None, StoreKind.OTHER, errno.EIO),
+    ("ObjectLocked", StoreKind.LOCKED, errno.EPERM),
 ])
 def test_store_codes_kinds_and_errnos(code, kind: StoreKind, expected: int) -> None:
     failure = store_error(code)

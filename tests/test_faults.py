@@ -7,6 +7,7 @@ checked with boto3 directly on moto, never through the proxy.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -275,3 +276,26 @@ def test_rename_falls_back_when_the_server_cannot_copy(faulty_mount, proxy, s3_c
     assert open_uploads(s3_client, bucket) == []
     proxy.passthrough()
     assert mount.unmount() == 0
+
+
+def test_a_delete_refused_by_object_lock_is_eperm_and_the_file_stays(faulty_mount, proxy,
+                                                                      s3_client, bucket):
+    """AWS answers a delete that Object Lock forbids with 403 AccessDenied and says why in the
+    message: rm gets EPERM (not EACCES, never EIO), the log names the object, the file stays,
+    and the mount goes on serving."""
+    mount = faulty_mount()
+    path = mount.path / "dump" / "locked.vma.zst"
+    path.write_bytes(b"backup" * 1000)
+    check_synced(mount, proxy, mount.path)
+    proxy.error(403, "AccessDenied", "Access Denied because object protected by object lock.",
+                methods=["DELETE"])
+    with pytest.raises(PermissionError) as refused:
+        path.unlink()
+    assert refused.value.errno == errno.EPERM
+    proxy.passthrough()
+    assert path.read_bytes() == b"backup" * 1000
+    assert "protected by Object Lock" in mount.log() and "dump/locked.vma.zst" in mount.log()
+    (mount.path / "dump" / "other.log").write_text("still serving\n")
+    check_synced(mount, proxy, mount.path)
+    assert object_bytes(s3_client, bucket, "pve/dump/other.log") == b"still serving\n"
+    assert object_bytes(s3_client, bucket, "pve/dump/locked.vma.zst") == b"backup" * 1000

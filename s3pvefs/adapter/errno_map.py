@@ -45,6 +45,7 @@ STORE_ERRNO: dict[StoreKind, int] = {
     StoreKind.NO_SUCH_UPLOAD: errno.EIO,
     StoreKind.PRECONDITION_FAILED: errno.ESTALE,
     StoreKind.ACCESS_DENIED: errno.EACCES,
+    StoreKind.LOCKED: errno.EPERM,  # the object is immutable until its date: not a permission
     StoreKind.BUCKET_MISSING: errno.EIO,  # the bucket vanishing under a mount is an I/O failure
     StoreKind.TOO_LARGE: errno.EFBIG,
     StoreKind.KEY_TOO_LONG: errno.ENAMETOOLONG,

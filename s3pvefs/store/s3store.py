@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError
 
 from s3pvefs.config.s3options import ARCHIVE_CLASSES, SSE_C
 from s3pvefs.config.settings import Config
-from s3pvefs.errors import ConfigError, StoreError
+from s3pvefs.errors import ConfigError, StoreError, StoreKind
 from s3pvefs.store.bridge import AsyncioThread
 from s3pvefs.store.objectstore import (  # noqa: F401 (re-exported: callers import them from here too)
     DELETE_BATCH,  # a global here: tests patch store.DELETE_BATCH
@@ -320,7 +320,25 @@ class S3Store:
         return await self._confirm("PutObject", key, response, expected, len(data))
 
     async def delete(self, key: str) -> None:
-        await self._call("DeleteObject", key, Key=key)
+        try:
+            await self._call("DeleteObject", key, Key=key)
+        except StoreError as error:
+            if error.kind is StoreKind.LOCKED:
+                await self._log_lock(key)
+            raise
+
+    async def _log_lock(self, key: str) -> None:
+        """Say which object a lock protects, and until when (a HEAD)."""
+        try:
+            info = await self.head(key)
+        except StoreError:
+            info = None
+        until = ("an unknown date" if info is None or info.retain_until_ns is None else
+                 dt.datetime.fromtimestamp(info.retain_until_ns / 1e9, dt.timezone.utc)
+                 .isoformat(timespec="seconds"))
+        mode = info.lock_mode if info is not None and info.lock_mode else "a lock"
+        log.error("S3 refuses to delete or replace s3://%s/%s: it is protected by Object Lock "
+                  "(%s) until %s", self.bucket, key, mode, until)
 
     async def delete_many(self, keys: list[str]) -> None:
         for first in range(0, len(keys), DELETE_BATCH):
