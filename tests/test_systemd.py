@@ -371,6 +371,23 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path):
     assert "notiffy" in result.stdout + result.stderr, result
 
 
+@needs_systemd_analyze
+def test_verify_units_pass_systemd_analyze_verify(tmp_path):
+    if not (REPO / ".venv" / "bin" / "s3pvefs").exists():
+        pytest.skip("no .venv/bin/s3pvefs for ExecStart= (bash scripts/run --install-only)")
+    directory = tmp_path / "units"
+    directory.mkdir()
+    for name in ("s3pvefs-verify@.service", "s3pvefs-verify@.timer"):
+        text = (REPO / "systemd" / name).read_text().replace("/opt/s3pvefs", str(REPO))
+        (directory / name).write_text(text)
+    for unit in ("s3pvefs-verify@backup.service", "s3pvefs-verify@backup.timer"):
+        result = verify(directory / unit)
+        assert result.returncode == 0 and result.stdout + result.stderr == "", (unit, result)
+    service = (REPO / "systemd" / "s3pvefs-verify@.service").read_text()
+    assert ("ExecStart=/opt/s3pvefs/.venv/bin/s3pvefs verify --config /etc/s3pvefs/%i.toml dump"
+            in service.splitlines())
+
+
 def unit_settings() -> dict[str, list[str]]:
     settings: dict[str, list[str]] = {}
     for line in UNIT.read_text().splitlines():
