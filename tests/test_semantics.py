@@ -17,6 +17,7 @@ import ctypes
 import errno
 import fcntl
 import functools
+import hashlib
 import mmap
 import os
 import re
@@ -531,7 +532,8 @@ def test_stat_fields_and_where_they_are_stored(fs):
     os.chmod(d / "f", 0o2640)
     fs.sync(d)
     assert fs.metadata(d / "f") == {"mode": str(stat.S_IFREG | 0o2640), "uid": "1234",
-                                    "gid": "5678"}
+                                    "gid": "5678",  # and the content's checksum (its PUT's)
+                                    "s3pvefs-sha256": hashlib.sha256(b"x" * 1000).hexdigest()}
     os.chmod(d, 0o700)  # a directory's marker is rewritten at once
     assert fs.metadata(d, marker=True)["mode"] == str(stat.S_IFDIR | 0o700)
     fs.client.put_object(Bucket=fs.bucket, Key=fs.key(d / "plain"), Body=b"p")

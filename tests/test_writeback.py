@@ -4,6 +4,7 @@ vzdump renames, backpressure."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import threading
@@ -73,7 +74,12 @@ def test_vzdump_stream_through_a_small_cache(mount_s3pvefs, s3_client, bucket, t
     assert watcher.peak <= CACHE + PART + MiB, watcher.peak  # + file-system slack
     requests = {op: n - before.get(op, 0) for op, n in state["requests"].items()}
     assert requests.get("CopyObject", 0) == 0 and requests.get("UploadPartCopy", 0) == 0
-    assert requests.get("PutObject", 0) == 0
+    # one PUT: the directory's attribute index, with the streamed backup's SHA-256
+    assert requests.get("PutObject", 0) == 1
+    index = [k["Key"] for k in s3_client.list_objects_v2(
+        Bucket=bucket, Prefix="pve/dump/.s3pvefs-attrs.")["Contents"]]
+    entry = json.loads(s3_client.get_object(Bucket=bucket, Key=index[0])["Body"].read())
+    assert entry[f"{name}.vma.zst"]["sha256"] == digest
     assert requests["CreateMultipartUpload"] == 1
     assert requests["UploadPart"] * PART >= 128 * MiB  # each byte once (parts of 5 MiB)
     assert requests["UploadPart"] == -(-(128 * MiB + 4) // PART)
