@@ -44,8 +44,6 @@ META_MODE = "mode"
 META_UID = "uid"
 META_GID = "gid"
 META_MTIME = "mtime"
-# The SHA-256 (hex) of the object's content, where s3pvefs knew it before the upload (a PUT).
-META_SHA256 = "s3pvefs-sha256"
 
 # Bounds of what a stat structure can carry; metadata beyond them is garbage.
 MODE_LIMIT = 0o177777 + 1

@@ -268,6 +268,17 @@ class CephRGW:
                            f"{done.stdout}{done.stderr}\n{self.logs()}")
         return done
 
+    def add_user(self, uid: str, access_key: str, secret_key: str) -> None:
+        """Another S3 user (with no rights on other users' buckets unless a bucket policy
+        gives them); a user that exists already is left as it is."""
+        info = subprocess.run(["radosgw-admin", "-c", str(self.conf), "user", "info",
+                               f"--uid={uid}"], capture_output=True, timeout=COMMAND_TIMEOUT,
+                              stdin=subprocess.DEVNULL)
+        if info.returncode != 0:
+            self._run("radosgw-admin", "user", "create", f"--uid={uid}",
+                      f"--display-name={uid}", f"--access-key={access_key}",
+                      f"--secret={secret_key}")
+
     def rot(self, bucket: str, key: str, offset: int = 0) -> str:
         """Flip one byte of a stored object's data in RADOS, behind the gateway's back (bit rot
         at rest): the RADOS object holding ``offset`` of the first part of an object uploaded in

@@ -119,6 +119,16 @@ async def settle() -> None:
         await _worker_threads.wait_none_running()
 
 
+def crc64nvme(data: bytes) -> str:
+    """CRC64NVME as S3 writes it (base64 of 8 big-endian bytes), straight from awscrt: the
+    checksum s3pvefs records for every file it uploads (docs/integrity.md)."""
+    import base64
+
+    from awscrt import checksums
+
+    return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
 # -- the bucket, seen from outside the mount -------------------------------------------------
 
 

@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "s3pvefs"
 # Lowest first: a module may import modules of its own rank or lower, never higher.
 RANKS = {
-    "errors": 0, "names": 0,
+    "errors": 0, "names": 0, "checksums": 0,
     "config": 1, "logsetup": 1,
     "store": 2,
     "state": 3,

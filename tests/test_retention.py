@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
@@ -20,6 +21,7 @@ from mounting import run_cli
 from s3pvefs.service.mountproc import MountProcessError
 
 MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parents[1]
 ARCHIVE = "dump/vzdump-qemu-100-2026_12_01-01_00_00.vma.zst"
 NOTES = "dump/vzdump-qemu-100-2026_12_01-01_00_00.vma.zst.notes"
 
@@ -107,3 +109,61 @@ def test_retention_on_a_bucket_without_object_lock_refuses_to_mount(mount_s3pvef
     with pytest.raises(MountProcessError) as failed:
         mount_s3pvefs("--retention-by-dir", "dump=7d")
     assert "exited with 2" in str(failed.value) and "Object Lock" in str(failed.value)
+
+
+def host_policy(bucket: str, host_arn: str) -> dict:
+    """docs/integrity.md's least-privilege policy of a Proxmox host, as a bucket policy."""
+    doc = (REPO / "docs" / "integrity.md").read_text()
+    policy = json.loads(doc.split("```json\n", 1)[1].split("```", 1)[0]
+                        .replace("BUCKET", bucket))
+    for statement in policy["Statement"]:
+        statement["Principal"] = {"AWS": [host_arn]}
+    return policy
+
+
+def test_the_documented_host_policy_mounts_and_cannot_destroy_a_locked_backup(
+        request, mount_s3pvefs, s3_server, s3_client, locked_bucket):
+    """On the real server (moto does not enforce bucket policies): a second user with exactly
+    the policy of docs/integrity.md mounts, backs up, prunes and undeletes, and cannot remove
+    the locked version, bypass governance, or switch versioning off."""
+    import boto3
+
+    if s3_server.kind != "rgw":
+        pytest.skip("moto does not enforce bucket policies: the real-server run checks this")
+
+    request.getfixturevalue("rgw_server").add_user("pve-host", "pvehost", "pvehostsecret")
+    s3_client.put_bucket_policy(Bucket=locked_bucket, Policy=json.dumps(
+        host_policy(locked_bucket, "arn:aws:iam:::user/pve-host")))
+    host_env = {"AWS_ACCESS_KEY_ID": "pvehost", "AWS_SECRET_ACCESS_KEY": "pvehostsecret"}
+    host = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name="us-east-1",
+                        aws_access_key_id="pvehost", aws_secret_access_key="pvehostsecret")
+    mount = mount_s3pvefs("--bucket", locked_bucket, "--retention-by-dir", "dump=1d",
+                          env=host_env)
+    archive = os.urandom(12 * MiB)
+    (mount.path / ARCHIVE).write_bytes(archive)
+    synced(mount)
+    (mount.path / ARCHIVE).unlink()
+    synced(mount)
+    version = versions_of(s3_client, locked_bucket, "pve/" + ARCHIVE)[0][0]["VersionId"]
+    attacks = {
+        "delete the version": lambda: host.delete_object(
+            Bucket=locked_bucket, Key="pve/" + ARCHIVE, VersionId=version),
+        "bypass governance": lambda: host.delete_object(
+            Bucket=locked_bucket, Key="pve/" + ARCHIVE, VersionId=version,
+            BypassGovernanceRetention=True),
+        "suspend versioning": lambda: host.put_bucket_versioning(
+            Bucket=locked_bucket, VersioningConfiguration={"Status": "Suspended"}),
+        "drop the policy": lambda: host.delete_bucket_policy(Bucket=locked_bucket),
+    }
+    for what, attack in attacks.items():
+        with pytest.raises(ClientError) as refused:
+            attack()
+        assert refused.value.response["Error"]["Code"] in ("AccessDenied", "InvalidRequest"), what
+    assert len(versions_of(s3_client, locked_bucket, "pve/" + ARCHIVE)[0]) == 1
+    done = run_cli("undelete", str(mount.path / ARCHIVE))
+    assert done.returncode == 0, (done.stderr, mount.log()[-3000:])
+    assert hashlib.sha256((mount.path / ARCHIVE).read_bytes()).digest() == \
+        hashlib.sha256(archive).digest()
+    # the owner, bypassing governance, could: what stopped the host was the policy
+    s3_client.delete_object(Bucket=locked_bucket, Key="pve/" + ARCHIVE, VersionId=version,
+                            BypassGovernanceRetention=True)

@@ -17,7 +17,6 @@ import ctypes
 import errno
 import fcntl
 import functools
-import hashlib
 import mmap
 import os
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from helpers import keys, needs_fuse, object_bytes
+from helpers import crc64nvme, keys, needs_fuse, object_bytes
 from mounting import MountFactory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -533,7 +532,7 @@ def test_stat_fields_and_where_they_are_stored(fs):
     fs.sync(d)
     assert fs.metadata(d / "f") == {"mode": str(stat.S_IFREG | 0o2640), "uid": "1234",
                                     "gid": "5678",  # and the content's checksum (its PUT's)
-                                    "s3pvefs-sha256": hashlib.sha256(b"x" * 1000).hexdigest()}
+                                    "s3pvefs-crc64nvme": crc64nvme(b"x" * 1000)}
     os.chmod(d, 0o700)  # a directory's marker is rewritten at once
     assert fs.metadata(d, marker=True)["mode"] == str(stat.S_IFDIR | 0o700)
     fs.client.put_object(Bucket=fs.bucket, Key=fs.key(d / "plain"), Body=b"p")

@@ -65,7 +65,7 @@ def test_verify_reads_back_what_a_mount_uploaded_and_finds_a_byte_rotted_at_rest
     assert status == 0, stderr
     assert statuses(report) == {BIG: "ok", SMALL: "ok"}
     how = {entry["path"]: entry["checked_with"] for entry in report["objects"]}
-    assert how == {BIG: "sha256 (index)", SMALL: "sha256 (metadata)"}
+    assert how == {BIG: "crc64nvme (index)", SMALL: "crc64nvme (metadata)"}
     assert report["summary"]["bytes"] == 12 * MiB + 22 * 300
 
     rotted = SMALL if s3_server.kind == "moto" else BIG

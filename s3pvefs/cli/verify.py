@@ -26,13 +26,12 @@ def add_parser(sub: Any) -> None:
         "verify",
         help="read stored files back and compare them with their recorded checksums",
         description=(
-            "Stream every object under PATH (relative to the prefix; default: all of it) back "
-            "from S3 and compare its SHA-256 with the one recorded when s3pvefs uploaded it "
-            "(the object's metadata x-amz-meta-s3pvefs-sha256, or the directory's attribute "
-            "index for files uploaded in parts). Needs no mount and changes nothing. "
-            "Objects without a recorded checksum are reported as unrecorded; with --download "
-            "they are read too and checked against their ETag where it is an MD5 of the "
-            "content. Exit status: 0 all intact; 1 a mismatch, a missing PATH, an object "
+            "Check every object under PATH (relative to the prefix; default: all of it) "
+            "against the CRC64NVME recorded when s3pvefs uploaded it (the object's metadata "
+            "x-amz-meta-s3pvefs-crc64nvme, or the directory's attribute index for files "
+            "uploaded in parts): against the one S3 keeps where it keeps one, otherwise by "
+            "streaming the object back. Needs no mount and changes nothing. Objects without a "
+            "recorded checksum are reported as unrecorded. Exit status: 0 all intact; 1 a mismatch, a missing PATH, an object "
             "replaced while it was read, or an S3 error; 2 configuration error."
         ),
     )
@@ -41,8 +40,9 @@ def add_parser(sub: Any) -> None:
                         help="a file or directory under the prefix, e.g. dump or "
                              "dump/vzdump-qemu-100-2026_12_01-01_00_00.vma.zst")
     verify.add_argument("--download", action="store_true",
-                        help="also read objects that have no recorded checksum and check "
-                             "them against their ETag")
+                        help="read every object back, also where S3 reports a checksum; "
+                             "objects without a recorded one are then checked against their "
+                             "ETag where it is an MD5")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_verify)
 
@@ -79,7 +79,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 async def _verify(store: Any, prefix: str, args: argparse.Namespace, bar: _ProgressBar) -> Any:
     from s3pvefs.service.verify import verify
 
-    return await verify(store, prefix, args.paths, download_unrecorded=args.download,
+    return await verify(store, prefix, args.paths, download=args.download,
                         on_total=bar.start, progress=bar.advance)
 
 

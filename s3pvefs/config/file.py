@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from s3pvefs.config.check import validate_config
-from s3pvefs.config.settings import ANY_KEY, FIELD_CONVERTERS, TOML_LAYOUT, Config, flag_name
+from s3pvefs.config.settings import (
+    ANY_KEY,
+    FIELD_CONVERTERS,
+    TOML_LAYOUT,
+    Config,
+    flag_name,
+)
 from s3pvefs.errors import ConfigError
 
 

@@ -17,7 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from s3pvefs.config.retention import GOVERNANCE, parse_retention_map, parse_retention_mode
+from s3pvefs.config.retention import (
+    GOVERNANCE,
+    parse_retention_map,
+    parse_retention_mode,
+)
 from s3pvefs.config.s3options import (
     parse_sse,
     parse_storage_class,

@@ -1,14 +1,15 @@
-"""`s3pvefs verify`: read stored files back from S3 and compare them with the checksum recorded
-when they were uploaded. Runs without a mount and never changes an object.
+"""`s3pvefs verify`: compare stored files with the checksum recorded when they were uploaded
+(checksums.py: CRC64NVME). Runs without a mount and never changes an object.
 
-Where the checksum is (see docs/integrity.md): a PUT's object carries its SHA-256 in its
-metadata (``x-amz-meta-s3pvefs-sha256``); a multipart upload's is in the attribute index
-object of its directory (``<dir>/.s3pvefs-attrs.<host>``, the entry of its name whose ETag is
-the object's). S3 keeps no checksum that proves what it stores today, so every object is
-streamed back (ranged GETs that name its ETag, a few in flight, hashed in order) and its
-SHA-256 computed again. An object with no recorded checksum is "unrecorded" unless
-``download_unrecorded``: it is then read too, and checked against its ETag where that is an
-MD5 of the content (a single PUT, no SSE-KMS or SSE-C).
+Where the checksum is (see docs/integrity.md): a PUT's object carries it in its metadata
+(``x-amz-meta-s3pvefs-crc64nvme``); a multipart upload's is in the attribute index object of
+its directory (``<dir>/.s3pvefs-attrs.<host>``, the entry of its name whose ETag is the
+object's). Where S3 itself keeps a whole-object CRC64NVME (AWS does for new objects), that is
+compared without reading the object; otherwise, and always with ``download``, the object is
+streamed back (ranged GETs that name its ETag, a few in flight, summed in order) and its
+checksum computed again. An object with no recorded checksum is "unrecorded" unless
+``download``: it is then read too, and checked against its ETag where that is an MD5 of the
+content (a single PUT, no SSE-KMS or SSE-C).
 
 Verdicts: ok, mismatch (the bytes are not what was uploaded), unrecorded, missing (a PATH named
 that is not on S3), changed (the object was replaced while it was read: run again).
@@ -24,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
+from s3pvefs.checksums import INDEX_FIELD, META_CRC64NVME, Crc64Nvme
 from s3pvefs.errors import StoreError, StoreKind, first_fs_error
-from s3pvefs.names import INDEX_PREFIX, META_SHA256
+from s3pvefs.names import INDEX_PREFIX
 from s3pvefs.store.objectstore import ObjectInfo, ObjectStore, is_md5
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class Verdict:
     path: str  # relative to the prefix
     status: str
     size: int = 0
-    checked_with: str | None = None  # "sha256 (metadata)", "sha256 (index)", "md5 (etag)"
+    # "crc64nvme (metadata)", "crc64nvme (index)", "... reported by S3", "md5 (etag)"
+    checked_with: str | None = None
     detail: str = ""
 
 
@@ -77,16 +80,29 @@ class Report:
 
 @dataclass(frozen=True)
 class Recorded:
-    sha256: str
+    value: str  # CRC64NVME, base64
     where: str  # "metadata" or "index"
 
 
+class _Md5:
+    """hashlib's MD5 with the interface of checksums.Crc64Nvme."""
+
+    def __init__(self) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+
+    def update(self, data: bytes) -> None:
+        self._md5.update(data)
+
+    def value(self) -> str:
+        return self._md5.hexdigest()
+
+
 class Verifier:
-    def __init__(self, store: ObjectStore, prefix: str, *, download_unrecorded: bool = False,
+    def __init__(self, store: ObjectStore, prefix: str, *, download: bool = False,
                  progress: Callable[[int], None] = lambda done: None):
         self.store = store
         self.prefix = prefix
-        self.download_unrecorded = download_unrecorded
+        self.download = download  # read every object back, also where S3 reports a checksum
         self.progress = progress  # called with the bytes read since the last call
         self._indexes: dict[str, dict[str, list[dict]]] = {}  # dir key -> name -> entries
 
@@ -129,15 +145,14 @@ class Verifier:
     # -- where the checksum is -------------------------------------------------------------
 
     async def recorded(self, info: ObjectInfo) -> Recorded | None:
+        """The checksum recorded for this object (``info`` from a HEAD: with its metadata)."""
         dir_key, _, name = info.key.rpartition("/")
         for entry in (await self._index_of(dir_key + "/")).get(name, []):
             if (str(entry.get("etag", "")).lower() == info.etag.lower()
-                    and isinstance(entry.get("sha256"), str)):
-                return Recorded(entry["sha256"].lower(), "index")
-        metadata = info.metadata if info.metadata is not None else \
-            (await self.store.head(info.key)).metadata or {}
-        if sha256 := metadata.get(META_SHA256):
-            return Recorded(sha256.lower(), "metadata")
+                    and isinstance(entry.get(INDEX_FIELD), str)):
+                return Recorded(entry[INDEX_FIELD], "index")
+        if value := (info.metadata or {}).get(META_CRC64NVME):
+            return Recorded(value, "metadata")
         return None
 
     async def _index_of(self, dir_key: str) -> dict[str, list[dict]]:
@@ -158,12 +173,21 @@ class Verifier:
 
     # -- checking one object ---------------------------------------------------------------
 
-    async def check(self, info: ObjectInfo) -> Verdict:
-        path = info.key[len(self.prefix):]
+    async def check(self, listed: ObjectInfo) -> Verdict:
+        path = listed.key[len(self.prefix):]
+        try:
+            info = await self.store.head(listed.key, with_checksum=True)
+        except StoreError as exc:
+            if not exc.not_found:
+                raise
+            return Verdict(path, CHANGED, listed.size, detail="deleted on S3 while verifying")
         recorded = await self.recorded(info)
+        if recorded is not None and info.crc64nvme and not self.download:
+            how = f"crc64nvme ({recorded.where}) against S3's own, not read"
+            return self._compare(path, info, recorded.value, info.crc64nvme, how, "crc64nvme")
         if recorded is not None:
-            expected, how, algorithm = recorded.sha256, f"sha256 ({recorded.where})", "sha256"
-        elif self.download_unrecorded and is_md5(info.etag.lower()):
+            expected, how, algorithm = recorded.value, f"crc64nvme ({recorded.where})", "crc64nvme"
+        elif self.download and is_md5(info.etag.lower()):
             expected, how, algorithm = info.etag.lower(), "md5 (etag)", "md5"
         else:
             return Verdict(path, UNRECORDED, info.size,
@@ -175,6 +199,11 @@ class Verifier:
                 return Verdict(path, CHANGED, info.size, how,
                                f"replaced or deleted on S3 while it was read ({exc.code})")
             raise
+        return self._compare(path, info, expected, actual, how, algorithm)
+
+    @staticmethod
+    def _compare(path: str, info: ObjectInfo, expected: str, actual: str, how: str,
+                 algorithm: str) -> Verdict:
         if actual != expected:
             return Verdict(path, MISMATCH, info.size, how,
                            f"{algorithm} of the stored bytes is {actual}, recorded {expected}")
@@ -182,8 +211,8 @@ class Verifier:
 
     async def _digest(self, info: ObjectInfo, algorithm: str) -> str:
         """Stream the object back in ranged GETs (each names the ETag: a replaced object is
-        never mixed in), a few in flight, hashed in order in a worker thread."""
-        digest = hashlib.new(algorithm)
+        never mixed in), a few in flight, summed in order in a worker thread."""
+        digest = Crc64Nvme() if algorithm == "crc64nvme" else _Md5()
         chunks = range(0, info.size, CHUNK)
         send, receive = trio.open_memory_channel[tuple[int, trio.Event, list[bytes]]](
             GETS_IN_FLIGHT - 1)
@@ -203,10 +232,10 @@ class Verifier:
         with first_fs_error():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(launch, nursery)
-                await self._hash_in_order(receive, digest, info)
-        return digest.hexdigest()
+                await self._sum_in_order(receive, digest, info)
+        return digest.value()
 
-    async def _hash_in_order(self, receive, digest, info: ObjectInfo) -> None:
+    async def _sum_in_order(self, receive, digest, info: ObjectInfo) -> None:
         async with receive:
             async for start, done, body in receive:
                 await done.wait()
@@ -225,12 +254,11 @@ def _is_data(key: str) -> bool:
 
 
 async def verify(store: ObjectStore, prefix: str, paths: list[str], *,
-                 download_unrecorded: bool = False,
+                 download: bool = False,
                  on_total: Callable[[int], None] = lambda total: None,
                  progress: Callable[[int], None] = lambda done: None) -> Report:
     """Check every object under ``paths``; ``on_total`` learns the bytes to read first."""
-    verifier = Verifier(store, prefix, download_unrecorded=download_unrecorded,
-                        progress=progress)
+    verifier = Verifier(store, prefix, download=download, progress=progress)
     objects, missing = await verifier.targets(paths)
     on_total(sum(info.size for info in objects))
     report = Report([Verdict(path, MISSING, detail="no object at this path")

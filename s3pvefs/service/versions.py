@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 
 import trio
 
+from s3pvefs.checksums import INDEX_FIELD, META_CRC64NVME
 from s3pvefs.errors import S3PveFsError, StoreError
-from s3pvefs.names import INDEX_PREFIX, META_SHA256
+from s3pvefs.names import INDEX_PREFIX
 from s3pvefs.service.verify import Verifier
 from s3pvefs.store.objectstore import ObjectVersion
 from s3pvefs.store.s3store import S3Store
@@ -120,13 +121,13 @@ async def _metadata_with_checksum(store: S3Store, prefix: str,
     info = await store.head(version.key, version.version_id)
     metadata = dict(info.metadata or {})
     recorded = await Verifier(store, prefix).recorded(info)
-    sha256 = recorded.sha256 if recorded else await _sha256_in_index_history(store, info)
-    if sha256 is not None:
-        metadata[META_SHA256] = sha256
+    value = recorded.value if recorded else await _checksum_in_index_history(store, info)
+    if value is not None:
+        metadata[META_CRC64NVME] = value
     return metadata
 
 
-async def _sha256_in_index_history(store: S3Store, info) -> str | None:
+async def _checksum_in_index_history(store: S3Store, info) -> str | None:
     """The checksum an attribute index recorded for this ETag before the file was deleted
     (a delete drops its entry; the index object's older versions still hold it)."""
     dir_key, _, name = info.key.rpartition("/")
@@ -140,8 +141,8 @@ async def _sha256_in_index_history(store: S3Store, info) -> str | None:
             continue
         entry = entries.get(name) if isinstance(entries, dict) else None
         if (isinstance(entry, dict) and str(entry.get("etag", "")).lower() == info.etag.lower()
-                and isinstance(entry.get("sha256"), str)):
-            return entry["sha256"]
+                and isinstance(entry.get(INDEX_FIELD), str)):
+            return entry[INDEX_FIELD]
     return None
 
 

@@ -3,11 +3,11 @@
 A listing gives each object's size, ETag and LastModified, not its metadata. Most files on a
 Proxmox storage have the default attributes (root, 0644, mtime = LastModified), so a directory
 gets an index object only when some entry differs: ``<dir key>.s3pvefs-attrs.<host>``, JSON
-``{name: {"etag", "modified_s", "mode", "uid", "gid", "mtime_ns", "sha256"}}`` (directories as
+``{name: {"etag", "modified_s", "mode", "uid", "gid", "mtime_ns", "crc64nvme"}}`` (directories as
 ``name/``). Each host writes only its own index object, so hosts sharing a bucket never
 overwrite each other's.
 
-``sha256`` is the content checksum of a file uploaded in parts (known only once every part
+``crc64nvme`` is the content checksum of a file uploaded in parts (known only once every part
 went), for ``s3pvefs verify``; an entry may hold only that (and its ETag), the attributes
 then being the defaults.
 
@@ -30,6 +30,7 @@ import stat
 import trio
 from cachetools import LRUCache
 
+from s3pvefs.checksums import INDEX_FIELD
 from s3pvefs.errors import StoreError
 from s3pvefs.names import INDEX_PREFIX, Attributes
 from s3pvefs.state.lifecycle import ContentChecksum
@@ -117,8 +118,8 @@ class AttributeIndex:
         node.mode, node.uid, node.gid = attrs.mode, attrs.uid, attrs.gid
         node.mtime_ns = node.ctime_ns = attrs.mtime_ns
         node.mtime_explicit = matching[0].get("mtime_ns") is not None
-        if node.is_file and isinstance(matching[0].get("sha256"), str):
-            node.file.checksum_learned(ContentChecksum(matching[0]["sha256"], in_metadata=False))
+        if node.is_file and isinstance(matching[0].get(INDEX_FIELD), str):
+            node.file.checksum_learned(ContentChecksum(matching[0][INDEX_FIELD], in_metadata=False))
         return True
 
     # -- writing ------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class AttributeIndex:
         entry = self.attributes_entry(node) or {}
         checksum = node.file.checksum if node.is_file else None
         if checksum is not None and not checksum.in_metadata:
-            entry["sha256"] = checksum.sha256
+            entry[INDEX_FIELD] = checksum.value
         return entry or None
 
     def attributes_entry(self, node: Node) -> dict | None:

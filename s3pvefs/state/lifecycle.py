@@ -44,12 +44,12 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class ContentChecksum:
-    """The SHA-256 of the content of a file's object, as this mount computed it on upload, and
-    where it is recorded for ``s3pvefs verify``: the object's own metadata (a PUT: known
-    before the request) or this host's attribute index of the directory (a multipart upload:
-    known only at its end)."""
+    """The checksum (checksums.py: CRC64NVME) of the content of a file's object, as this mount
+    computed it on upload, and where it is recorded for ``s3pvefs verify``: the object's own
+    metadata (a PUT: known before the request) or this host's attribute index of the directory
+    (a multipart upload: known only at its end)."""
 
-    sha256: str
+    value: str
     in_metadata: bool
 
 

@@ -33,6 +33,8 @@ class ObjectInfo:
     # From a HEAD: the Object Lock retention of this version, if any
     lock_mode: str | None = None
     retain_until_ns: int | None = None
+    # From a HEAD with_checksum: the whole-object CRC64NVME S3 keeps (base64), if it keeps one
+    crc64nvme: str | None = None
 
 
 @dataclass

@@ -228,13 +228,17 @@ class S3Store:
 
     # -- objects --
 
-    async def head(self, key: str, version_id: str | None = None) -> ObjectInfo:
+    async def head(self, key: str, version_id: str | None = None,
+                   with_checksum: bool = False) -> ObjectInfo:
         """An object's size, ETag, metadata, class, encryption and Object Lock (of one version
-        with ``version_id``)."""
-        version = {"VersionId": version_id} if version_id else {}
+        with ``version_id``); ``with_checksum`` also asks for the whole-object checksum S3
+        keeps, where it keeps one."""
+        extra = {"VersionId": version_id} if version_id else {}
+        if with_checksum:
+            extra["ChecksumMode"] = "ENABLED"
         response = await self._request(
             "HeadObject", key, self._call_in_loop, "HeadObject",
-            {"Key": key, **version, **self.options.sse_c}, quiet_not_found=True,
+            {"Key": key, **extra, **self.options.sse_c}, quiet_not_found=True,
         )
         until = response.get("ObjectLockRetainUntilDate")
         return ObjectInfo(
@@ -249,6 +253,8 @@ class S3Store:
             kms_key_id=response.get("SSEKMSKeyId"),
             lock_mode=response.get("ObjectLockMode"),
             retain_until_ns=_ns(until) if until else None,
+            crc64nvme=(response.get("ChecksumCRC64NVME")
+                       if response.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT" else None),
         )
 
     async def get(

@@ -19,9 +19,10 @@ import math
 
 import trio
 
+from s3pvefs.checksums import META_CRC64NVME
 from s3pvefs.config.settings import Config, GiB, MiB
 from s3pvefs.errors import FsError, FsKind, StoreError, StoreKind, first_fs_error
-from s3pvefs.names import META_SHA256, check_key_length
+from s3pvefs.names import check_key_length
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.journal import Journal
 from s3pvefs.state.nodes import Node
@@ -193,10 +194,11 @@ class ObjectWriter:
         checksum = node.file.checksum
         if checksum is not None:
             if checksum.in_metadata:
-                metadata[META_SHA256] = checksum.sha256
+                metadata[META_CRC64NVME] = checksum.value
             return metadata
-        recorded = ((await self.store.head(node.file.base.key)).metadata or {}).get(META_SHA256)
-        return {**metadata, META_SHA256: recorded} if recorded else metadata
+        found = (await self.store.head(node.file.base.key)).metadata or {}
+        recorded = found.get(META_CRC64NVME)
+        return {**metadata, META_CRC64NVME: recorded} if recorded else metadata
 
     async def _metadata_of(self, source: RemoteObject, metadata: dict | None) -> dict:
         if metadata is not None:

@@ -29,7 +29,7 @@ from s3pvefs.state.journal import StreamRecord
 from s3pvefs.state.nodes import Node
 from s3pvefs.store.objectstore import ObjectStore, RemoteObject
 from s3pvefs.transfer.objectwriter import ObjectWriter
-from s3pvefs.transfer.wholehash import WholeFileHash
+from s3pvefs.transfer.wholehash import WholeFileChecksum
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class Stream:
         self.origin_name = node.name
         self.started = 0.0
         self.restored = False  # taken over from the journal after a crash
-        self.hash = WholeFileHash()  # of the parts' bodies as they are read for sending
+        self.checksum = WholeFileChecksum()  # of the parts' bodies as they are read to send
 
     @contextmanager
     def cancellable(self):
@@ -313,7 +313,7 @@ class Streamer:
             with stream.cancellable(), data.in_use(offset, length):
                 snapshot = data.dirty_snapshot(offset, length)
                 body = await data.read(offset, length)
-                await stream.hash.feed(offset, body)
+                await stream.checksum.feed(offset, body)
                 etag = await self._retrying(
                     lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
                     stream, f"part {number}")
@@ -415,7 +415,7 @@ class Streamer:
             try:
                 snapshot = data.dirty_snapshot(offset, length)
                 body = await _read_guarded(data, offset, length)
-                await stream.hash.feed(offset, body)
+                await stream.checksum.feed(offset, body)
                 etag = await self.store.upload_part(stream.key, stream.upload_id, number, body)
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
@@ -457,7 +457,7 @@ class Streamer:
         stream = Stream(node)
         node.file.stream_started(stream)
         stream.restored = True
-        stream.hash.give_up("the stream was taken over after a restart")
+        stream.checksum.give_up("the stream was taken over after a restart")
         stream.key, stream.upload_id = record.key, record.upload_id
         stream.predicted, stream.origin_name = record.predicted, record.origin_name
         # The restored node counts attribute changes afresh (see recovery): 1 if any is pending.

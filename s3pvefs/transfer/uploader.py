@@ -14,9 +14,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
+from s3pvefs.checksums import META_CRC64NVME
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import FsError, FsKind, RenamePending, StoreError, StreamAhead
-from s3pvefs.names import META_SHA256, check_key_length, is_temporary_name
+from s3pvefs.names import check_key_length, is_temporary_name
 from s3pvefs.state.attrindex import PENDING, AttributeIndex
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.lifecycle import ContentChecksum
@@ -27,7 +28,7 @@ from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter, choose_part_size
 from s3pvefs.transfer.reader import BlockReader
 from s3pvefs.transfer.streaming import Streamer
-from s3pvefs.transfer.wholehash import WholeFileHash, sha256_hex
+from s3pvefs.transfer.wholehash import WholeFileChecksum, checksum_of
 
 log = logging.getLogger(__name__)
 
@@ -320,7 +321,7 @@ class Uploader:
                     etag, checksum = await self._upload_whole(node, key, size, metadata)
                 else:  # its metadata is as old as the stream: newer attributes follow by copy
                     meta_gen = stream.meta_gen
-                    checksum = _recorded_in_index(stream.hash.hexdigest(size))
+                    checksum = _recorded_in_index(stream.checksum.value(size))
             elif self._attributes_only(node, key, snapshot):
                 metadata = await self.writer.metadata_for_copy(node)
                 etag = await self.writer.copy_object(node.file.base, key, metadata, landing_of=node)
@@ -350,8 +351,8 @@ class Uploader:
             return await self.writer.put(key, node.symlink_target.encode(), metadata), None
         if size < self.writer.threshold:
             body = await self._compose(node, 0, size)
-            checksum = ContentChecksum(await sha256_hex(body), in_metadata=True)
-            metadata = {**metadata, META_SHA256: checksum.sha256}
+            checksum = ContentChecksum(await checksum_of(body), in_metadata=True)
+            metadata = {**metadata, META_CRC64NVME: checksum.value}
             return await self.writer.put(key, body, metadata, node), checksum
         return await self._multipart(node, key, size, metadata)
 
@@ -502,7 +503,7 @@ class Uploader:
         part_size = choose_part_size(size, self.writer.min_part)
         progress = self._in_flight.get(node.ino)
         base, copied_from_base = node.file.base, []
-        whole = WholeFileHash()
+        whole = WholeFileChecksum()
 
         async def send_part(upload_id: str, number: int, offset: int, length: int) -> str:
             etag = None
@@ -526,7 +527,7 @@ class Uploader:
 
         etag = await self.writer.run_multipart(key, size, part_size, metadata, send_part,
                                                check_source, landing_of=node)
-        return etag, _recorded_in_index(whole.hexdigest(size))
+        return etag, _recorded_in_index(whole.value(size))
 
     def _unchanged_in_base(self, node: Node, offset: int, length: int) -> bool:
         """The object behind the file holds exactly these bytes (no block in the range was
@@ -540,9 +541,9 @@ class Uploader:
         return (not any(b in data.dirty for b in blocks)
                 and any(data.needs_fetch(b) for b in blocks))
 
-def _recorded_in_index(sha256: str | None) -> ContentChecksum | None:
+def _recorded_in_index(value: str | None) -> ContentChecksum | None:
     """A multipart upload's checksum, known only at its end: the attribute index keeps it."""
-    return ContentChecksum(sha256, in_metadata=False) if sha256 else None
+    return ContentChecksum(value, in_metadata=False) if value else None
 
 
 def _segments(data, offset: int, length: int):

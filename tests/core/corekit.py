@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 import trio
-from helpers import settle
+from helpers import crc64nvme, settle
 
 from s3pvefs.adapter.errno_map import errno_for
 from s3pvefs.config.settings import KiB, MiB
 from s3pvefs.errors import FsError, StoreError
 from s3pvefs.fs.core import FsCore
-from s3pvefs.names import INDEX_PREFIX, META_SHA256, Attributes, decode_attributes
+from s3pvefs.names import INDEX_PREFIX, Attributes, decode_attributes
 from s3pvefs.state.nodes import ROOT_INODE, Node
 from s3pvefs.store.faults import FaultInjectingStore
 
@@ -128,25 +128,28 @@ def s3_attributes(s3, key: str, explicit_mtime: bool | None = None) -> Attribute
     in the metadata must be the object's."""
     metadata = s3.metadata(key)
     assert {"mode", "uid", "gid"} <= set(metadata) <= {"mode", "uid", "gid", "mtime",
-                                                         META_SHA256}, metadata
-    if META_SHA256 in metadata:
-        assert metadata[META_SHA256] == hashlib.sha256(s3.body(key)).hexdigest(), key
+                                                         CHECKSUM_META}, metadata
+    if CHECKSUM_META in metadata:
+        assert metadata[CHECKSUM_META] == crc64nvme(s3.body(key)), key
     if explicit_mtime is not None:
         assert ("mtime" in metadata) == explicit_mtime, metadata
     return decode_attributes(metadata, Attributes(0, -1, -1, -1))
 
 
-def recorded_sha256(s3, key: str) -> str | None:
+CHECKSUM_META = "s3pvefs-crc64nvme"  # docs/integrity.md
+
+
+def recorded_checksum(s3, key: str) -> str | None:
     """The content checksum recorded for the object at ``key``: its metadata's, else an entry
     of a directory's attribute index naming the object's ETag."""
-    if META_SHA256 in (metadata := s3.metadata(key)):
-        return metadata[META_SHA256]
+    if CHECKSUM_META in (metadata := s3.metadata(key)):
+        return metadata[CHECKSUM_META]
     dir_key, _, name = key.rpartition("/")
     etag = s3.etag(key)
     for index_key in s3.keys(f"{dir_key}/{INDEX_PREFIX}"):
         entry = json.loads(s3.body(index_key)).get(name) or {}
-        if entry.get("etag") == etag and "sha256" in entry:
-            return entry["sha256"]
+        if entry.get("etag") == etag and "crc64nvme" in entry:
+            return entry["crc64nvme"]
     return None
 
 

@@ -1,11 +1,10 @@
-"""The content checksum (SHA-256) an upload records for ``s3pvefs verify``: computed from the
+"""The content checksum (CRC64NVME) an upload records for ``s3pvefs verify``: computed from the
 bodies sent, in the PUT's metadata or, after a multipart upload, in the directory's attribute
 index; never a checksum of anything but the object's content (none rather than a wrong one).
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 from corekit import (
@@ -15,13 +14,10 @@ from corekit import (
     drain,
     inode,
     payload,
-    recorded_sha256,
+    recorded_checksum,
     write_file,
 )
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+from helpers import crc64nvme
 
 
 async def test_a_streamed_backup_records_the_checksum_of_its_parts(make_core, s3) -> None:
@@ -32,7 +28,7 @@ async def test_a_streamed_backup_records_the_checksum_of_its_parts(make_core, s3
     await drain(core)
     key = f"{PREFIX}dump/vzdump-qemu-100.vma"
     assert s3.body(key) == data
-    assert recorded_sha256(s3, key) == sha256(data)
+    assert recorded_checksum(s3, key) == crc64nvme(bytes(data))
     assert node.file.checksum is not None and not node.file.checksum.in_metadata
 
 
@@ -48,7 +44,7 @@ async def test_a_part_rewritten_behind_a_stream_records_no_checksum(make_core, s
     await drain(core)
     key = f"{PREFIX}images/disk.raw"
     assert s3.body(key) == data
-    assert recorded_sha256(s3, key) in (None, sha256(data))  # never the first pass's hash
+    assert recorded_checksum(s3, key) in (None, crc64nvme(bytes(data)))  # never the first pass's hash
 
 
 async def test_metadata_changes_and_renames_keep_a_put_checksum(make_core, s3) -> None:
@@ -59,15 +55,15 @@ async def test_metadata_changes_and_renames_keep_a_put_checksum(make_core, s3) -
     await drain(core)
     await core.setattr(node.ino, mode=0o100600)
     await drain(core)
-    assert recorded_sha256(s3, f"{PREFIX}dump/x.notes") == sha256(data)
+    assert recorded_checksum(s3, f"{PREFIX}dump/x.notes") == crc64nvme(bytes(data))
     await core.rename(dump, "x.notes", dump, "y.notes")
     await drain(core)
-    assert recorded_sha256(s3, f"{PREFIX}dump/y.notes") == sha256(data)
+    assert recorded_checksum(s3, f"{PREFIX}dump/y.notes") == crc64nvme(bytes(data))
     restarted = await make_core()  # knows nothing of the checksum: the copy keeps it all the same
     ino = await inode(restarted, "dump/y.notes")
     await restarted.setattr(ino, mode=0o100644)
     await drain(restarted)
-    assert recorded_sha256(s3, f"{PREFIX}dump/y.notes") == sha256(data)
+    assert recorded_checksum(s3, f"{PREFIX}dump/y.notes") == crc64nvme(bytes(data))
 
 
 async def test_an_upload_that_copies_parts_on_the_server_records_no_checksum(make_core, s3):
@@ -86,4 +82,4 @@ async def test_an_upload_that_copies_parts_on_the_server_records_no_checksum(mak
     await drain(core)
     key = f"{PREFIX}images/big.raw"
     assert s3.body(key) == data
-    assert recorded_sha256(s3, key) is None
+    assert recorded_checksum(s3, key) is None

@@ -9,7 +9,6 @@ or this mount after a restart.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 from pathlib import Path
@@ -36,12 +35,12 @@ from corekit import (
     on_s3_server,
     payload,
     read_file,
-    recorded_sha256,
+    recorded_checksum,
     s3_attributes,
     settled,
     write_file,
 )
-from helpers import settle
+from helpers import crc64nvme, settle
 
 from s3pvefs.config.settings import Config, KiB, MiB
 from s3pvefs.fs.assembly import recover_journal
@@ -104,7 +103,7 @@ async def test_upload_on_release(make_core, store, s3, size) -> None:
     assert s3.uploads() == []
     # the checksum of what was sent: in the PUT's metadata, or after a multipart upload in
     # the directory's attribute index (one PUT more)
-    assert recorded_sha256(s3, key) == hashlib.sha256(data).hexdigest()
+    assert recorded_checksum(s3, key) == crc64nvme(data)
     if size < PART:
         assert (counts["PutObject"], counts["UploadPart"]) == (1, 0)
     else:
@@ -585,7 +584,7 @@ async def test_partial_overwrite_of_remote_multipart_file(make_core, store, s3) 
     # both parts sent (one PUT more: the checksum of what was sent, in the attribute index)
     assert (counts["UploadPart"], counts["PutObject"]) == (2, 1)
     assert s3.body(f"{PREFIX}images/mp.raw") == data
-    assert recorded_sha256(s3, f"{PREFIX}images/mp.raw") == hashlib.sha256(data).hexdigest()
+    assert recorded_checksum(s3, f"{PREFIX}images/mp.raw") == crc64nvme(bytes(data))
 
 
 async def test_write_beyond_end_of_remote_file(make_core, s3) -> None:
