@@ -279,31 +279,37 @@ class CephRGW:
                       f"--display-name={uid}", f"--access-key={access_key}",
                       f"--secret={secret_key}")
 
-    def rot(self, bucket: str, key: str, offset: int = 0) -> str:
+    def rot(self, bucket: str, key: str, offset: int = 0) -> list[str]:
         """Flip one byte of a stored object's data in RADOS, behind the gateway's back (bit rot
-        at rest): the RADOS object holding ``offset`` of the first part of an object uploaded in
-        parts, else the head object of ``key`` (its data starts the object). Returns the
-        RADOS object's name."""
+        at rest): in the RADOS object holding ``offset`` of the first part of an object uploaded
+        in parts, else in its head object (its data starts there; on a versioned bucket, the
+        head of every version that holds data). Returns the RADOS objects changed."""
         stats = json.loads(self._run("radosgw-admin", "bucket", "stats", "--bucket",
                                      bucket).stdout)
         marker = stats["marker"]
         names = self._run("rados", "-p", DATA_POOL, "ls").stdout.split()
-        part = sorted(n for n in names
-                      if n.startswith(f"{marker}__multipart_{key}.") and n.endswith(".1"))
-        head = [n for n in names if n == f"{marker}_{key}"]
-        target = (part or head or [None])[0]
-        if target is None:
-            raise RGWError(f"no RADOS object holds {key} in {DATA_POOL}: {names}")
+        targets = sorted(n for n in names
+                         if n.startswith(f"{marker}__multipart_{key}.") and n.endswith(".1"))[:1]
+        if not targets:  # the head: <marker>_<key>, or <marker>__:<version>_<key> when versioned
+            targets = [n for n in names if n == f"{marker}_{key}"
+                       or (n.startswith(f"{marker}__:") and n.endswith(f"_{key}"))]
+        changed = [target for target in targets if self._flip(target, offset)]
+        if not changed:
+            raise RGWError(f"no RADOS object holds byte {offset} of {key} in {DATA_POOL}")
+        return changed
+
+    def _flip(self, target: str, offset: int) -> bool:
         local = self.root / "rot.tmp"
         self._run("rados", "-p", DATA_POOL, "get", target, str(local))
         data = bytearray(local.read_bytes())
         if offset >= len(data):
-            raise RGWError(f"{target} holds {len(data)} bytes, not {offset + 1}")
+            local.unlink()
+            return False
         data[offset] ^= 0x01
         local.write_bytes(bytes(data))
         self._run("rados", "-p", DATA_POOL, "put", target, str(local))
         local.unlink()
-        return target
+        return True
 
     def _launch(self, daemon: str, program: str, *args: str) -> None:
         with (self.root / "log" / f"{daemon}.out").open("ab") as out:

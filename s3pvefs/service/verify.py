@@ -266,6 +266,6 @@ async def verify(store: ObjectStore, prefix: str, paths: list[str], *,
     for info in objects:
         verdict = await verifier.check(info)
         if verdict.status != OK:
-            log.warning("%s: %s %s", verdict.path, verdict.status, verdict.detail)
+            log.debug("%s: %s %s", verdict.path, verdict.status, verdict.detail)
         report.verdicts.append(verdict)
     return report
