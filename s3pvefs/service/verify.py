@@ -28,7 +28,8 @@ import trio
 from s3pvefs.checksums import INDEX_FIELD, META_CRC64NVME, Crc64Nvme
 from s3pvefs.errors import StoreError, StoreKind, first_fs_error
 from s3pvefs.names import INDEX_PREFIX
-from s3pvefs.store.objectstore import ObjectInfo, ObjectStore, is_md5
+from s3pvefs.store.objectstore import ObjectInfo, is_md5
+from s3pvefs.store.s3store import S3Store
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class _Md5:
 
 
 class Verifier:
-    def __init__(self, store: ObjectStore, prefix: str, *, download: bool = False,
+    def __init__(self, store: S3Store, prefix: str, *, download: bool = False,
                  progress: Callable[[int], None] = lambda done: None):
         self.store = store
         self.prefix = prefix
@@ -253,7 +254,7 @@ def _is_data(key: str) -> bool:
     return bool(name) and not name.startswith(INTERNAL_NAME_PREFIX)
 
 
-async def verify(store: ObjectStore, prefix: str, paths: list[str], *,
+async def verify(store: S3Store, prefix: str, paths: list[str], *,
                  download: bool = False,
                  on_total: Callable[[int], None] = lambda total: None,
                  progress: Callable[[int], None] = lambda done: None) -> Report:
