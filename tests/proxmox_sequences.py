@@ -56,8 +56,16 @@ def object_sha256(s3_client, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
-def log_tail(mount, chars: int = 6000) -> str:
-    return f"\n--- mount log (tail) ---\n{mount.log()[-chars:]}"
+# Routine debug lines that would fill the tail and hide what went wrong.
+_ROUTINE = ("getxattr: no such attribute", "pyfuse3: pyfuse-")
+
+
+def log_tail(mount, chars: int = 12000) -> str:
+    """The end of the mount's log, without routine debug lines."""
+    lines = [line for line in mount.log().splitlines()
+             if not any(routine in line for routine in _ROUTINE)]
+    return "\n--- mount log (tail, routine debug lines left out) ---\n" + \
+        "\n".join(lines)[-chars:]
 
 
 def sync(mount, path: Path | None = None, timeout: int = 90) -> None:
