@@ -178,9 +178,17 @@ async def _serve(core: FsCore, admin: LiveAdmin, kernel: KernelCaches, config: C
     if left:
         log.error("%d file(s) are not on S3 yet: %s. Their data stays in the cache journal "
                   "(%s) and is uploaded when this cache directory is mounted again.", len(left),
-                  "; ".join(n.file.last_error or n.path() for n in left[:20]), config.cache_dir)
+                  "; ".join(_left_behind(n) for n in left[:20]), config.cache_dir)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _left_behind(node) -> str:
+    """A file not on S3 at the end, with its state and last error (why it was left)."""
+    why = f"{node.state.value}, {node.write_handles} open for writing"
+    if node.file.last_error:
+        why += f": {node.file.last_error}"
+    return f"{node.path()} ({why})"
 
 
 class _Stop:
