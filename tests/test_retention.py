@@ -167,3 +167,27 @@ def test_the_documented_host_policy_mounts_and_cannot_destroy_a_locked_backup(
     # the owner, bypassing governance, could: what stopped the host was the policy
     s3_client.delete_object(Bucket=locked_bucket, Key="pve/" + ARCHIVE, VersionId=version,
                             BypassGovernanceRetention=True)
+
+
+async def test_undelete_of_a_version_too_large_for_one_copy_copies_it_in_parts(
+        monkeypatch, store, s3_client, bucket):
+    """Versions above CopyObject's 5 GiB are copied part by part (UploadPartCopy of the
+    version); the limits are made small here, the path is the same."""
+    from s3pvefs.service import versions
+
+    s3_client.put_bucket_versioning(Bucket=bucket,
+                                    VersioningConfiguration={"Status": "Enabled"})
+    body = os.urandom(12 * MiB)
+    key = "pve/" + ARCHIVE
+    s3_client.put_object(Bucket=bucket, Key=key, Body=body,
+                         Metadata={"s3pvefs-crc64nvme": "recorded", "mode": "33188"})
+    s3_client.delete_object(Bucket=bucket, Key=key)
+    monkeypatch.setattr(versions, "MAX_COPY_SIZE", 5 * MiB)
+    monkeypatch.setattr(versions, "COPY_PART", 5 * MiB)
+    restored = await versions.undelete(store, "pve/", ARCHIVE)
+    assert restored["size"] == len(body)
+    answer = s3_client.get_object(Bucket=bucket, Key=key)
+    assert hashlib.sha256(answer["Body"].read()).digest() == hashlib.sha256(body).digest()
+    assert answer["Metadata"] == {"s3pvefs-crc64nvme": "recorded", "mode": "33188"}
+    assert answer["ETag"].strip('"').endswith("-3")  # three parts, copied on the server
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
