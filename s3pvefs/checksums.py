@@ -32,6 +32,14 @@ class Crc64Nvme:
         return base64.b64encode(self._crc.to_bytes(8, "big")).decode("ascii")
 
 
+def checksum_in_entry(entry: object, etag: str) -> str | None:
+    """The checksum an attribute index entry records for the object version ``etag``."""
+    if (isinstance(entry, dict) and str(entry.get("etag", "")).lower() == etag.lower()
+            and isinstance(entry.get(INDEX_FIELD), str)):
+        return entry[INDEX_FIELD]
+    return None
+
+
 def crc64nvme(data: bytes) -> str:
     checksum = Crc64Nvme()
     checksum.update(data)

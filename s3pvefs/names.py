@@ -33,11 +33,20 @@ PROXMOX_DIRS = (
     "template/cache",
 )
 
+# Names s3pvefs writes next to the data (attribute indexes, kept-aside copies, `s3pvefs check`
+# probes): never a file of the storage.
+INTERNAL_NAME_PREFIX = ".s3pvefs-"
 # Per-directory attribute index objects (attrindex.py): hidden from listings, reserved names.
-INDEX_PREFIX = ".s3pvefs-attrs."
+INDEX_PREFIX = INTERNAL_NAME_PREFIX + "attrs."
 # Objects that keep the data of files deleted while still open (core.py), at the top of the
 # prefix: hidden from listings, reserved names.
-KEPT_PREFIX = ".s3pvefs-unlinked."
+KEPT_PREFIX = INTERNAL_NAME_PREFIX + "unlinked."
+
+
+def is_file_key(key: str) -> bool:
+    """A key of a file's object: not a directory marker, not one of s3pvefs's own objects."""
+    name = key.rpartition("/")[2]
+    return bool(name) and not name.startswith(INTERNAL_NAME_PREFIX)
 
 # x-amz-meta-* names; the same ones s3fs uses, so both tools agree on attributes.
 META_MODE = "mode"

@@ -25,7 +25,7 @@ from s3pvefs.config.s3options import ARCHIVE_CLASSES, SSE_C, SSE_KMS, SSE_NONE, 
 from s3pvefs.config.settings import Config
 from s3pvefs.config.values import human_size
 from s3pvefs.errors import ConfigError, StoreError
-from s3pvefs.store.s3params import INTERNAL_NAME_PREFIX
+from s3pvefs.names import INTERNAL_NAME_PREFIX, is_file_key
 from s3pvefs.store.s3store import S3Store
 
 log = logging.getLogger(__name__)
@@ -417,8 +417,7 @@ OTHER = "other"
 def content_dir(relative_key: str) -> str | None:
     """The Proxmox content directory of a key relative to the prefix ("other" outside them);
     None for s3pvefs's own objects (directory markers, attribute indexes, check probes)."""
-    name = relative_key.rsplit("/", 1)[-1]
-    if not name or name.startswith(INTERNAL_NAME_PREFIX):
+    if not is_file_key(relative_key):
         return None
     for directory in CONTENT_DIRS:
         if relative_key.startswith(directory + "/"):

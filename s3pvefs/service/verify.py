@@ -25,9 +25,9 @@ from dataclasses import asdict, dataclass, field
 
 import trio
 
-from s3pvefs.checksums import INDEX_FIELD, META_CRC64NVME, Crc64Nvme
+from s3pvefs.checksums import META_CRC64NVME, Crc64Nvme, checksum_in_entry
 from s3pvefs.errors import StoreError, StoreKind, first_fs_error
-from s3pvefs.names import INDEX_PREFIX
+from s3pvefs.names import INDEX_PREFIX, is_file_key
 from s3pvefs.store.objectstore import ObjectInfo, is_md5
 from s3pvefs.store.s3store import S3Store
 
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 
 CHUNK = 8 * 1024 * 1024  # bytes per ranged GET
 GETS_IN_FLIGHT = 4  # per object: memory stays below GETS_IN_FLIGHT * CHUNK
-INTERNAL_NAME_PREFIX = ".s3pvefs-"  # attribute indexes, kept-aside copies, check probes
 
 OK, MISMATCH, UNRECORDED, MISSING, CHANGED = "ok", "mismatch", "unrecorded", "missing", "changed"
 VERDICTS = (OK, MISMATCH, UNRECORDED, MISSING, CHANGED)
@@ -125,7 +124,7 @@ class Verifier:
     async def _object_or_tree(self, path: str) -> list[ObjectInfo]:
         key = self.prefix + path
         objects = [info for info in await self._list(key + "/" if path else key)
-                   if _is_data(info.key)]
+                   if is_file_key(info.key)]
         if path:
             try:
                 objects.append(await self.store.head(key))
@@ -149,9 +148,8 @@ class Verifier:
         """The checksum recorded for this object (``info`` from a HEAD: with its metadata)."""
         dir_key, _, name = info.key.rpartition("/")
         for entry in (await self._index_of(dir_key + "/")).get(name, []):
-            if (str(entry.get("etag", "")).lower() == info.etag.lower()
-                    and isinstance(entry.get(INDEX_FIELD), str)):
-                return Recorded(entry[INDEX_FIELD], "index")
+            if value := checksum_in_entry(entry, info.etag):
+                return Recorded(value, "index")
         if value := (info.metadata or {}).get(META_CRC64NVME):
             return Recorded(value, "metadata")
         return None
@@ -246,12 +244,6 @@ class Verifier:
                                      f"{len(data)} bytes at {start}")
                 await trio.to_thread.run_sync(digest.update, data)
                 self.progress(len(data))
-
-
-def _is_data(key: str) -> bool:
-    """A file's object: not a directory marker and not one of s3pvefs's own objects."""
-    name = key.rpartition("/")[2]
-    return bool(name) and not name.startswith(INTERNAL_NAME_PREFIX)
 
 
 async def verify(store: S3Store, prefix: str, paths: list[str], *,

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import trio
 
-from s3pvefs.checksums import INDEX_FIELD, META_CRC64NVME
+from s3pvefs.checksums import META_CRC64NVME, checksum_in_entry
 from s3pvefs.errors import S3PveFsError, StoreError
-from s3pvefs.names import INDEX_PREFIX
+from s3pvefs.names import INDEX_PREFIX, is_file_key
 from s3pvefs.service.verify import Verifier
 from s3pvefs.store.objectstore import ObjectVersion
 from s3pvefs.store.s3store import S3Store
@@ -66,16 +66,11 @@ async def list_versions(store: S3Store, prefix: str, path: str) -> list[dict]:
     if not versions:
         below = await store.list_versions(prefix + path + "/" if path else prefix)
         deleted = {v.key for v in below if v.is_latest and v.delete_marker}
-        versions = [v for v in below if v.key in deleted and _is_file_key(v.key)]
+        versions = [v for v in below if v.key in deleted and is_file_key(v.key)]
     if not versions:
         raise VersionError(f"{path or '/'}: no versions on S3 (is versioning enabled on the "
                            "bucket? `s3pvefs check` tells)")
     return [asdict(_entry(prefix, v)) for v in versions]
-
-
-def _is_file_key(key: str) -> bool:
-    name = key.rpartition("/")[2]
-    return bool(name) and not name.startswith(".s3pvefs-")
 
 
 async def undelete(store: S3Store, prefix: str, path: str,
@@ -140,9 +135,8 @@ async def _checksum_in_index_history(store: S3Store, info) -> str | None:
         except (StoreError, ValueError):
             continue
         entry = entries.get(name) if isinstance(entries, dict) else None
-        if (isinstance(entry, dict) and str(entry.get("etag", "")).lower() == info.etag.lower()
-                and isinstance(entry.get(INDEX_FIELD), str)):
-            return entry[INDEX_FIELD]
+        if value := checksum_in_entry(entry, info.etag):
+            return value
     return None
 
 

@@ -16,12 +16,7 @@ from s3pvefs.config.retention import GOVERNANCE, retention_for
 from s3pvefs.config.s3options import SSE_C, SSE_KMS, SSE_S3, storage_class_for
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import ConfigError
-from s3pvefs.names import INDEX_PREFIX
-
-# Names s3pvefs writes next to the data (attribute indexes, `s3pvefs check` probes): small,
-# rewritten and read often, so they never go to a colder class than the server's default.
-INTERNAL_NAME_PREFIX = ".s3pvefs-"
-assert INDEX_PREFIX.startswith(INTERNAL_NAME_PREFIX)
+from s3pvefs.names import is_file_key
 
 
 @dataclass(frozen=True)
@@ -96,9 +91,8 @@ class ObjectOptions:
 
     def _file_key(self, key: str) -> str | None:
         """A file's key relative to the prefix; None for a directory marker or an object of
-        s3pvefs's own."""
-        name = key.rsplit("/", 1)[-1]
-        if not name or name.startswith(INTERNAL_NAME_PREFIX):
+        s3pvefs's own (small, rewritten and read often: never a colder class, never locked)."""
+        if not is_file_key(key):
             return None
         return key[len(self.prefix):] if key.startswith(self.prefix) else key
 
