@@ -31,8 +31,9 @@ def add_parser(sub: Any) -> None:
             "x-amz-meta-s3pvefs-crc64nvme, or the directory's attribute index for files "
             "uploaded in parts): against the one S3 keeps where it keeps one, otherwise by "
             "streaming the object back. Needs no mount and changes nothing. Objects without a "
-            "recorded checksum are reported as unrecorded. Exit status: 0 all intact; 1 a mismatch, a missing PATH, an object "
-            "replaced while it was read, or an S3 error; 2 configuration error."
+            "recorded checksum are reported as unrecorded. Exit status: 0 all intact; 1 a "
+            "mismatch, a missing PATH, an object replaced while it was read, or an S3 error; "
+            "2 configuration error."
         ),
     )
     add_config_arguments(verify)

@@ -237,7 +237,7 @@ class _Server:
             if op == "versions":
                 return {"ok": True, "versions": await self.core.versions(path.strip("/"))}
             return {"ok": True, "restored": await self.core.undelete(path.strip("/"), version)}
-        except (S3PveFsError, StoreError) as exc:
+        except S3PveFsError as exc:  # StoreError and VersionError among them
             return {"ok": False, "error": str(exc)}
 
     async def _sync(self, path: str, timeout: float | None) -> dict:

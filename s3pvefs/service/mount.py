@@ -120,8 +120,8 @@ async def _check_object_lock(store: S3Store, where: str) -> None:
                           f"{where} cannot be read: {exc}") from None
     if not protection.object_lock:
         raise ConfigError(
-            f"retention is configured ([retention] or --retention-by-dir), but {where} does not have "
-            "S3 Object Lock enabled: every upload would be refused. Use a bucket created with "
+            f"retention is configured ([retention] or --retention-by-dir), but {where} does not "
+            "have S3 Object Lock enabled: every upload would be refused. Use a bucket created with "
             "Object Lock (aws s3api create-bucket ... --object-lock-enabled-for-bucket), or "
             "remove the retention settings")
 

@@ -29,7 +29,7 @@ from s3pvefs.state.journal import StreamRecord
 from s3pvefs.state.nodes import Node
 from s3pvefs.store.objectstore import ObjectStore, RemoteObject
 from s3pvefs.transfer.objectwriter import ObjectWriter
-from s3pvefs.transfer.wholehash import WholeFileChecksum
+from s3pvefs.transfer.wholesum import WholeFileChecksum
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter, choose_part_size
 from s3pvefs.transfer.reader import BlockReader
 from s3pvefs.transfer.streaming import Streamer
-from s3pvefs.transfer.wholehash import WholeFileChecksum, checksum_of
+from s3pvefs.transfer.wholesum import WholeFileChecksum, checksum_of
 
 log = logging.getLogger(__name__)
 
@@ -540,6 +540,7 @@ class Uploader:
         blocks = data.blocks(offset, length)
         return (not any(b in data.dirty for b in blocks)
                 and any(data.needs_fetch(b) for b in blocks))
+
 
 def _recorded_in_index(value: str | None) -> ContentChecksum | None:
     """A multipart upload's checksum, known only at its end: the attribute index keeps it."""
