@@ -137,6 +137,21 @@ def run_with_store(config: Any, work: Any, *args: Any) -> Any:
     return trio.run(main)
 
 
+def run_reporting(config: Any, work: Any, *args: Any) -> Any:
+    """`run_with_store`, or, after printing why it failed, the exit status: EXIT_CONFIG for a
+    configuration error, EXIT_S3_ERROR for any other failure of ours (an S3 request, ...)."""
+    from s3pvefs.errors import S3PveFsError
+
+    try:
+        return run_with_store(config, work, *args)
+    except ConfigError as exc:
+        report_error(str(exc), config.log_file is not None)
+        return EXIT_CONFIG
+    except S3PveFsError as exc:
+        report_error(str(exc), config.log_file is not None)
+        return EXIT_S3_ERROR
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from s3pvefs.service import admin
 
@@ -162,20 +177,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from s3pvefs.errors import StoreError
     from s3pvefs.service import admin
 
     config = admin_config(args)
     if isinstance(config, int):
         return config
-    try:
-        usage = run_with_store(config, admin.collect_usage, config.prefix)
-    except ConfigError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_S3_ERROR
+    usage = run_reporting(config, admin.collect_usage, config.prefix)
+    if isinstance(usage, int):
+        return usage
     if args.json:
         print(admin.usage_as_json(config, usage), end="")
     else:
@@ -184,7 +193,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
-    from s3pvefs.errors import StoreError
     from s3pvefs.service import admin
 
     plan = admin.LifecyclePlan(args.transition_days, args.glacier_days,
@@ -197,15 +205,9 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
     config = admin_config(args)
     if isinstance(config, int):
         return config
-    try:
-        result = run_with_store(config, admin.apply_lifecycle, config.prefix, plan,
-                                 args.dry_run)
-    except ConfigError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_S3_ERROR
+    result = run_reporting(config, admin.apply_lifecycle, config.prefix, plan, args.dry_run)
+    if isinstance(result, int):
+        return result
     if args.dry_run:
         print("s3pvefs: dry run: the bucket's lifecycle configuration would become:",
               file=sys.stderr)

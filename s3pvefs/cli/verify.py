@@ -14,9 +14,8 @@ import argparse
 import sys
 from typing import Any
 
-from s3pvefs.cli.admin import EXIT_S3_ERROR, admin_config, run_with_store
-from s3pvefs.cli.settings import EXIT_CONFIG, add_config_arguments, report_error
-from s3pvefs.errors import ConfigError
+from s3pvefs.cli.admin import admin_config, run_reporting
+from s3pvefs.cli.settings import add_config_arguments, report_error
 
 EXIT_DAMAGED = 1
 
@@ -49,7 +48,6 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from s3pvefs.errors import StoreError
     from s3pvefs.service import verify
 
     config = admin_config(args)
@@ -57,18 +55,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return config
     bar = _ProgressBar()
     try:
-        report = run_with_store(config, _verify, config.prefix, args, bar)
-    except ConfigError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_CONFIG
-    except StoreError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_S3_ERROR
+        report = run_reporting(config, _verify, config.prefix, args, bar)
     except KeyboardInterrupt:
         report_error("interrupted")
         return 130
     finally:
         bar.close()
+    if isinstance(report, int):
+        return report
     print(report.as_json() if args.json else format_report(report), end="", flush=True)
     for verdict in report.verdicts:
         if verdict.status != verify.OK:

@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from s3pvefs.cli.admin import admin_config, run_with_store
+from s3pvefs.cli.admin import EXIT_S3_ERROR, admin_config, run_reporting
 from s3pvefs.cli.settings import EXIT_CONFIG, add_config_arguments, report_error
 
-EXIT_FAILED = 1
+EXIT_FAILED = EXIT_S3_ERROR  # nothing to list or undelete, or an S3 request failed
 ANSWER_TIMEOUT = 3600.0  # an undelete of a large version copies it on the server
 
 
@@ -93,23 +93,15 @@ def _run(args: argparse.Namespace, op: str) -> Any:
 
 
 def _on_bucket(args: argparse.Namespace, op: str) -> Any:
-    from s3pvefs.errors import ConfigError, S3PveFsError
     from s3pvefs.service import versions
 
     config = admin_config(args)
     if isinstance(config, int):
         return config
-    try:
-        if op == "versions":
-            return run_with_store(config, versions.list_versions, config.prefix, args.path)
-        return run_with_store(config, versions.undelete, config.prefix, args.path,
-                              getattr(args, "version", None))
-    except ConfigError as exc:
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_CONFIG
-    except S3PveFsError as exc:  # StoreError and VersionError among them
-        report_error(str(exc), config.log_file is not None)
-        return EXIT_FAILED
+    if op == "versions":
+        return run_reporting(config, versions.list_versions, config.prefix, args.path)
+    return run_reporting(config, versions.undelete, config.prefix, args.path,
+                         getattr(args, "version", None))
 
 
 def _on_mount(args: argparse.Namespace, op: str) -> Any:
