@@ -5,6 +5,7 @@ client (the ``s3_client`` fixture) or into a MemoryStore, and virtual time for t
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -127,6 +128,23 @@ def crc64nvme(data: bytes) -> str:
     from awscrt import checksums
 
     return base64.b64encode(checksums.crc64nvme(data).to_bytes(8, "big")).decode()
+
+
+CHECKSUM_META = "s3pvefs-crc64nvme"  # where a PUT's checksum is (docs/integrity.md)
+
+
+def recorded_checksum(bucket, key: str, etag: str, metadata: dict[str, str]) -> str | None:
+    """The checksum s3pvefs recorded for the object at ``key`` (with this ETag and metadata):
+    in its metadata, else in an attribute index entry of its directory naming its ETag.
+    ``bucket`` is a MemoryBucket or ServerBucket."""
+    if CHECKSUM_META in metadata:
+        return metadata[CHECKSUM_META]
+    directory, _, name = key.rpartition("/")
+    for index in bucket.keys(f"{directory}/.s3pvefs-attrs."):
+        entry = json.loads(bucket.body(index)).get(name) or {}
+        if entry.get("etag") == etag.strip('"') and "crc64nvme" in entry:
+            return entry["crc64nvme"]
+    return None
 
 
 # -- the bucket, seen from outside the mount -------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import mmap
 import os
 import random
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from helpers import crc64nvme, keys, object_bytes
+from helpers import ServerBucket, crc64nvme, keys, object_bytes, recorded_checksum
 
 MiB = 1024 * 1024
 KiB = 1024
@@ -316,20 +315,6 @@ def data_keys(s3_client, bucket: str, prefix: str = PREFIX) -> set[str]:
             if not key.endswith("/") and INDEX_MARK not in "/" + key}
 
 
-def recorded_checksum(s3_client, bucket: str, key: str, etag: str,
-                    metadata: dict[str, str]) -> str | None:
-    """The content checksum s3pvefs recorded for this object: in its metadata, else in an
-    attribute index entry of its directory naming its ETag."""
-    if "s3pvefs-crc64nvme" in metadata:
-        return metadata["s3pvefs-crc64nvme"]
-    directory, _, name = key.rpartition("/")
-    for index in keys(s3_client, bucket, directory + "/" + INDEX_MARK.lstrip("/")):
-        entry = json.loads(object_bytes(s3_client, bucket, index)).get(name) or {}
-        if entry.get("etag") == etag.strip('"') and "crc64nvme" in entry:
-            return entry["crc64nvme"]
-    return None
-
-
 def open_uploads(s3_client, bucket: str, prefix: str = "") -> list[dict]:
     answer = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=prefix)
     return [{"Key": upload["Key"], "UploadId": upload["UploadId"]}
@@ -390,7 +375,8 @@ def check_bucket(s3_client, bucket: str, expected: dict[str, bytes | Content | E
         answer = s3_client.get_object(Bucket=bucket, Key=key)
         body = answer["Body"].read()
         etag = answer.get("ETag", "")
-        recorded = recorded_checksum(s3_client, bucket, key, etag, answer.get("Metadata", {}))
+        recorded = recorded_checksum(ServerBucket(s3_client, bucket), key, etag,
+                                     answer.get("Metadata", {}))
         if recorded is not None and recorded != crc64nvme(body):
             problems.append(f"{key} (ETag {etag}): the checksum recorded for it ({recorded}) "
                             f"is not the CRC64NVME of what S3 holds")

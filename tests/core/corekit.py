@@ -11,22 +11,22 @@ from __future__ import annotations
 import collections
 import errno
 import hashlib
-import json
 import os
 import random
 import shutil
 import stat
 from pathlib import Path
 
+import helpers
 import pytest
 import trio
-from helpers import crc64nvme, settle
+from helpers import CHECKSUM_META, crc64nvme, settle
 
 from s3pvefs.adapter.errno_map import errno_for
 from s3pvefs.config.settings import KiB, MiB
 from s3pvefs.errors import FsError, StoreError
 from s3pvefs.fs.core import FsCore
-from s3pvefs.names import INDEX_PREFIX, Attributes, decode_attributes
+from s3pvefs.names import Attributes, decode_attributes
 from s3pvefs.state.nodes import ROOT_INODE, Node
 from s3pvefs.store.faults import FaultInjectingStore
 
@@ -136,21 +136,9 @@ def s3_attributes(s3, key: str, explicit_mtime: bool | None = None) -> Attribute
     return decode_attributes(metadata, Attributes(0, -1, -1, -1))
 
 
-CHECKSUM_META = "s3pvefs-crc64nvme"  # docs/integrity.md
-
-
 def recorded_checksum(s3, key: str) -> str | None:
-    """The content checksum recorded for the object at ``key``: its metadata's, else an entry
-    of a directory's attribute index naming the object's ETag."""
-    if CHECKSUM_META in (metadata := s3.metadata(key)):
-        return metadata[CHECKSUM_META]
-    dir_key, _, name = key.rpartition("/")
-    etag = s3.etag(key)
-    for index_key in s3.keys(f"{dir_key}/{INDEX_PREFIX}"):
-        entry = json.loads(s3.body(index_key)).get(name) or {}
-        if entry.get("etag") == etag and "crc64nvme" in entry:
-            return entry["crc64nvme"]
-    return None
+    """The content checksum recorded for the object at ``key`` (helpers.recorded_checksum)."""
+    return helpers.recorded_checksum(s3, key, s3.etag(key), s3.metadata(key))
 
 
 async def fails_with(code: int, fn, *args, **kwargs) -> None:
