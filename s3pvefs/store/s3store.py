@@ -53,6 +53,8 @@ log = logging.getLogger("s3pvefs.store.s3store")
 T = TypeVar("T")
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+# Requests whose key is the object they delete or replace (a copy's key is its source)
+_CHANGES_KEY = ("DeleteObject", "PutObject", "CreateMultipartUpload", "CompleteMultipartUpload")
 # What servers answer GetObjectLockConfiguration on a bucket without Object Lock
 _NO_LOCK_CODES = ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound",
                   "NoSuchObjectLockConfiguration", "InvalidRequest")
@@ -151,9 +153,14 @@ class S3Store:
                 return await self._bridge.run(fn, *args)
             except REQUEST_FAILURES as exc:
                 error = to_store_error(operation, key, exc)
+                error.__cause__ = exc
                 quiet = (quiet_not_found and error.not_found) or error.code in quiet_codes
                 self._record_failure(error, quiet)
-                raise error from exc
+        # A refusal because of Object Lock (a delete, an overwrite) says until when; the HEAD
+        # that asks takes a connection of its own, outside the limiter.
+        if error.kind is StoreKind.LOCKED and operation in _CHANGES_KEY:
+            await self._log_lock(key)
+        raise error
 
     async def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
         """One plain client call: ``operation`` is the S3 name, params go to botocore as is."""
@@ -326,12 +333,7 @@ class S3Store:
         return await self._confirm("PutObject", key, response, expected, len(data))
 
     async def delete(self, key: str) -> None:
-        try:
-            await self._call("DeleteObject", key, Key=key)
-        except StoreError as error:
-            if error.kind is StoreKind.LOCKED:
-                await self._log_lock(key)
-            raise
+        await self._call("DeleteObject", key, Key=key)
 
     async def _log_lock(self, key: str) -> None:
         """Say which object a lock protects, and until when (a HEAD)."""
