@@ -27,6 +27,10 @@ class Crc64Nvme:
     def update(self, data: bytes) -> None:
         self._crc = _crt.crc64nvme(data, self._crc)
 
+    def combine(self, crc: int, length: int) -> None:
+        """Append bytes known by their own CRC (``length`` of them) without reading them."""
+        self._crc = _crt.combine_crc64nvme(self._crc, crc, length)
+
     def value(self) -> str:
         """As S3 writes it: base64 of the 8 bytes, big-endian."""
         return base64.b64encode(self._crc.to_bytes(8, "big")).decode("ascii")
@@ -38,6 +42,10 @@ def checksum_in_entry(entry: object, etag: str) -> str | None:
             and isinstance(entry.get(INDEX_FIELD), str)):
         return entry[INDEX_FIELD]
     return None
+
+
+def crc64nvme_raw(data: bytes) -> int:
+    return _crt.crc64nvme(data)
 
 
 def crc64nvme(data: bytes) -> str:

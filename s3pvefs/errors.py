@@ -58,6 +58,7 @@ _S3_CODE_KIND: dict[str, StoreKind] = {
     "InvalidRange": StoreKind.INVALID_RANGE,
     "416": StoreKind.INVALID_RANGE,
     "QuotaExceeded": StoreKind.QUOTA,
+    "BadDigest": StoreKind.UNVERIFIED,  # the body was not what its Content-MD5 says
     "UploadNotVerified": StoreKind.UNVERIFIED,  # our own code: S3 answered, not with what was sent
     # Failures that go away by themselves (after botocore's own retries were used up).
     **dict.fromkeys((

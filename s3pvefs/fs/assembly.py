@@ -10,7 +10,8 @@ it uses when it is made.
     streamer    multipart uploads of files being written, through the writer
     left_keys   keys files left, to delete; asks the inodes which file is at a key
     kept_aside  hidden copies of files deleted while open
-    uploader    asks the inodes which files are dirty; listens to the cache's pressure signals
+    uploader    asks the inodes which files are dirty; listens to the cache's pressure signals;
+                sends parts from the cache file, fetching through the reader what it lacks
     reads       the read path over the reader, with each handle's readahead; asks the
                 uploader whether a changed object is its own upload (prefetch.OwnUploads)
     dirs        listings and changes of the tree; sends every directory it listed on a
@@ -49,8 +50,9 @@ from s3pvefs.state.nodes import InodeTable, Node, now_ns
 from s3pvefs.store.objectstore import ObjectStore
 from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter
+from s3pvefs.transfer.partsource import PartSource
 from s3pvefs.transfer.prefetch import Reads
-from s3pvefs.transfer.reader import BlockReader
+from s3pvefs.transfer.reader import MAX_GET_RANGE, BlockReader
 from s3pvefs.transfer.streaming import Streamer
 from s3pvefs.transfer.uploader import Uploader
 
@@ -63,7 +65,7 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     """A core over ``store`` and the opened ``cache``."""
     defaults = attribute_defaults(config)
     inodes = InodeTable(defaults(stat.S_IFDIR, now_ns()))
-    reader = BlockReader(store, config.max_connections, config.part_size)
+    reader = BlockReader(store, config.max_connections, min(config.part_size, MAX_GET_RANGE))
     attr_index = AttributeIndex(store, config.prefix, host_id(cache.cache_dir), defaults)
     journal = Journal(cache.cache_dir)
     journal.open()
@@ -73,7 +75,7 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     left_keys = LeftKeys(store, inodes, config.prefix)
     kept_aside = KeptAside(store, cache, config.prefix, journal=journal,
                            file_journal=file_journal, streamer=streamer, writer=writer)
-    uploader = Uploader(writer, streamer, reader, config, file_journal=file_journal,
+    uploader = Uploader(writer, streamer, PartSource(reader), config, file_journal=file_journal,
                         inodes=inodes, left_keys=left_keys, attr_index=attr_index,
                         pressure=cache.pressure)
     reads = Reads(reader, uploader, config.readahead_max)

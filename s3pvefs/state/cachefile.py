@@ -29,6 +29,8 @@ from typing import Any, Protocol
 
 import trio
 
+from s3pvefs.store.body import FileSlice
+
 log = logging.getLogger(__name__)
 
 PAGE = 4096
@@ -330,6 +332,12 @@ class CachedFile:
     def used(self) -> None:
         """A read was answered from it (or from a fetched payload on its way into it)."""
         self.last_used = time.monotonic()
+
+    def slice(self, offset: int, length: int) -> FileSlice:
+        """Bytes of the cache file, to send without reading them here (the caller keeps
+        them ``in_use``)."""
+        self.used()
+        return FileSlice(self.path, offset, length)
 
     async def read(self, offset: int, length: int) -> bytes:
         self.used()

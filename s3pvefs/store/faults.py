@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import trio
 
 from s3pvefs.errors import StoreError
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.objectstore import (
     ListPage,
     MultipartUploadInfo,
@@ -169,7 +170,8 @@ class FaultInjectingStore(ObjectStore):
         await self._before("CreateMultipartUpload", (key,))
         return await self.inner.create_multipart(key, metadata)
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          data: bytes | SliceBody) -> str:
         await self._before("UploadPart", (key,))
         return await self.inner.upload_part(key, upload_id, part_number, data)
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from s3pvefs.errors import StoreError
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.bridge import LoopStoppedError
 from s3pvefs.store.objectstore import (
     DELETE_BATCH,
@@ -284,7 +285,9 @@ class MemoryStore:
         self._uploads[upload_id] = _Upload(key, stored, self._now_ns())
         return upload_id
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          body: bytes | SliceBody) -> str:
+        data = await self._body_bytes(key, body)
         await self._begin("UploadPart")
         upload = self._upload("UploadPart", key, upload_id)
         self._check_part_number("UploadPart", key, part_number)
@@ -292,6 +295,17 @@ class MemoryStore:
         upload.parts[part_number] = (bytes(data), etag)
         self.stats.bytes_sent += len(data)
         return etag
+
+    async def _body_bytes(self, key: str, body: bytes | SliceBody) -> bytes:
+        """A body's bytes; a file slice read as S3 reads it, checked against its Content-MD5
+        (the file may have changed since it was hashed)."""
+        if not isinstance(body, SliceBody):
+            return body
+        data = await trio.to_thread.run_sync(body.slice.read_all)
+        if hashlib.md5(data, usedforsecurity=False).digest() != body.md5:
+            raise self._error("UploadPart", key, "BadDigest",
+                              "the Content-MD5 you specified did not match what we received")
+        return data
 
     async def upload_part_copy(self, key: str, upload_id: str, part_number: int, src_key: str,
                                start: int, end_inclusive: int,

@@ -10,7 +10,10 @@ from __future__ import annotations
 import collections
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from s3pvefs.store.body import SliceBody
 
 DELETE_BATCH = 1000  # DeleteObjects accepts at most 1000 keys per request
 
@@ -128,7 +131,8 @@ class ObjectStore(Protocol):
         if_match: str | None = None,
     ) -> str: ...
     async def create_multipart(self, key: str, metadata: dict[str, str]) -> str: ...
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str: ...
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          body: bytes | SliceBody) -> str: ...
     async def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
         end_inclusive: int, if_match: str | None = None,

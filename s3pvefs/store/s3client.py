@@ -34,7 +34,10 @@ class CredentialInfo:
 def _client_config(config: Config) -> AioConfig:
     return AioConfig(
         region_name=config.region,
-        s3={"addressing_style": config.addressing_style},
+        # No SHA-256 of every body over plain HTTP (botocore's default there): it cost a
+        # second pass over each part in the loop thread. Every body carries a signed
+        # Content-MD5 instead, which the server checks (docs/integrity.md).
+        s3={"addressing_style": config.addressing_style, "payload_signing_enabled": False},
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
         retries={"mode": config.retry_mode, "total_max_attempts": config.max_attempts},

@@ -24,7 +24,9 @@ from botocore.exceptions import BotoCoreError
 from s3pvefs.config.s3options import ARCHIVE_CLASSES, SSE_C
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import ConfigError, StoreError, StoreKind
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.bridge import AsyncioThread
+from s3pvefs.store.httpbody import SlicePayload  # noqa: F401 (registers how aiohttp sends slices)
 from s3pvefs.store.objectstore import (  # noqa: F401 (re-exported: callers import them from here too)
     DELETE_BATCH,  # a global here: tests patch store.DELETE_BATCH
     BucketProtection,
@@ -416,14 +418,22 @@ class S3Store:
         )
         return response["UploadId"]  # type: ignore[no-any-return]
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
-        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part)."""
-        digest = await _md5(data)
-        response = await self._call(
-            "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number, Body=data,
-            ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c,
-        )
-        self.stats.bytes_sent += len(data)
+    async def upload_part(self, key: str, upload_id: str, part_number: int,
+                          body: bytes | SliceBody) -> str:
+        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part). A
+        ``SliceBody`` is read from its file as it is sent (body.py)."""
+        if isinstance(body, SliceBody):
+            digest = body.md5
+            response = await self._request("UploadPart", key, self._send_slice, dict(
+                Key=key, UploadId=upload_id, PartNumber=part_number,
+                ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c), body)
+        else:
+            digest = await _md5(body)
+            response = await self._call(
+                "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number,
+                Body=body, ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c,
+            )
+        self.stats.bytes_sent += len(body)
         etag = _unquote(response.get("ETag") or "")
         if not etag:
             raise _unverified("UploadPart", key, f"part {part_number}: no ETag in the answer")
@@ -432,6 +442,11 @@ class S3Store:
                                                  f"ETag {etag} for a body whose MD5 is "
                                                  f"{digest.hex()}")
         return etag
+
+    async def _send_slice(self, params: dict[str, Any], body: SliceBody) -> dict[str, Any]:
+        """UploadPart of a file slice, read as it is sent through a reader of its own."""
+        with body.slice.open() as reader:
+            return await self._call_in_loop("UploadPart", {**params, "Body": reader})
 
     async def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src_key: str, start: int,

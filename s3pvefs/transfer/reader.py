@@ -2,7 +2,8 @@
 taken from them (``BlockReader``). The read path above it, with each handle's readahead, is
 prefetch.py.
 
-Contiguous missing blocks are fetched with one GET (up to ``max_range``, the part size); a
+Contiguous missing blocks are fetched with one GET (up to ``max_range``: the part size, at
+most ``MAX_GET_RANGE``); a
 block being fetched is shared by every reader that needs it (``Fetch``). A read is answered
 from the GET's payload as soon as it arrives (``sources``), while the payload is written to the
 cache file in the background; its blocks count as cached only once written. A GET keeps its
@@ -27,6 +28,8 @@ from s3pvefs.store.s3store import ObjectStore
 log = logging.getLogger(__name__)
 
 CACHE_WRITES = 4  # fetched payloads being written to cache files at once
+# A GET's payload is held in memory until written: its size does not grow with the part size.
+MAX_GET_RANGE = 16 * MiB
 
 # Where the pieces of a read come from: bytes of an arrived payload, or an (offset, length)
 # of the cache file.

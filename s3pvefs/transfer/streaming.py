@@ -27,6 +27,7 @@ from s3pvefs.names import MAGIC_BYTES, predict_final_name
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.journal import StreamRecord
 from s3pvefs.state.nodes import Node
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.objectstore import ObjectStore, RemoteObject
 from s3pvefs.transfer.objectwriter import ObjectWriter
 from s3pvefs.transfer.wholesum import WholeFileChecksum
@@ -312,11 +313,10 @@ class Streamer:
             # again cleans blocks below streamed_len, which must not be evicted before that.
             with stream.cancellable(), data.in_use(offset, length):
                 snapshot = data.dirty_snapshot(offset, length)
-                body = await data.read(offset, length)
-                await stream.checksum.feed(offset, body)
-                etag = await self._retrying(
-                    lambda: self.store.upload_part(stream.key, stream.upload_id, number, body),
-                    stream, f"part {number}")
+                etag, body = await self._retrying(
+                    lambda: self._send_part(stream, number, offset, length), stream,
+                    f"part {number}")
+                stream.checksum.add(offset, length, body.crc64nvme)
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
                 # Clean now, evictable once the journal lists the part (see record_parts).
@@ -330,6 +330,13 @@ class Streamer:
             stream.reuploading.discard(number)
             self.writer.part_slots.release()
             self._task_done(stream)
+
+    async def _send_part(self, stream: Stream, number: int, offset: int,
+                         length: int) -> tuple[str, SliceBody]:
+        """Hash the part in the cache file and send it from there (never whole in memory);
+        the ETag, and the body with the digests of what S3 accepted."""
+        body = await stream.node.file.data.slice(offset, length).hash()
+        return await self.store.upload_part(stream.key, stream.upload_id, number, body), body
 
     async def _retrying(self, request, stream: Stream, what: str):
         """Retry beyond botocore's own attempts: an outage may last minutes. Gives up only on
@@ -414,9 +421,9 @@ class Streamer:
         async def one(number: int, offset: int, length: int) -> None:
             try:
                 snapshot = data.dirty_snapshot(offset, length)
-                body = await _read_guarded(data, offset, length)
-                await stream.checksum.feed(offset, body)
-                etag = await self.store.upload_part(stream.key, stream.upload_id, number, body)
+                with data.in_use(offset, length):  # no eviction while it is read
+                    etag, body = await self._send_part(stream, number, offset, length)
+                stream.checksum.add(offset, length, body.crc64nvme)
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
             finally:
@@ -538,8 +545,3 @@ def _launched_parts_under(node: Node, offset: int, length: int) -> list[tuple[in
     return [(part_offset, part_length) for part_offset, part_length in stream.launched.values()
             if part_offset < offset + length and offset < part_offset + part_length]
 
-
-async def _read_guarded(data, offset: int, length: int) -> bytes:
-    """Read from the cache file while keeping eviction away from it."""
-    with data.in_use(offset, length):
-        return await data.read(offset, length)

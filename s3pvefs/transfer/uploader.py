@@ -26,7 +26,7 @@ from s3pvefs.store.objectstore import RemoteObject
 from s3pvefs.store.s3store import multipart_etag
 from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter, choose_part_size
-from s3pvefs.transfer.reader import BlockReader
+from s3pvefs.transfer.partsource import PartSource
 from s3pvefs.transfer.streaming import Streamer
 from s3pvefs.transfer.wholesum import WholeFileChecksum, checksum_of
 
@@ -45,14 +45,14 @@ def retry_delay(failures: int, longest: float) -> float:
 
 
 class Uploader:
-    def __init__(self, writer: ObjectWriter, streamer: Streamer, reader: BlockReader,
+    def __init__(self, writer: ObjectWriter, streamer: Streamer, parts: PartSource,
                  config: Config, *, file_journal: FileJournal, inodes: InodeTable,
                  left_keys: LeftKeys, attr_index: AttributeIndex,
                  pressure: trio.MemoryReceiveChannel[None]):
         self.writer = writer
         self.streamer = streamer
         self.store = writer.store
-        self.reader = reader
+        self.parts = parts  # the bytes of what is uploaded: cache file, else S3
         self.file_journal = file_journal
         self.inodes = inodes  # which files are dirty
         self.left_keys = left_keys
@@ -350,7 +350,7 @@ class Uploader:
         if node.is_symlink:
             return await self.writer.put(key, node.symlink_target.encode(), metadata), None
         if size < self.writer.threshold:
-            body = await self._compose(node, 0, size)
+            body = await self.parts.compose(node, 0, size)
             checksum = ContentChecksum(await checksum_of(body), in_metadata=True)
             metadata = {**metadata, META_CRC64NVME: checksum.value}
             return await self.writer.put(key, body, metadata, node), checksum
@@ -479,22 +479,6 @@ class Uploader:
             and node.file.base.size == node.size
         )
 
-    async def _compose(self, node: Node, offset: int, length: int) -> bytes:
-        """The file's bytes in [offset, offset+length): cached blocks, else the remote object."""
-        data = node.file.data
-        if data is None:
-            return await self.reader.read_range(node.file.base, offset, length) if length else b""
-        pieces = []
-        with data.in_use(offset, length):  # cached blocks chosen below must stay until read
-            for local, start, end in _segments(data, offset, length):
-                if local:
-                    pieces.append(await data.read(start, end - start))
-                else:
-                    remote_end = min(end, data.base_valid_len)
-                    chunk = await self.reader.read_range(node.file.base, start, remote_end - start)
-                    pieces.append(chunk + bytes(end - start - len(chunk)))
-        return b"".join(pieces)
-
     async def _multipart(self, node: Node, key: str, size: int,
                          metadata: dict) -> tuple[str, ContentChecksum | None]:
         """Upload the file in parallel parts; a part nothing changed since the file's object
@@ -514,9 +498,10 @@ class Uploader:
                     copied_from_base.append(number)
                     whole.give_up(f"part {number} was copied on the server")
             if etag is None:
-                body = await self._compose(node, offset, length)
-                await whole.feed(offset, body)
-                etag = await self.store.upload_part(key, upload_id, number, body)
+                with _kept(node, offset, length):  # until the part is sent from the cache
+                    body, crc = await self.parts.body(node, offset, length)
+                    etag = await self.store.upload_part(key, upload_id, number, body)
+                whole.add(offset, length, crc)
             if progress is not None:
                 progress.part_done(offset, length)
             return etag
@@ -547,21 +532,6 @@ def _recorded_in_index(value: str | None) -> ContentChecksum | None:
     return ContentChecksum(value, in_metadata=False) if value else None
 
 
-def _segments(data, offset: int, length: int):
-    """Split [offset, offset+length) into runs that are (local, start, end)."""
-    end = offset + length
-    runs: list[list] = []
-    for block in data.blocks(offset, length):
-        start = max(offset, block * data.block_size)
-        stop = min(end, (block + 1) * data.block_size)
-        local = not data.needs_fetch(block)
-        if runs and runs[-1][0] == local and runs[-1][2] == start:
-            runs[-1][2] = stop
-        else:
-            runs.append([local, start, stop])
-    return [tuple(run) for run in runs]
-
-
 class _Progress:
     """One upload in flight, for `s3pvefs status`."""
 
@@ -582,6 +552,12 @@ class _Progress:
         return {"path": self.node.path(), "ino": self.node.ino, "bytes_total": self.total,
                 "bytes_done": self.done, "seconds": round(elapsed, 3),
                 "bytes_per_second": int(self.done / elapsed)}
+
+
+def _kept(node: Node, offset: int, length: int):
+    """Keep eviction away from a range of the file's cache file meanwhile (if it has one)."""
+    data = node.file.data
+    return contextlib.nullcontext() if data is None else data.in_use(offset, length)
 
 
 def _is_completion_of(etag: str, stream) -> bool:
