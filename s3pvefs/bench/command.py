@@ -200,5 +200,8 @@ def run_workloads(bench: Bench, workloads: list[str]) -> dict[str, WorkloadResul
                 with contextlib.suppress(Exception):
                     bench.unmount(mount)
         result.seconds = time.perf_counter() - started
+        if bench.peak_rss.get(key):
+            result.add("mount peak RSS", "MiB", bench.peak_rss[key] / MiB, None,
+                       note="VmHWM of the mount process over the workload")
         say(f"  {key} done in {result.seconds:.1f} s")
     return results

@@ -104,6 +104,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of stat(5)
 
 
+def peak_rss(pid: int) -> int:
+    """The largest resident set a process has had (VmHWM), in bytes; 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def run_dd(label: str, source: Path | str, target: Path | str, total: int) -> float:
     """dd bs=1M from ``source`` to ``target`` with a progress bar; seconds it took."""
     seconds, _done, _complete = dd(label, source, target, total, transfer_timeout(total))

@@ -12,7 +12,7 @@ from typing import Any
 from s3pvefs.service.control import ControlError, request
 from s3pvefs.service.mountproc import MountProcess
 
-from .measure import BenchError, cpu_seconds, say
+from .measure import BenchError, cpu_seconds, peak_rss, say
 from .profiling import profiled, profiled_pid
 
 
@@ -85,3 +85,6 @@ class BenchMount(MountProcess):
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
+
+    def peak_rss(self) -> int:
+        return peak_rss(self.pid)

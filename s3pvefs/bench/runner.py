@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from s3pvefs.config.settings import Config
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+DIRECT_PART_SIZE = 16 * MiB
+DIRECT_CONCURRENCY = 8
 
 
 class Bench:
@@ -34,8 +36,11 @@ class Bench:
         self.profile_tool = profiler() if profile_dir is not None else None
         self.profiles: dict[str, dict[str, Any]] = {}
         self.prefix = config.prefix  # the run's own prefix in the bucket
-        self.part_size = config.part_size
-        self.concurrency = config.upload_concurrency
+        # The direct client as its users run it (boto3's transfers, `aws s3 cp`): its usual
+        # part size and parallelism, whatever the mount is configured with.
+        self.part_size = DIRECT_PART_SIZE
+        self.concurrency = DIRECT_CONCURRENCY
+        self.peak_rss: dict[str, int] = {}  # mount label -> its peak resident set, bytes
         self.client = DirectClient(config)
         self.mounts: list[BenchMount] = []
         self.source: Path | None = None
@@ -78,6 +83,7 @@ class Bench:
         return mount.start()
 
     def unmount(self, mount: BenchMount) -> None:
+        self.peak_rss[mount.label] = mount.peak_rss()
         mount.stop()
         self.mounts.remove(mount)
         if mount.profile is not None:
