@@ -33,7 +33,7 @@ class Crc64Nvme:
 
     def value(self) -> str:
         """As S3 writes it: base64 of the 8 bytes, big-endian."""
-        return base64.b64encode(self._crc.to_bytes(8, "big")).decode("ascii")
+        return crc64nvme_text(self._crc)
 
 
 def checksum_in_entry(entry: object, etag: str) -> str | None:
@@ -42,6 +42,11 @@ def checksum_in_entry(entry: object, etag: str) -> str | None:
             and isinstance(entry.get(INDEX_FIELD), str)):
         return entry[INDEX_FIELD]
     return None
+
+
+def crc64nvme_text(crc: int) -> str:
+    """A raw CRC64NVME as S3 writes it: base64 of the 8 bytes, big-endian."""
+    return base64.b64encode(crc.to_bytes(8, "big")).decode("ascii")
 
 
 def crc64nvme_raw(data: bytes) -> int:

@@ -70,6 +70,24 @@ def add_parsers(sub: Any) -> None:
                          help="directory below the mountpoint (default: all of it)")
     refresh.set_defaults(handler=cmd_refresh)
 
+    setting = sub.add_parser(
+        "set",
+        help="change a bandwidth or request-rate limit of a running mount",
+        description=(
+            "Change a limit of a running mount until it ends (the configuration file sets "
+            "them at the next mount). SETTING: bwlimit (both directions), upload.bwlimit, "
+            "download.bwlimit: a rate such as 20MiB, off, or a timetable of the day such as "
+            "\"08:00,20MiB 19:00,off\"; max_request_rate: S3 requests per second, 0 for no "
+            "cap. Exit status: 0; 1 the value is not valid; 2 the mount does not answer."
+        ),
+    )
+    setting.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
+                         help="the mountpoint (or any path in the mount)")
+    setting.add_argument("setting", metavar="SETTING",
+                         help="bwlimit, upload.bwlimit, download.bwlimit or max_request_rate")
+    setting.add_argument("value", metavar="VALUE", help="the new value")
+    setting.set_defaults(handler=cmd_set)
+
 
 def _seconds(text: str) -> float:
     try:
@@ -153,6 +171,24 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_set(args: argparse.Namespace) -> int:
+    from s3pvefs.service.control import ControlError, request
+
+    try:
+        mountpoint, _relative = locate(args.mountpoint)
+        answer = request(mountpoint, {"op": "set", "setting": args.setting,
+                                      "value": args.value}, STATUS_TIMEOUT)
+    except ControlError as exc:
+        print_error(str(exc))
+        return EXIT_NO_MOUNT
+    if not answer.get("ok") or not isinstance(answer.get("limits"), dict):
+        print_error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return 1
+    for name, value in answer["limits"].items():
+        print(f"{name} = {value}")
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
@@ -199,6 +235,11 @@ def format_status(mountpoint: Path, status: dict) -> str:
         f"{human_size(status.get('cache_limit_bytes', 0))}",
         f"  uploading:      {len(uploads)} file(s)",
     ]
+    limits = status.get("limits")
+    if limits:
+        lines.insert(3, f"  limits:         upload {limits.get('upload.bwlimit')}, download "
+                        f"{limits.get('download.bwlimit')}, requests "
+                        f"{limits.get('max_request_rate') or 'no cap'}/s")
     for upload in uploads:
         total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
         rate = upload.get("bytes_per_second", 0) / 1024**2

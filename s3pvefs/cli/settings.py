@@ -33,6 +33,9 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     ("--max-attempts", "max_attempts", "N", "attempts per request, retries included (default 5)"),
     ("--retry-mode", "retry_mode", "MODE", "standard or adaptive (default standard)"),
     ("--max-connections", "max_connections", "N", "HTTP connections / requests in flight (default 16)"),
+    ("--max-request-rate", "max_request_rate", "N", "S3 requests per second at most (default 0: no cap)"),
+    ("--upload-bwlimit", "upload_bwlimit", "RATE", "upload bandwidth limit: a rate (20MiB), off, or a timetable (\"08:00,20MiB 19:00,off\")"),
+    ("--download-bwlimit", "download_bwlimit", "RATE", "download bandwidth limit, as --upload-bwlimit"),
     # New objects
     ("--storage-class", "storage_class", "CLASS", "storage class of new objects, e.g. STANDARD_IA (default: the server's)"),
     ("--storage-class-by-dir", "storage_class_by_dir", "DIR=CLASS,...", "storage class per content directory, e.g. dump=STANDARD_IA,template=STANDARD"),

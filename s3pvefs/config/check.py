@@ -129,6 +129,8 @@ def validate_config(config: Config, labels: dict[str, str] | None = None) -> Non
     c.retry_mode = c.retry_mode.lower()
     if c.retry_mode not in ("standard", "adaptive"):
         raise ConfigError(f"{lab('retry_mode')}: must be standard or adaptive, not {c.retry_mode!r}")
+    if c.max_request_rate < 0:
+        raise ConfigError(f"{lab('max_request_rate')}: cannot be negative (0: no cap)")
     # Credentials
     if c.profile is not None and not c.profile.strip():
         raise ConfigError(f"{lab('profile')}: the profile name is empty")

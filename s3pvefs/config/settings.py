@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from s3pvefs.config.bwlimit import UNLIMITED, Timetable, parse_bwlimit
 from s3pvefs.config.retention import (
     GOVERNANCE,
     parse_retention_map,
@@ -76,6 +77,10 @@ class Config:
     max_attempts: int = 5
     retry_mode: str = "standard"  # standard | adaptive
     max_connections: int = 16
+    max_request_rate: float = 0.0  # requests per second at most; 0: no cap
+    # Bandwidth limits (a rate or a timetable of the day: bwlimit.py); off by default
+    upload_bwlimit: Timetable = UNLIMITED
+    download_bwlimit: Timetable = UNLIMITED
     # Local cache
     cache_dir: Path = Path("/var/cache/s3pvefs")
     cache_size: int = 10 * GiB
@@ -115,6 +120,8 @@ class Config:
                 value = value[:4] + "***" if len(value) > 8 else "***"
             elif f.name in ("file_mode", "dir_mode"):
                 value = f"0{value:o}"
+            elif isinstance(value, Timetable):
+                value = value.describe()
             elif isinstance(value, Path):
                 value = str(value)
             out[f.name] = value
@@ -150,6 +157,7 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "max_attempts": ("max_attempts", parse_int),
         "retry_mode": ("retry_mode", parse_str),
         "max_connections": ("max_connections", parse_int),
+        "max_request_rate": ("max_request_rate", parse_float),
         "storage_class": ("storage_class", parse_storage_class),
         "storage_class_by_dir": ("storage_class_by_dir", parse_storage_class_map),
     },
@@ -180,6 +188,10 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
         "multipart_threshold": ("multipart_threshold", parse_size),
         "concurrency": ("upload_concurrency", parse_int),
         "durability": ("durability", parse_str),
+        "bwlimit": ("upload_bwlimit", parse_bwlimit),
+    },
+    "download": {
+        "bwlimit": ("download_bwlimit", parse_bwlimit),
     },
     "mount": {
         "allow_other": ("allow_other", parse_bool),

@@ -7,11 +7,12 @@ it uses when it is made.
     journal     the cache directory's journal, and the file journal that keeps each file's
                 record in step with its lifecycle (checkpoints)
     writer      every request that makes an object (parts under one bound for the mount)
+    parts       where the bytes an upload sends come from (the cache file, else the reader)
     streamer    multipart uploads of files being written, through the writer
     left_keys   keys files left, to delete; asks the inodes which file is at a key
     kept_aside  hidden copies of files deleted while open
     uploader    asks the inodes which files are dirty; listens to the cache's pressure signals;
-                sends parts from the cache file, fetching through the reader what it lacks
+                sends what it uploads through parts
     reads       the read path over the reader, with each handle's readahead; asks the
                 uploader whether a changed object is its own upload (prefetch.OwnUploads)
     dirs        listings and changes of the tree; sends every directory it listed on a
@@ -71,11 +72,12 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     journal.open()
     file_journal = FileJournal(journal, cache, config.prefix)
     writer = ObjectWriter(store, reader, config, journal=journal, file_journal=file_journal)
-    streamer = Streamer(writer, store, config.prefix, config.part_size, file_journal)
+    parts = PartSource(reader)
+    streamer = Streamer(writer, store, parts, config.prefix, config.part_size, file_journal)
     left_keys = LeftKeys(store, inodes, config.prefix)
     kept_aside = KeptAside(store, cache, config.prefix, journal=journal,
                            file_journal=file_journal, streamer=streamer, writer=writer)
-    uploader = Uploader(writer, streamer, PartSource(reader), config, file_journal=file_journal,
+    uploader = Uploader(writer, streamer, parts, config, file_journal=file_journal,
                         inodes=inodes, left_keys=left_keys, attr_index=attr_index,
                         pressure=cache.pressure)
     reads = Reads(reader, uploader, config.readahead_max)

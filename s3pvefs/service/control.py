@@ -10,6 +10,8 @@ line, and the connection ends.
         -> {"ok": bool, "failures": {path: error}, "timed_out": bool, "pending": n}
     {"op": "refresh", "path": "dump" or ""}
         -> {"ok": true, "refreshed": n}
+    {"op": "set", "setting": "bwlimit", "value": "08:00,20MiB 19:00,off"}
+        -> {"ok": true, "limits": {...}}
     anything else
         -> {"ok": false, "error": "..."}
 
@@ -34,7 +36,7 @@ from typing import Any, Protocol
 
 import trio
 
-from s3pvefs.errors import FsError, S3PveFsError, StoreError
+from s3pvefs.errors import ConfigError, FsError, S3PveFsError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,8 @@ class Admin(Protocol):
     async def versions(self, path: str) -> list[dict]: ...
 
     async def undelete(self, path: str, version_id: str | None) -> dict: ...
+
+    def change_setting(self, setting: str, value: str) -> dict: ...
 
     def dirty_nodes(self) -> Sequence[_File]: ...
 
@@ -226,8 +230,19 @@ class _Server:
                 return {"ok": False, "error": str(exc)}
         if op in ("versions", "undelete"):
             return await self._versions(op, request)
+        if op == "set":
+            return self._set(request)
         return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync', "
-                                     "'refresh', 'versions' or 'undelete')"}
+                                     "'refresh', 'versions', 'undelete' or 'set')"}
+
+    def _set(self, request: dict) -> dict:
+        setting, value = request.get("setting"), request.get("value")
+        if not isinstance(setting, str) or not isinstance(value, str):
+            return {"ok": False, "error": "bad request: setting and value must be strings"}
+        try:
+            return {"ok": True, "limits": self.core.change_setting(setting, value)}
+        except ConfigError as exc:
+            return {"ok": False, "error": str(exc)}
 
     async def _versions(self, op: str, request: dict) -> dict:
         path, version = request.get("path") or "", request.get("version")

@@ -12,13 +12,14 @@ from typing import Protocol
 import trio
 
 from s3pvefs.config.settings import Config
-from s3pvefs.errors import FsError, FsKind, StoreError
+from s3pvefs.errors import ConfigError, FsError, FsKind, StoreError
 from s3pvefs.fs.core import FsCore
 from s3pvefs.fs.listing import Directories, walk
 from s3pvefs.service import versions
 from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.state.nodes import InodeTable, Node
 from s3pvefs.store.objectstore import ObjectStore
+from s3pvefs.store.throttle import TrafficLimits
 from s3pvefs.transfer.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,9 @@ class LiveAdmin:
 
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
                  inodes: InodeTable, uploader: Uploader, dirs: Directories,
-                 kernel: KernelCache | None):
+                 kernel: KernelCache | None, limits: TrafficLimits | None = None):
         self.store = store
+        self.limits = limits  # bandwidth and request rate; None: the store applies none
         self.cache = cache
         self.inodes = inodes
         self.uploader = uploader
@@ -45,6 +47,13 @@ class LiveAdmin:
         self._kernel = kernel  # None without a kernel mount (tests)
         self._sync_slots = trio.Semaphore(max(2, config.upload_concurrency))
         self.prefix = config.prefix
+
+    def change_setting(self, setting: str, value: str) -> dict:
+        """`s3pvefs set`: a limit changed while the mount runs (ConfigError if invalid)."""
+        if self.limits is None:
+            raise ConfigError("this mount's store applies no limits")
+        self.limits.change(setting, value)
+        return self.limits.describe()
 
     def dirty_nodes(self) -> list[Node]:
         return self.inodes.needing_upload()
@@ -172,6 +181,7 @@ class LiveAdmin:
             "requests": dict(self.store.stats.requests),
             "bytes_sent": self.store.stats.bytes_sent,
             "bytes_received": self.store.stats.bytes_received,
+            "limits": self.limits.describe() if self.limits is not None else None,
         }
 
     def _upload_figures(self, node: Node) -> tuple[int, int]:
@@ -222,7 +232,9 @@ def _waiting_for(node: Node) -> str | None:
     return None
 
 
-def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None) -> LiveAdmin:
-    """What the admin socket serves for ``core``; ``kernel`` is None without a mount."""
-    return LiveAdmin(config, core.store, core.cache, inodes=core.inodes, uploader=core.uploader,
-                     dirs=core.dirs, kernel=kernel)
+def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None,
+                limits: TrafficLimits | None = None) -> LiveAdmin:
+    """What the admin socket serves for ``core``; ``kernel`` is None without a mount,
+    ``limits`` those the store applies (None: it applies none)."""
+    return LiveAdmin(config, core.store, core.cache, limits=limits, inodes=core.inodes,
+                     uploader=core.uploader, dirs=core.dirs, kernel=kernel)

@@ -32,6 +32,7 @@ from s3pvefs.service.liveadmin import LiveAdmin, build_admin
 from s3pvefs.service.sdnotify import Notifier
 from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.store.s3store import S3Store, open_s3_store
+from s3pvefs.store.throttle import TrafficLimits
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
     cache = BlockCache(config.cache_dir, config.block_size, config.cache_size)
     await cache.run_io(cache.open)
     try:
-        async with open_s3_store(config) as store:
+        limits = TrafficLimits.from_config(config)  # the store applies, `s3pvefs set` changes
+        async with open_s3_store(config, limits) as store:
             notifier.status(f"checking {_where(config)}")
             await check_bucket(store, config)
             kernel = KernelCaches(config.negative_ttl)
@@ -72,7 +74,7 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
             notifier.status(f"recovering journaled uploads from {config.cache_dir}")
             await recover_journal(core)
             try:
-                admin = build_admin(core, config, kernel)
+                admin = build_admin(core, config, kernel, limits)
                 return await _serve(core, admin, kernel, config, mountpoint, notifier)
             finally:
                 with trio.CancelScope(shield=True):

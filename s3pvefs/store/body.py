@@ -16,17 +16,17 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 from awscrt import checksums as crt
 
-CHUNK = 1024 * 1024  # read from the file and handed to the socket at a time
+if TYPE_CHECKING:
+    from s3pvefs.store.throttle import RateLimit
 
-# Called with a chunk's length before it is sent (the upload bandwidth limit); in asyncio.
-Throttle = Callable[[int], Awaitable[None]]
+CHUNK = 1024 * 1024  # read from the file and handed to the socket at a time
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class FileSlice:
                 crc = crt.crc64nvme(chunk, crc)
         return SliceBody(self, md5.digest(), crc)
 
-    def open(self, throttle: Throttle | None = None) -> SliceReader:
+    def open(self, throttle: RateLimit | None = None) -> SliceReader:
         return SliceReader(self, throttle)
 
     def read_all(self) -> bytes:
@@ -77,7 +77,7 @@ class SliceReader:
     its start before a retry). Its descriptor is its own, closed by ``close`` once no read
     runs: an executor thread may still be reading after the request was cancelled."""
 
-    def __init__(self, file_slice: FileSlice, throttle: Throttle | None):
+    def __init__(self, file_slice: FileSlice, throttle: RateLimit | None):
         self.slice = file_slice
         self.throttle = throttle
         self._position = 0

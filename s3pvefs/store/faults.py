@@ -144,7 +144,7 @@ class FaultInjectingStore(ObjectStore):
         await self._before("GetObject", (key,))
         return await self.inner.get(key, start, length, if_match)
 
-    async def put(self, key: str, data: bytes, metadata: dict[str, str]) -> str:
+    async def put(self, key: str, data: bytes | SliceBody, metadata: dict[str, str]) -> str:
         await self._before("PutObject", (key,))
         return await self.inner.put(key, data, metadata)
 

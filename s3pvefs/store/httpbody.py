@@ -33,12 +33,14 @@ class SlicePayload(aiohttp_payload.Payload):
         left = reader.slice.length - reader.tell()
         if content_length is not None:
             left = min(left, content_length)
+        throttle = reader.throttle
         while left > 0:
-            chunk = await loop.run_in_executor(None, reader.read, min(CHUNK, left))
+            size = CHUNK if throttle is None else throttle.chunk(CHUNK)
+            chunk = await loop.run_in_executor(None, reader.read, min(size, left))
             if not chunk:
                 return
-            if reader.throttle is not None:
-                await reader.throttle(len(chunk))
+            if throttle is not None:
+                await asyncio.sleep(throttle.reserve(len(chunk)))
             await writer.write(chunk)
             left -= len(chunk)
 

@@ -199,7 +199,8 @@ class MemoryStore:
         self.stats.bytes_received += len(data)
         return data
 
-    async def put(self, key: str, data: bytes, metadata: dict[str, str]) -> str:
+    async def put(self, key: str, body: bytes | SliceBody, metadata: dict[str, str]) -> str:
+        data = await self._body_bytes("PutObject", key, body)
         await self._begin("PutObject")
         stored = self._check_new_object("PutObject", key, key, metadata)
         etag = _md5(data)
@@ -287,7 +288,7 @@ class MemoryStore:
 
     async def upload_part(self, key: str, upload_id: str, part_number: int,
                           body: bytes | SliceBody) -> str:
-        data = await self._body_bytes(key, body)
+        data = await self._body_bytes("UploadPart", key, body)
         await self._begin("UploadPart")
         upload = self._upload("UploadPart", key, upload_id)
         self._check_part_number("UploadPart", key, part_number)
@@ -296,14 +297,14 @@ class MemoryStore:
         self.stats.bytes_sent += len(data)
         return etag
 
-    async def _body_bytes(self, key: str, body: bytes | SliceBody) -> bytes:
+    async def _body_bytes(self, operation: str, key: str, body: bytes | SliceBody) -> bytes:
         """A body's bytes; a file slice read as S3 reads it, checked against its Content-MD5
         (the file may have changed since it was hashed)."""
         if not isinstance(body, SliceBody):
             return body
         data = await trio.to_thread.run_sync(body.slice.read_all)
         if hashlib.md5(data, usedforsecurity=False).digest() != body.md5:
-            raise self._error("UploadPart", key, "BadDigest",
+            raise self._error(operation, key, "BadDigest",
                               "the Content-MD5 you specified did not match what we received")
         return data
 

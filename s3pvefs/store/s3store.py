@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -21,7 +20,6 @@ from typing import Any, TypeVar
 import trio
 from botocore.exceptions import BotoCoreError
 
-from s3pvefs.config.s3options import ARCHIVE_CLASSES, SSE_C
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import ConfigError, StoreError, StoreKind
 from s3pvefs.store.body import SliceBody
@@ -38,10 +36,22 @@ from s3pvefs.store.objectstore import (  # noqa: F401 (re-exported: callers impo
     StoreStats,
     multipart_etag,
 )
-from s3pvefs.store.objectstore import is_md5 as _is_md5
 from s3pvefs.store.objectstore import quote_etag as _quote
 from s3pvefs.store.objectstore import unquote_etag as _unquote
 from s3pvefs.store.s3client import CredentialInfo, open_client
+from s3pvefs.store.s3convert import (
+    body_etag,  # noqa: F401 (re-exported for the object writer)
+    contradicts,
+    copy_source,
+    listed_object,
+    md5_of,
+    ns,
+    range_header,
+    read_throttled,
+    snake_case,
+    unverified,
+    warn_about_options,
+)
 from s3pvefs.store.s3errors import (
     REQUEST_FAILURES,
     TRANSPORT_FAILURES,
@@ -49,68 +59,17 @@ from s3pvefs.store.s3errors import (
     to_store_error,
 )
 from s3pvefs.store.s3params import ObjectOptions
+from s3pvefs.store.throttle import TrafficLimits
 
 log = logging.getLogger("s3pvefs.store.s3store")
 
 T = TypeVar("T")
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # Requests whose key is the object they delete or replace (a copy's key is its source)
 _CHANGES_KEY = ("DeleteObject", "PutObject", "CreateMultipartUpload", "CompleteMultipartUpload")
 # What servers answer GetObjectLockConfiguration on a bucket without Object Lock
 _NO_LOCK_CODES = ("ObjectLockConfigurationNotFoundError", "ObjectLockConfigurationNotFound",
                   "NoSuchObjectLockConfiguration", "InvalidRequest")
-
-
-# -- conversions ----------------------------------------------------------------------------
-
-
-def _contradicts(etag: str, expected: str) -> bool:
-    """Whether an ETag of the form S3 uses proves the object is not what was sent (servers
-    with other forms of multipart ETags are judged by size alone)."""
-    digest, dash, count = etag.partition("-")
-    same_form = _is_md5(digest) and (count.isdigit() if dash else "-" not in expected)
-    return same_form and etag != expected
-
-
-async def body_etag(data: bytes) -> str:
-    """The ETag S3 gives a PUT of ``data`` where ETags are MD5s (``etags_are_md5``)."""
-    return (await _md5(data)).hex()
-
-
-async def _md5(data: bytes) -> bytes:
-    """MD5 of a body, in a worker thread for large ones (hashlib releases the GIL)."""
-    if len(data) < 1024 * 1024:
-        return hashlib.md5(data, usedforsecurity=False).digest()
-    return await trio.to_thread.run_sync(
-        lambda: hashlib.md5(data, usedforsecurity=False).digest())
-
-
-def _unverified(operation: str, key: str, message: str) -> StoreError:
-    """S3 answered, but not with what was sent: the upload failed (and is retried)."""
-    return StoreError(operation, key, "UploadNotVerified", message)
-
-
-def _ns(timestamp: dt.datetime) -> int:
-    return (timestamp - _EPOCH) // dt.timedelta(microseconds=1) * 1000
-
-
-def _range_header(start: int, length: int | None) -> str | None:
-    if start == 0 and length is None:
-        return None
-    if length is None:
-        return f"bytes={start}-"
-    return f"bytes={start}-{start + length - 1}"
-
-
-def _listed_object(entry: dict[str, Any]) -> ObjectInfo:
-    return ObjectInfo(
-        key=entry["Key"],
-        size=entry["Size"],
-        etag=_unquote(entry.get("ETag", "")),
-        mtime_ns=_ns(entry["LastModified"]),
-        storage_class=entry.get("StorageClass"),
-    )
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -121,7 +80,7 @@ class S3Store:
 
     def __init__(
         self, bridge: AsyncioThread, client: Any, client_stack: AsyncExitStack, config: Config,
-        credentials: CredentialInfo | None = None,
+        credentials: CredentialInfo | None = None, limits: TrafficLimits | None = None,
     ) -> None:
         assert config.bucket
         self.bucket: str = config.bucket
@@ -134,8 +93,9 @@ class S3Store:
         self._region = config.region
         self._max_attempts = max(1, config.max_attempts)
         self._limiter = trio.CapacityLimiter(config.max_connections)
+        self.limits = limits or TrafficLimits.from_config(config)
         self._closed = False
-        _warn_about_options(config, self.options)
+        warn_about_options(config, self.options)
 
     # -- plumbing --
 
@@ -149,6 +109,7 @@ class S3Store:
         quiet_codes: tuple[str, ...] = (),
     ) -> T:
         """Run ``fn(*args)`` in the loop under the limiter; count it and translate failures."""
+        await trio.sleep(self.limits.requests.reserve(1))
         async with self._limiter:
             self.stats.requests[operation] += 1
             try:
@@ -169,7 +130,7 @@ class S3Store:
         return await self._request(operation, key, self._call_in_loop, operation, params)
 
     async def _call_in_loop(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
-        method = getattr(self._client, _snake_case(operation))
+        method = getattr(self._client, snake_case(operation))
         response: dict[str, Any] = await method(Bucket=self.bucket, **params)
         response.pop("ResponseMetadata", None)
         return response
@@ -254,14 +215,14 @@ class S3Store:
             key=key,
             size=response["ContentLength"],
             etag=_unquote(response.get("ETag", "")),
-            mtime_ns=_ns(response["LastModified"]),
+            mtime_ns=ns(response["LastModified"]),
             metadata=dict(response.get("Metadata", {})),
             storage_class=response.get("StorageClass"),
             encryption="SSE-C" if response.get("SSECustomerAlgorithm")
             else response.get("ServerSideEncryption"),
             kms_key_id=response.get("SSEKMSKeyId"),
             lock_mode=response.get("ObjectLockMode"),
-            retain_until_ns=_ns(until) if until else None,
+            retain_until_ns=ns(until) if until else None,
             crc64nvme=(response.get("ChecksumCRC64NVME")
                        if response.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT" else None),
         )
@@ -275,7 +236,7 @@ class S3Store:
         params: dict[str, Any] = {"Key": key, **self.options.sse_c}
         if version_id is not None:
             params["VersionId"] = version_id
-        if (byte_range := _range_header(start, length)) is not None:
+        if (byte_range := range_header(start, length)) is not None:
             params["Range"] = byte_range
         if if_match is not None:
             params["IfMatch"] = _quote(if_match)
@@ -286,7 +247,7 @@ class S3Store:
     async def get_range(self, key: str, start: int, length: int) -> tuple[bytes, str | None]:
         """A ranged GET that also returns the Content-Range header the server sent (None: it
         answered the whole object), for `s3pvefs check`."""
-        params = {"Key": key, "Range": _range_header(start, length), **self.options.sse_c}
+        params = {"Key": key, "Range": range_header(start, length), **self.options.sse_c}
         return await self._request("GetObject", key, self._get_range_in_loop, params)
 
     async def _get_range_in_loop(self, params: dict[str, Any]) -> tuple[bytes, str | None]:
@@ -311,28 +272,45 @@ class S3Store:
         response = await self._client.get_object(Bucket=self.bucket, **params)
         async with response["Body"] as body:
             try:
-                return await body.read()  # type: ignore[no-any-return]
+                if self.limits.download.rate() is None:
+                    return await body.read()  # type: ignore[no-any-return]
+                return await read_throttled(body, self.limits.download)
             except TRANSPORT_FAILURES as exc:
                 raise BodyReadError(exc) from exc
 
     async def put(
-        self, key: str, data: bytes, metadata: dict[str, str], *,
+        self, key: str, data: bytes | SliceBody, metadata: dict[str, str], *,
         storage_class: str | None = None,
     ) -> str:
-        """PUT one object; `storage_class` overrides the configured one (s3pvefs check).
+        """PUT one object; `storage_class` overrides the configured one (s3pvefs check). A
+        ``SliceBody`` is read from its file as it is sent.
 
         Returns the ETag once S3 has shown that it stored exactly these bytes: it checked the
         body against its Content-MD5, and the ETag it answers is the body's MD5 (where the
         answer has none, or another, a HEAD decides)."""
-        digest = await _md5(data)
-        response = await self._call(
-            "PutObject", key, Key=key, Body=data, Metadata=metadata,
-            ContentMD5=base64.b64encode(digest).decode(),
-            **self.options.for_create(key, storage_class),
-        )
+        digest, response = await self._send("PutObject", data, dict(
+            Key=key, Metadata=metadata, **self.options.for_create(key, storage_class)))
         self.stats.bytes_sent += len(data)  # counted once accepted: failures are no progress
         expected = digest.hex() if self.options.etags_are_md5 else None
         return await self._confirm("PutObject", key, response, expected, len(data))
+
+    async def _send(self, operation: str, body: bytes | SliceBody,
+                    params: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        """A request with a body and its Content-MD5 (PutObject, UploadPart), under the upload
+        limit; the body's MD5 and the answer. A file slice goes through a reader of its own."""
+        if isinstance(body, SliceBody):
+            params["ContentMD5"] = base64.b64encode(body.md5).decode()
+            return body.md5, await self._request(operation, params["Key"], self._send_slice,
+                                                 operation, params, body)
+        digest = await md5_of(body)
+        await trio.sleep(self.limits.upload.reserve(len(body)))
+        params["ContentMD5"] = base64.b64encode(digest).decode()
+        return digest, await self._call(operation, params["Key"], Body=body, **params)
+
+    async def _send_slice(self, operation: str, params: dict[str, Any],
+                          body: SliceBody) -> dict[str, Any]:
+        with body.slice.open(self.limits.upload) as reader:
+            return await self._call_in_loop(operation, {**params, "Body": reader})
 
     async def delete(self, key: str) -> None:
         await self._call("DeleteObject", key, Key=key)
@@ -381,7 +359,7 @@ class S3Store:
         response = await self._call("ListObjectsV2", prefix, **params)
         truncated = bool(response.get("IsTruncated"))
         return ListPage(
-            objects=[_listed_object(entry) for entry in response.get("Contents", [])],
+            objects=[listed_object(entry) for entry in response.get("Contents", [])],
             prefixes=[entry["Prefix"] for entry in response.get("CommonPrefixes", [])],
             next_token=response.get("NextContinuationToken") if truncated else None,
         )
@@ -392,7 +370,7 @@ class S3Store:
     ) -> str:
         params: dict[str, Any] = {
             "Key": dst_key,
-            "CopySource": _copy_source(self.bucket, src_key, src_version),
+            "CopySource": copy_source(self.bucket, src_key, src_version),
         }
         if metadata is None:
             params["MetadataDirective"] = "COPY"
@@ -420,33 +398,18 @@ class S3Store:
 
     async def upload_part(self, key: str, upload_id: str, part_number: int,
                           body: bytes | SliceBody) -> str:
-        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part). A
-        ``SliceBody`` is read from its file as it is sent (body.py)."""
-        if isinstance(body, SliceBody):
-            digest = body.md5
-            response = await self._request("UploadPart", key, self._send_slice, dict(
-                Key=key, UploadId=upload_id, PartNumber=part_number,
-                ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c), body)
-        else:
-            digest = await _md5(body)
-            response = await self._call(
-                "UploadPart", key, Key=key, UploadId=upload_id, PartNumber=part_number,
-                Body=body, ContentMD5=base64.b64encode(digest).decode(), **self.options.sse_c,
-            )
+        """Upload one part; its ETag, checked as for ``put`` (no HEAD can see a part)."""
+        digest, response = await self._send("UploadPart", body, dict(
+            Key=key, UploadId=upload_id, PartNumber=part_number, **self.options.sse_c))
         self.stats.bytes_sent += len(body)
         etag = _unquote(response.get("ETag") or "")
         if not etag:
-            raise _unverified("UploadPart", key, f"part {part_number}: no ETag in the answer")
+            raise unverified("UploadPart", key, f"part {part_number}: no ETag in the answer")
         if self.options.etags_are_md5 and etag.lower() != digest.hex():
-            raise _unverified("UploadPart", key, f"part {part_number}: the server answered "
-                                                 f"ETag {etag} for a body whose MD5 is "
-                                                 f"{digest.hex()}")
+            raise unverified("UploadPart", key, f"part {part_number}: the server answered "
+                                                f"ETag {etag} for a body whose MD5 is "
+                                                f"{digest.hex()}")
         return etag
-
-    async def _send_slice(self, params: dict[str, Any], body: SliceBody) -> dict[str, Any]:
-        """UploadPart of a file slice, read as it is sent through a reader of its own."""
-        with body.slice.open() as reader:
-            return await self._call_in_loop("UploadPart", {**params, "Body": reader})
 
     async def upload_part_copy(
         self, key: str, upload_id: str, part_number: int, src_key: str, start: int,
@@ -456,7 +419,7 @@ class S3Store:
             "Key": key,
             "UploadId": upload_id,
             "PartNumber": part_number,
-            "CopySource": _copy_source(self.bucket, src_key, src_version),
+            "CopySource": copy_source(self.bucket, src_key, src_version),
             "CopySourceRange": f"bytes={start}-{end_inclusive}",
             **self.options.sse_c,
             **self.options.sse_c_source,
@@ -466,7 +429,7 @@ class S3Store:
         response = await self._call("UploadPartCopy", src_key, **params)
         etag = _unquote(response.get("CopyPartResult", {}).get("ETag") or "")
         if not etag:
-            raise _unverified("UploadPartCopy", key, f"part {part_number}: no ETag in the answer")
+            raise unverified("UploadPartCopy", key, f"part {part_number}: no ETag in the answer")
         return etag
 
     async def complete_multipart(
@@ -517,13 +480,13 @@ class S3Store:
         info = await self.head(key)
         found = info.etag
         if info.size != size:
-            raise _unverified(operation, key, f"the object holds {info.size} bytes where "
+            raise unverified(operation, key, f"the object holds {info.size} bytes where "
                                               f"{size} were sent")
         if not found or (answered and found != answered):
-            raise _unverified(operation, key, f"the server answered ETag {answered!r}, "
+            raise unverified(operation, key, f"the server answered ETag {answered!r}, "
                                               f"a HEAD shows {found!r}")
-        if expected is not None and _contradicts(found.lower(), expected):
-            raise _unverified(operation, key, f"the object's ETag is {found}, the data sent "
+        if expected is not None and contradicts(found.lower(), expected):
+            raise unverified(operation, key, f"the object's ETag is {found}, the data sent "
                                               f"gives {expected}")
         return found
 
@@ -536,7 +499,7 @@ class S3Store:
         while True:
             response = await self._call("ListMultipartUploads", prefix, Prefix=prefix, **markers)
             uploads.extend(
-                MultipartUploadInfo(entry["Key"], entry["UploadId"], _ns(entry["Initiated"]))
+                MultipartUploadInfo(entry["Key"], entry["UploadId"], ns(entry["Initiated"]))
                 for entry in response.get("Uploads", [])
             )
             if not response.get("IsTruncated"):
@@ -577,10 +540,10 @@ class S3Store:
             for entry in response.get("Versions", []):
                 found.append(ObjectVersion(entry["Key"], entry["VersionId"], entry["Size"],
                                            _unquote(entry.get("ETag", "")),
-                                           _ns(entry["LastModified"]), entry["IsLatest"], False))
+                                           ns(entry["LastModified"]), entry["IsLatest"], False))
             for entry in response.get("DeleteMarkers", []):
                 found.append(ObjectVersion(entry["Key"], entry["VersionId"], 0, "",
-                                           _ns(entry["LastModified"]), entry["IsLatest"], True))
+                                           ns(entry["LastModified"]), entry["IsLatest"], True))
             if not response.get("IsTruncated"):
                 break
             markers = {"KeyMarker": response.get("NextKeyMarker", ""),
@@ -602,27 +565,9 @@ class S3Store:
             await trio.to_thread.run_sync(self._bridge.stop)
 
 
-def _warn_about_options(config: Config, options: ObjectOptions) -> None:
-    archived = sorted(options.configured_classes() & ARCHIVE_CLASSES)
-    if archived:
-        log.warning(
-            "new objects go to %s: they cannot be read back, renamed or have their attributes "
-            "changed through the mount before they are restored", " and ".join(archived))
-    if config.sse == SSE_C and (config.endpoint_url or "https:").startswith("http:"):
-        log.warning("SSE-C over plain http sends the encryption key in clear text; AWS and "
-                    "most servers refuse it: use an https endpoint")
-
-
-def _copy_source(bucket: str, key: str, version: str | None) -> dict[str, str]:
-    return {"Bucket": bucket, "Key": key, **({"VersionId": version} if version else {})}
-
-
-def _snake_case(operation: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in operation).lstrip("_")
-
-
 @asynccontextmanager
-async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
+async def open_s3_store(config: Config,
+                        limits: TrafficLimits | None = None) -> AsyncIterator[S3Store]:
     """Start the loop thread, create the client in it, and tear both down on exit."""
     if not config.bucket:
         raise ConfigError("no bucket configured")
@@ -636,7 +581,7 @@ async def open_s3_store(config: Config) -> AsyncIterator[S3Store]:
         if isinstance(exc, (BotoCoreError, ValueError, OSError)):
             raise ConfigError(f"cannot create the S3 client: {exc}") from exc
         raise
-    store = S3Store(bridge, client, client_stack, config, credentials)
+    store = S3Store(bridge, client, client_stack, config, credentials, limits)
     try:
         yield store
     finally:

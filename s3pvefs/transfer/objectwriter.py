@@ -1,7 +1,7 @@
 """Every request that makes an object: PUT, multipart uploads and server-side copies.
 
 Uploads of whole files, streams and renames all send their parts here, under one bound for the
-whole mount (``part_slots``: each part is held in memory while it uploads). A multipart upload
+whole mount (``part_slots``). A multipart upload
 is listed in the journal from before its creation until it ends, so that a restart aborts what
 a crash left; an object that replaces a file's is announced in that file's journal record
 before the request that makes it (``landing_of``; FileJournal.announce_landing).
@@ -26,6 +26,7 @@ from s3pvefs.names import check_key_length
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.journal import Journal
 from s3pvefs.state.nodes import Node
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.objectstore import RemoteObject
 from s3pvefs.store.s3store import ObjectStore, body_etag, multipart_etag
 from s3pvefs.transfer.reader import BlockReader
@@ -53,15 +54,16 @@ class ObjectWriter:
         self.file_journal = file_journal
         self.threshold = config.multipart_threshold
         self.min_part = config.part_size
-        # Parts (each held in memory while it uploads) in flight across all files.
+        # Parts in flight across all files.
         self.part_slots = trio.Semaphore(config.upload_concurrency)
         self.part_copy_unsupported = False  # the server answered UploadPartCopy NotImplemented
         self.draining = False  # a shutdown waits for the uploads: retry soon, give up soon
 
-    async def put(self, key: str, body: bytes, metadata: dict,
+    async def put(self, key: str, body: bytes | SliceBody, metadata: dict,
                    landing_of: Node | None = None) -> str:
         if landing_of is not None and self.store.etags_are_md5:
-            landing = RemoteObject(key, await body_etag(body), len(body))
+            etag = body.md5.hex() if isinstance(body, SliceBody) else await body_etag(body)
+            landing = RemoteObject(key, etag, len(body))
             await self.file_journal.announce_landing(landing_of, landing)
         with trio.CancelScope(shield=True):
             return await self.store.put(key, body, metadata)

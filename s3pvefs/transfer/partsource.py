@@ -10,23 +10,54 @@ not stay) is the part assembled in memory, as a small PUT's body always is.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from s3pvefs.errors import StoreError, StoreKind
 from s3pvefs.state.nodes import Node
 from s3pvefs.store.body import SliceBody
 from s3pvefs.transfer.reader import BlockReader
 from s3pvefs.transfer.wholesum import crc_of
 
 FETCH_ROUNDS = 3  # fetches of a part's missing blocks before it is assembled in memory
+SLICE_ATTEMPTS = 3  # sends of a slice written to meanwhile before it is sent from memory
+
+log = logging.getLogger(__name__)
 
 
 class PartSource:
     def __init__(self, reader: BlockReader):
         self.reader = reader
 
+    async def send(self, node: Node, offset: int, length: int,
+                   request: Callable[[bytes | SliceBody, int], Awaitable[str]]) -> tuple[str, int]:
+        """Send the bytes [offset, offset+length) of the file with ``request(body, crc)`` (a PUT
+        or an UploadPart); its answer (the ETag) and the CRC64NVME of what S3 accepted.
+
+        A slice written to while it was sent reaches S3 as neither version: the server refuses
+        it (Content-MD5) or answers another ETag (UNVERIFIED). It is hashed and sent again;
+        should the file keep changing under it, it is sent from a copy in memory. (The write
+        made its blocks dirty: a later upload sends them anyway.)"""
+        with _kept(node, offset, length):  # no eviction until the body is sent
+            for _ in range(SLICE_ATTEMPTS):
+                body, crc = await self.body(node, offset, length)
+                try:
+                    return await request(body, crc), crc
+                except StoreError as exc:
+                    if exc.kind is not StoreKind.UNVERIFIED or not isinstance(body, SliceBody):
+                        raise
+                    log.info("%s changed while bytes %d-%d were sent; sending them again",
+                             node.path(), offset, offset + length)
+            composed = await self.compose(node, offset, length)
+            crc = await crc_of(composed)
+            return await request(composed, crc), crc
+
     async def body(self, node: Node, offset: int, length: int) -> tuple[bytes | SliceBody, int]:
         """The body of the part [offset, offset+length) and the CRC64NVME of its bytes. The
         caller keeps the range ``in_use`` until the body is sent."""
         data = node.file.data
-        if data is not None:
+        if data is not None and length:
             for _ in range(FETCH_ROUNDS):
                 missing = data.missing_blocks(offset, length)
                 if not missing:
@@ -53,6 +84,12 @@ class PartSource:
                                                          remote_end - start)
                     pieces.append(chunk + bytes(end - start - len(chunk)))
         return b"".join(pieces)
+
+
+def _kept(node: Node, offset: int, length: int):
+    """Keep eviction away from a range of the file's cache file meanwhile (if it has one)."""
+    data = node.file.data
+    return contextlib.nullcontext() if data is None else data.in_use(offset, length)
 
 
 def _segments(data, offset: int, length: int):

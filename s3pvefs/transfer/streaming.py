@@ -27,9 +27,9 @@ from s3pvefs.names import MAGIC_BYTES, predict_final_name
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.journal import StreamRecord
 from s3pvefs.state.nodes import Node
-from s3pvefs.store.body import SliceBody
 from s3pvefs.store.objectstore import ObjectStore, RemoteObject
 from s3pvefs.transfer.objectwriter import ObjectWriter
+from s3pvefs.transfer.partsource import PartSource
 from s3pvefs.transfer.wholesum import WholeFileChecksum
 
 log = logging.getLogger(__name__)
@@ -130,9 +130,10 @@ class Stream:
 
 
 class Streamer:
-    def __init__(self, writer: ObjectWriter, store: ObjectStore, prefix: str, min_part: int,
-                 file_journal: FileJournal):
+    def __init__(self, writer: ObjectWriter, store: ObjectStore, parts: PartSource, prefix: str,
+                 min_part: int, file_journal: FileJournal):
         self.writer = writer  # starts and ends the multipart uploads; its part_slots bound ours
+        self.parts = parts  # sends a part from the cache file
         self.file_journal = file_journal
         self.store = store
         self.prefix = prefix
@@ -313,10 +314,10 @@ class Streamer:
             # again cleans blocks below streamed_len, which must not be evicted before that.
             with stream.cancellable(), data.in_use(offset, length):
                 snapshot = data.dirty_snapshot(offset, length)
-                etag, body = await self._retrying(
+                etag, crc = await self._retrying(
                     lambda: self._send_part(stream, number, offset, length), stream,
                     f"part {number}")
-                stream.checksum.add(offset, length, body.crc64nvme)
+                stream.checksum.add(offset, length, crc)
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
                 # Clean now, evictable once the journal lists the part (see record_parts).
@@ -332,11 +333,11 @@ class Streamer:
             self._task_done(stream)
 
     async def _send_part(self, stream: Stream, number: int, offset: int,
-                         length: int) -> tuple[str, SliceBody]:
-        """Hash the part in the cache file and send it from there (never whole in memory);
-        the ETag, and the body with the digests of what S3 accepted."""
-        body = await stream.node.file.data.slice(offset, length).hash()
-        return await self.store.upload_part(stream.key, stream.upload_id, number, body), body
+                         length: int) -> tuple[str, int]:
+        """Send the part from the cache file; its ETag and the CRC of what S3 accepted."""
+        return await self.parts.send(
+            stream.node, offset, length,
+            lambda body, _crc: self.store.upload_part(stream.key, stream.upload_id, number, body))
 
     async def _retrying(self, request, stream: Stream, what: str):
         """Retry beyond botocore's own attempts: an outage may last minutes. Gives up only on
@@ -421,9 +422,8 @@ class Streamer:
         async def one(number: int, offset: int, length: int) -> None:
             try:
                 snapshot = data.dirty_snapshot(offset, length)
-                with data.in_use(offset, length):  # no eviction while it is read
-                    etag, body = await self._send_part(stream, number, offset, length)
-                stream.checksum.add(offset, length, body.crc64nvme)
+                etag, crc = await self._send_part(stream, number, offset, length)
+                stream.checksum.add(offset, length, crc)
                 stream.parts[number] = (offset, length, etag)
                 stream.part_snapshots[number] = snapshot
             finally:

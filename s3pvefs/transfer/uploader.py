@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
 
-from s3pvefs.checksums import META_CRC64NVME
+from s3pvefs.checksums import META_CRC64NVME, crc64nvme_text
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import FsError, FsKind, RenamePending, StoreError, StreamAhead
 from s3pvefs.names import check_key_length, is_temporary_name
@@ -22,13 +22,14 @@ from s3pvefs.state.attrindex import PENDING, AttributeIndex
 from s3pvefs.state.filejournal import FileJournal
 from s3pvefs.state.lifecycle import ContentChecksum
 from s3pvefs.state.nodes import InodeTable, Node
+from s3pvefs.store.body import SliceBody
 from s3pvefs.store.objectstore import RemoteObject
 from s3pvefs.store.s3store import multipart_etag
 from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter, choose_part_size
 from s3pvefs.transfer.partsource import PartSource
 from s3pvefs.transfer.streaming import Streamer
-from s3pvefs.transfer.wholesum import WholeFileChecksum, checksum_of
+from s3pvefs.transfer.wholesum import WholeFileChecksum
 
 log = logging.getLogger(__name__)
 
@@ -350,10 +351,12 @@ class Uploader:
         if node.is_symlink:
             return await self.writer.put(key, node.symlink_target.encode(), metadata), None
         if size < self.writer.threshold:
-            body = await self.parts.compose(node, 0, size)
-            checksum = ContentChecksum(await checksum_of(body), in_metadata=True)
-            metadata = {**metadata, META_CRC64NVME: checksum.value}
-            return await self.writer.put(key, body, metadata, node), checksum
+            async def put(body: bytes | SliceBody, crc: int) -> str:
+                checksum = {META_CRC64NVME: crc64nvme_text(crc)}  # of this body
+                return await self.writer.put(key, body, {**metadata, **checksum}, node)
+
+            etag, crc = await self.parts.send(node, 0, size, put)
+            return etag, ContentChecksum(crc64nvme_text(crc), in_metadata=True)
         return await self._multipart(node, key, size, metadata)
 
     async def settle_landing(self, node: Node) -> None:
@@ -498,9 +501,9 @@ class Uploader:
                     copied_from_base.append(number)
                     whole.give_up(f"part {number} was copied on the server")
             if etag is None:
-                with _kept(node, offset, length):  # until the part is sent from the cache
-                    body, crc = await self.parts.body(node, offset, length)
-                    etag = await self.store.upload_part(key, upload_id, number, body)
+                etag, crc = await self.parts.send(
+                    node, offset, length,
+                    lambda body, _crc: self.store.upload_part(key, upload_id, number, body))
                 whole.add(offset, length, crc)
             if progress is not None:
                 progress.part_done(offset, length)
@@ -552,12 +555,6 @@ class _Progress:
         return {"path": self.node.path(), "ino": self.node.ino, "bytes_total": self.total,
                 "bytes_done": self.done, "seconds": round(elapsed, 3),
                 "bytes_per_second": int(self.done / elapsed)}
-
-
-def _kept(node: Node, offset: int, length: int):
-    """Keep eviction away from a range of the file's cache file meanwhile (if it has one)."""
-    data = node.file.data
-    return contextlib.nullcontext() if data is None else data.in_use(offset, length)
 
 
 def _is_completion_of(etag: str, stream) -> bool:

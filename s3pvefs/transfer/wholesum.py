@@ -15,18 +15,11 @@ import logging
 
 import trio
 
-from s3pvefs.checksums import Crc64Nvme, crc64nvme, crc64nvme_raw
+from s3pvefs.checksums import Crc64Nvme, crc64nvme_raw
 
 log = logging.getLogger(__name__)
 
 THREAD_THRESHOLD = 1024 * 1024  # larger bodies are summed in a worker thread
-
-
-async def checksum_of(body: bytes) -> str:
-    """The checksum of one body (a PUT's), off the trio thread when it is large."""
-    if len(body) < THREAD_THRESHOLD:
-        return crc64nvme(body)
-    return await trio.to_thread.run_sync(crc64nvme, body)
 
 
 async def crc_of(body: bytes) -> int:
