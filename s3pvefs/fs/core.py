@@ -144,8 +144,12 @@ class FsCore:
         if node is None or ino == ROOT_INODE:
             return
         node.lookups -= count
-        if node.lookups <= 0 and node.unlinked and node.open_count == 0:
+        if node.lookups > 0:
+            return
+        if node.unlinked and node.open_count == 0:
             self.inodes.drop(node)
+        else:
+            self.dirs.forget_listed(node)
 
     async def lookup(self, parent_ino: int, name: str) -> Node:
         parent = self.node(parent_ino)

@@ -27,6 +27,7 @@ from s3pvefs.names import (
     listing_name,
 )
 from s3pvefs.state.attrindex import AttributeIndex
+from s3pvefs.state.lifecycle import State
 from s3pvefs.state.nodes import InodeTable, Node, next_change, now_ns
 from s3pvefs.store.objectstore import RemoteObject
 from s3pvefs.store.s3store import ObjectInfo, ObjectStore
@@ -283,6 +284,20 @@ class Directories:
                 node.file.discard_data()
             if node.lookups <= 0:
                 self.inodes.drop(node)
+
+    def forget_listed(self, node: Node) -> bool:
+        """The kernel forgot a file that is only on S3 (nothing cached, nothing pending, not
+        open): drop it, so that a bucket of millions of objects does not keep a node for each
+        one it ever listed. Its directory is listed again when next needed (the entry must
+        not vanish from a listing still trusted). False when the node holds anything more."""
+        parent = node.parent
+        if (parent is None or node.is_dir or node.open_count or node.busy or node.unlinked
+                or node.state is not State.REMOTE or parent.children.get(node.name) is not node):
+            return False
+        del parent.children[node.name]
+        parent.listed_at = None
+        self.inodes.drop(node)
+        return True
 
     # -- attributes -------------------------------------------------------------------------
 

@@ -172,6 +172,7 @@ class LiveAdmin:
             "cache_used_bytes": self.cache.used_bytes,
             "cache_peak_bytes": self.cache.peak_used_bytes,
             "cache_limit_bytes": self.cache.size_limit,
+            "known_nodes": len(self.inodes),  # files and directories held in memory
             "uploads": uploads,
             "files": files,
             "errors": [

@@ -1361,6 +1361,30 @@ async def test_listing_drops_objects_deleted_elsewhere(make_core, s3) -> None:
     assert [name for name, _ in await core.readdir(dump)] == ["b", "c"]
 
 
+async def test_files_the_kernel_forgot_are_dropped_unless_they_hold_anything(make_core,
+                                                                           s3) -> None:
+    for n in range(50):
+        s3.put(f"{PREFIX}dump/f{n:02d}", bytes([n]) * 10)
+    core = await make_core()
+    dump = await inode(core, "dump")
+    names = [name for name, _ in await core.readdir(dump)]
+    nodes = [await core.lookup(dump, name) for name in names]  # the kernel's references
+    fh, written = await write_file(core, dump, "new.log", b"pending", release=False)
+    opened, _ = await core.open(nodes[1].ino, os.O_RDONLY)
+    known = len(core.inodes)
+    for node in [*nodes, written]:
+        core.forget(node.ino, 1)
+    # The 49 only on S3 are gone; the open one and the one not uploaded yet stay.
+    assert len(core.inodes) == known - 49
+    assert core.inodes.get(nodes[1].ino) is nodes[1] and core.inodes.get(written.ino) is written
+    await core.release(opened)
+    await core.release(fh)
+    # Listed again when needed: every name is there, each file reads as before.
+    assert [name for name, _ in await core.readdir(dump)] == sorted([*names, "new.log"])
+    again = await core.lookup(dump, "f07")
+    assert await read_file(core, again.ino) == bytes([7]) * 10
+
+
 # -- attributes ------------------------------------------------------------------------------
 
 
