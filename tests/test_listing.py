@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from pathlib import Path
 
 from helpers import needs_fuse
 
@@ -99,3 +100,20 @@ def test_attributes_come_back_without_head(mount_s3pvefs, s3_client, bucket):
     third = mount_s3pvefs()
     assert stat.S_IMODE((third.path / "snippets" / "hook.pl").stat().st_mode) == 0o750
     assert third.unmount() == 0
+
+
+def test_files_the_kernel_forgets_leave_the_mount_s_memory(mount_s3pvefs, s3_client, bucket):
+    for n in range(400):
+        s3_client.put_object(Bucket=bucket, Key=f"pve/template/iso/f{n:03d}.iso", Body=b"x")
+    mount = mount_s3pvefs()
+    iso = mount.path / "template" / "iso"
+    assert len([os.stat(iso / name) for name in os.listdir(iso)]) == 400
+    assert mount.status()["known_nodes"] > 400
+    # The kernel drops its dentries and inodes, and tells the mount (FORGET).
+    Path("/proc/sys/vm/drop_caches").write_text("2\n")
+    deadline = time.monotonic() + 30
+    while mount.status()["known_nodes"] > 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert mount.status()["known_nodes"] <= 50
+    assert sorted(os.listdir(iso)) == [f"f{n:03d}.iso" for n in range(400)]  # listed again
+    assert (iso / "f123.iso").read_bytes() == b"x"
