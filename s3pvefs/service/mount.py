@@ -15,6 +15,7 @@ trio loop, so a hung event loop gets the process restarted.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -140,18 +141,16 @@ def _fuse_options(config: Config) -> set[str]:
     return options
 
 
-def _widen_kernel_readahead(mountpoint: Path) -> None:
+async def _widen_kernel_readahead(mountpoint: Path) -> None:
     """Let the kernel read ahead up to a whole FUSE request (1 MiB, libfuse's max_pages) where
-    it stops at 128 KiB by default: a sequential reader then costs one request per MiB, not
-    eight. The mount's backing device is found in mountinfo: a stat() of the mountpoint would
-    ask this very process, which does not serve requests yet."""
+    it stops at 128 KiB by default: a sequential reader then has several requests in flight
+    instead of waiting for each 128 KiB (5x the read throughput of a cached file). Set once
+    the kernel's INIT is answered (INIT sets it back to 128 KiB), which the stat() waits for."""
     try:
-        devices = [fields[2] for fields in map(str.split, Path("/proc/self/mountinfo")
-                                                .read_text().splitlines())
-                   if fields[4] == str(mountpoint)]
-        if devices:
-            Path(f"/sys/class/bdi/{devices[-1]}/read_ahead_kb").write_text(
-                f"{KERNEL_READAHEAD_KIB}\n")
+        device = (await trio.to_thread.run_sync(os.stat, mountpoint,
+                                                abandon_on_cancel=True)).st_dev
+        setting = Path(f"/sys/class/bdi/{os.major(device)}:{os.minor(device)}/read_ahead_kb")
+        await trio.to_thread.run_sync(setting.write_text, f"{KERNEL_READAHEAD_KIB}\n")
     except OSError as exc:  # not root, or no such device
         log.info("kernel readahead left at its default: %s", exc)
 
@@ -168,7 +167,6 @@ async def _serve(core: FsCore, admin: LiveAdmin, kernel: KernelCaches, config: C
     except RuntimeError as exc:
         raise ConfigError(f"cannot mount on {mountpoint}: {exc}") from None
     log.info("mounted %s on %s", config.bucket + "/" + config.prefix, mountpoint)
-    _widen_kernel_readahead(mountpoint)
     unmounted = False
     reporter = _Reporter(notifier or Notifier(None), core, admin,
                          f"{_where(config)} on {mountpoint}")
@@ -178,6 +176,7 @@ async def _serve(core: FsCore, admin: LiveAdmin, kernel: KernelCaches, config: C
             await nursery.start(core.run)
             await nursery.start(serve_control, admin, mountpoint)
             nursery.start_soon(_watch_signals, core, stop, nursery)
+            nursery.start_soon(_widen_kernel_readahead, mountpoint)
             if reporter.enabled:
                 # READY=1 now: the kernel mount exists (pyfuse3.init mounted it), the admin
                 # socket answers, and the kernel queues requests until pyfuse3.main() runs.
