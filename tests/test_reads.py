@@ -40,7 +40,7 @@ def pct_archive() -> tuple[bytes, bytes]:
 
 
 @pytest.mark.real_server
-def test_show_configuration_fetches_at_most_two_mebibytes(mount_s3pvefs, s3_client, bucket):
+def test_show_configuration_fetches_what_the_kernel_asks(mount_s3pvefs, s3_client, bucket):
     tar_zst, conf = pct_archive()
     vma_zst = zstd(b"VMA\x00" + os.urandom(12 * MiB))
     s3_client.put_object(Bucket=bucket, Key="pve/dump/vzdump-lxc-101-2026_11_21-01_00_00.tar.zst",
@@ -54,15 +54,17 @@ def test_show_configuration_fetches_at_most_two_mebibytes(mount_s3pvefs, s3_clie
     shown = subprocess.run(["tar", "-xpOf", str(dump / "vzdump-lxc-101-2026_11_21-01_00_00.tar.zst"),
                             "./etc/vzdump/pct.conf", "--occurrence"], capture_output=True)
     assert shown.stdout == conf, shown.stderr
-    # tar needs the first 128 KiB; zstd reads ahead in its own buffers, up to ~1.4 MiB when
-    # tar is slow to exit (a loaded CI fetched two blocks). The mount adds no readahead.
-    assert received(mount) - before <= 2 * MiB
+    # tar needs the first 128 KiB; zstd reads ahead in its own buffers (0.5 MiB, up to
+    # ~1.4 MiB when tar is slow to exit), and the kernel's readahead asks up to 1 MiB beyond
+    # that (the mount sets 1 MiB: a restore reads 1.5x faster). The mount fetches just the
+    # ranges asked for at a file's head, in no whole block, with no readahead of its own.
+    assert received(mount) - before <= 3 * MiB
 
     before = received(mount)
     head = subprocess.run(f"zstd -dc {dump}/vzdump-qemu-100-2026_11_21-01_00_00.vma.zst "
                           "| head -c 65536", shell=True, capture_output=True)
     assert head.stdout[:4] == b"VMA\x00" and len(head.stdout) == 65536
-    assert received(mount) - before <= 2 * MiB
+    assert received(mount) - before <= 3 * MiB
     assert mount.unmount() == 0
 
 

@@ -52,7 +52,7 @@ from s3pvefs.store.objectstore import ObjectStore
 from s3pvefs.transfer.leftkeys import LeftKeys
 from s3pvefs.transfer.objectwriter import ObjectWriter
 from s3pvefs.transfer.partsource import PartSource
-from s3pvefs.transfer.prefetch import Reads
+from s3pvefs.transfer.prefetch import HEAD_BYTES, Reads
 from s3pvefs.transfer.reader import MAX_GET_RANGE, BlockReader
 from s3pvefs.transfer.streaming import Streamer
 from s3pvefs.transfer.uploader import Uploader
@@ -80,7 +80,7 @@ def build_filesystem(config: Config, store: ObjectStore, cache: BlockCache) -> F
     uploader = Uploader(writer, streamer, parts, config, file_journal=file_journal,
                         inodes=inodes, left_keys=left_keys, attr_index=attr_index,
                         pressure=cache.pressure)
-    reads = Reads(reader, uploader, config.readahead_max)
+    reads = Reads(reader, uploader, config.readahead_max, HEAD_BYTES)
     listed_sent, listed = trio.open_memory_channel[Node](LISTED_BACKLOG)
     dirs = Directories(store, inodes, config.prefix, config.dir_ttl, defaults,
                        config.max_connections, attr_index=attr_index,

@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 # A fetch a read shares with another reader can end without its blocks (a readahead cancelled
 # at its handle's release, a failure reported to that reader): asked for this often in all.
 SHARED_FETCH_ROUNDS = 3
+# Reads that start within this many bytes of a file's start, before any readahead, fetch just
+# what they ask for (Prefetcher.read): the head of a backup is all "show configuration" reads,
+# though zstd reads 0.5-1.4 MiB of it and the kernel's readahead (1 MiB) asks for more.
+HEAD_BYTES = 4 * 1024 * 1024
 # A GET that found the object replaced by this mount's own upload is tried again this often.
 OWN_UPLOADS_WAITED_FOR = 3
 
@@ -40,10 +44,12 @@ class OwnUploads(Protocol):
 class Reads:
     """Reads of every open file; one ``Prefetcher`` per open handle."""
 
-    def __init__(self, reader: BlockReader, uploads: OwnUploads, readahead_max: int):
+    def __init__(self, reader: BlockReader, uploads: OwnUploads, readahead_max: int,
+                 head_bytes: int = 0):
         self.reader = reader
         self.uploads = uploads
         self.readahead_max = readahead_max  # bytes a sequential reader is fetched ahead at most
+        self.head_bytes = head_bytes  # first reads starting below this fetch just their range
 
     def prefetcher(self, node: Node) -> Prefetcher:
         """The reads of a newly opened handle of ``node``."""
@@ -64,6 +70,25 @@ class Reads:
                 raise FsError(FsKind.IO, f"could not read {node.path()} from S3 (see log)")
             await self._from_current_base(node, data, data.blocks(offset, length),
                                           installed=False)
+
+    async def read_head(self, node: Node, data: CachedFile, offset: int,
+                        length: int) -> bytes | None:
+        """The bytes of a first read at the head of a file only S3 holds there, with one GET
+        of just that range, not cached: "show configuration" reads a backup's first 100-odd
+        KiB and no more, and whole blocks would fetch several times that. None when any of it
+        is local or being fetched, or the GET failed: the block path then reads it (and says
+        why it cannot)."""
+        base = node.file.base
+        if (base is None or self.reader.sources(data, offset, length) is not None
+                or not all(data.needs_fetch(b) for b in data.blocks(offset, length))):
+            return None
+        end = min(offset + length, data.base_valid_len)
+        try:
+            head = await self.reader.read_range(base, offset, end - offset)
+        except (FsError, StoreError):
+            return None
+        data.used()
+        return head + bytes(length - len(head))
 
     async def make_cached(self, node: Node, data: CachedFile, blocks) -> None:
         """Make ``blocks`` cached: a write that covers them in part needs the rest in the
@@ -123,6 +148,7 @@ class Prefetcher:
         self.sequential_bytes = 0
         self.window = 0
         self.requested_end = 0  # readahead asked for everything before this offset
+        self.head_read_to = 0  # the head read without caching it (read_head), up to here
         self._scopes: set[trio.CancelScope] = set()  # of its GETs in flight
         self.closed = False
 
@@ -130,10 +156,18 @@ class Prefetcher:
         """The file's bytes [offset, offset + length) (the caller clamped it to the file)."""
         with data.in_use(offset, length):
             stretch = self.next_stretch(data.block_size, offset, length)
+            if stretch is None and self.window == 0 and offset < self.reads.head_bytes:
+                head = await self.reads.read_head(self.node, data, offset, length)
+                if head is not None:
+                    self.head_read_to = max(self.head_read_to, offset + length)
+                    return head
             base = self.node.file.base
             if stretch is not None and base is not None and not self.closed:
                 # Before this read's own GET: both run at once.
                 self.reads.reader.prefetch(data, base, *stretch, self._scopes)
+                if self.head_read_to:  # read whole after all: its head goes to the cache too
+                    self.reads.reader.prefetch(data, base, 0, self.head_read_to, self._scopes)
+                    self.head_read_to = 0
             return await self.reads.read(self.node, data, offset, length)
 
     def next_stretch(self, block_size: int, offset: int, length: int) -> tuple[int, int] | None:

@@ -92,12 +92,12 @@ class Rig:
 
 @pytest.fixture
 async def make_rig(tmp_path):
-    """``await make_rig(size, max_parallel=4)``: a running BlockReader, its Reads, and one file
-    of ``size`` random bytes on the store, nothing of it cached."""
+    """``await make_rig(size, max_parallel=4, head_bytes=0)``: a running BlockReader, its Reads,
+    and one file of ``size`` random bytes on the store, nothing of it cached."""
     caches: list[BlockCache] = []
     async with trio.open_nursery() as nursery:
 
-        async def make(size: int, max_parallel: int = 4) -> Rig:
+        async def make(size: int, max_parallel: int = 4, head_bytes: int = 0) -> Rig:
             store = GatedStore()
             content = random.Random(size).randbytes(size)
             etag = await store.put(KEY, content, {})
@@ -107,7 +107,7 @@ async def make_rig(tmp_path):
             reader = BlockReader(store, max_parallel, RANGE)
             await nursery.start(reader.run)
             uploads = NoUploads()
-            reads = Reads(reader, uploads, READAHEAD_MAX)
+            reads = Reads(reader, uploads, READAHEAD_MAX, head_bytes)
             node = Node(2, None, "disk.raw", Attributes(stat.S_IFREG | 0o644, 0, 0, 0))
             node.size = size
             node.file.backed_by(RemoteObject(KEY, etag, size))
@@ -178,6 +178,25 @@ def test_a_seek_starts_the_policy_again() -> None:
 
 
 # -- through the store ----------------------------------------------------------------------
+
+
+async def test_first_reads_at_the_head_fetch_just_their_range(make_rig) -> None:
+    rig = await make_rig(64 * BLOCK, head_bytes=4 * BLOCK)
+    handle = rig.handle()
+    # "show configuration": the kernel's first requests, nothing cached, nothing more fetched
+    assert await handle.read(rig.data, 0, BLOCK // 2) == rig.content[:BLOCK // 2]
+    assert await handle.read(rig.data, BLOCK // 2, BLOCK) == rig.content[BLOCK // 2:3 * BLOCK // 2]
+    assert rig.store.gets == [(0, BLOCK // 2), (BLOCK // 2, BLOCK)]
+    await settle()
+    assert rig.cached_blocks() == set()
+    # Past the head, reads fetch whole blocks again, and readahead starts as it did.
+    assert await handle.read(rig.data, 4 * BLOCK, BLOCK) == rig.content[4 * BLOCK:5 * BLOCK]
+    await settle()
+    assert rig.store.gets[2] == (4 * BLOCK, BLOCK) and 4 in rig.cached_blocks()
+    # A block that is cached (or written) is read from the cache file, never from S3.
+    before = len(rig.store.gets)
+    await rig.handle().read(rig.data, 4 * BLOCK + 10, 100)
+    assert len(rig.store.gets) == before
 
 
 async def test_a_cold_read_is_answered_before_its_blocks_are_written(make_rig) -> None:
