@@ -178,12 +178,19 @@ def _parse_mtime(text: str | None, default: int) -> int:
 _TEMP_SUFFIX = re.compile(r"^(?P<final>.+)\.(?:tmp|tmp_dwnl)\.\d+$")
 _VZDUMP_DAT = re.compile(r"^(?P<stem>vzdump-(?:qemu|lxc)-.+?)(?P<kind>\.vma|\.tar)?\.dat$")
 
+_BACKUP_ARCHIVE = re.compile(r"^vzdump-(?:qemu|lxc|openvz)-.+\.(?:vma|tar|tgz)(?:\.(?:zst|gz|lzo))?$")
+
 _COMPRESSION_MAGIC = (
     (b"\x28\xb5\x2f\xfd", ".zst"),
     (b"\x1f\x8b", ".gz"),
     (b"\x89LZO\x00\r\n\x1a\n", ".lzo"),
 )
 MAGIC_BYTES = 512  # how much of the start of a file predict_final_name looks at
+
+
+def is_backup_archive(name: str) -> bool:
+    """A vzdump archive: what "show configuration" reads the head of."""
+    return bool(_BACKUP_ARCHIVE.match(name))
 
 
 def is_temporary_name(name: str) -> bool:

@@ -20,6 +20,7 @@ from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.state.nodes import InodeTable, Node
 from s3pvefs.store.objectstore import ObjectStore
 from s3pvefs.store.throttle import TrafficLimits
+from s3pvefs.transfer.prefetch import Reads
 from s3pvefs.transfer.uploader import Uploader
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,10 @@ class LiveAdmin:
 
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
                  inodes: InodeTable, uploader: Uploader, dirs: Directories,
-                 kernel: KernelCache | None, limits: TrafficLimits | None = None):
+                 kernel: KernelCache | None, reads: Reads | None = None,
+                 limits: TrafficLimits | None = None):
         self.store = store
+        self.reads = reads
         self.limits = limits  # bandwidth and request rate; None: the store applies none
         self.cache = cache
         self.inodes = inodes
@@ -182,6 +185,7 @@ class LiveAdmin:
             "requests": dict(self.store.stats.requests),
             "bytes_sent": self.store.stats.bytes_sent,
             "bytes_received": self.store.stats.bytes_received,
+            "bytes_read": self.reads.bytes_answered if self.reads is not None else 0,
             "limits": self.limits.describe() if self.limits is not None else None,
         }
 
@@ -238,4 +242,4 @@ def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None,
     """What the admin socket serves for ``core``; ``kernel`` is None without a mount,
     ``limits`` those the store applies (None: it applies none)."""
     return LiveAdmin(config, core.store, core.cache, limits=limits, inodes=core.inodes,
-                     uploader=core.uploader, dirs=core.dirs, kernel=kernel)
+                     uploader=core.uploader, dirs=core.dirs, kernel=kernel, reads=core.reads)

@@ -16,6 +16,7 @@ from typing import Protocol
 import trio
 
 from s3pvefs.errors import FsError, FsKind, StoreError, is_not_found, is_stale
+from s3pvefs.names import is_backup_archive
 from s3pvefs.state.cachefile import CachedFile
 from s3pvefs.state.nodes import Node
 from s3pvefs.transfer.reader import BlockReader
@@ -25,9 +26,10 @@ log = logging.getLogger(__name__)
 # A fetch a read shares with another reader can end without its blocks (a readahead cancelled
 # at its handle's release, a failure reported to that reader): asked for this often in all.
 SHARED_FETCH_ROUNDS = 3
-# Reads that start within this many bytes of a file's start, before any readahead, fetch just
-# what they ask for (Prefetcher.read): the head of a backup is all "show configuration" reads,
-# though zstd reads 0.5-1.4 MiB of it and the kernel's readahead (1 MiB) asks for more.
+# Reads of a backup archive that start within this many bytes of its start, before any
+# readahead, fetch just what they ask for (Prefetcher.read): its head is all "show
+# configuration" reads, though zstd reads 0.5-1.4 MiB of it and the kernel's readahead (1 MiB)
+# asks for more, not always in order.
 HEAD_BYTES = 4 * 1024 * 1024
 # A GET that found the object replaced by this mount's own upload is tried again this often.
 OWN_UPLOADS_WAITED_FOR = 3
@@ -50,6 +52,7 @@ class Reads:
         self.uploads = uploads
         self.readahead_max = readahead_max  # bytes a sequential reader is fetched ahead at most
         self.head_bytes = head_bytes  # first reads starting below this fetch just their range
+        self.bytes_answered = 0  # by reads of open files (FUSE reads), for `s3pvefs status`
 
     def prefetcher(self, node: Node) -> Prefetcher:
         """The reads of a newly opened handle of ``node``."""
@@ -148,15 +151,18 @@ class Prefetcher:
         self.sequential_bytes = 0
         self.window = 0
         self.requested_end = 0  # readahead asked for everything before this offset
+        # A backup archive: its head is read as asked (read_head), perhaps nothing more.
+        self.archive = is_backup_archive(node.name)
         self.head_read_to = 0  # the head read without caching it (read_head), up to here
         self._scopes: set[trio.CancelScope] = set()  # of its GETs in flight
         self.closed = False
 
     async def read(self, data: CachedFile, offset: int, length: int) -> bytes:
         """The file's bytes [offset, offset + length) (the caller clamped it to the file)."""
+        self.reads.bytes_answered += length
         with data.in_use(offset, length):
             stretch = self.next_stretch(data.block_size, offset, length)
-            if stretch is None and self.window == 0 and offset < self.reads.head_bytes:
+            if self.archive and self.window == 0 and offset < self.reads.head_bytes:
                 head = await self.reads.read_head(self.node, data, offset, length)
                 if head is not None:
                     self.head_read_to = max(self.head_read_to, offset + length)
@@ -177,7 +183,9 @@ class Prefetcher:
         else:
             self.sequential_bytes = self.window = self.requested_end = 0
         self.next_offset = offset + length
-        if self.sequential_bytes < 2 * block_size:
+        # An archive's head is read as asked (read_head) before readahead starts.
+        start_after = max(2 * block_size, self.reads.head_bytes if self.archive else 0)
+        if self.sequential_bytes < start_after:
             return None
         self.window = min(self.reads.readahead_max, max(2 * block_size, self.window * 2))
         # Ask for more only when what was asked for runs low, and then for a large stretch:
