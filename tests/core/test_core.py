@@ -43,6 +43,7 @@ from corekit import (
 from helpers import crc64nvme, settle
 
 from s3pvefs.config.settings import Config, KiB, MiB
+from s3pvefs.errors import StoreError
 from s3pvefs.fs.assembly import recover_journal
 from s3pvefs.fs.core import FsCore
 from s3pvefs.names import KEPT_PREFIX, PROXMOX_DIRS, Attributes
@@ -228,6 +229,45 @@ async def test_writes_during_fsync_are_uploaded_too(make_core, store, s3) -> Non
     data += b"grown"
     assert not node.needs_upload
     assert s3.body(f"{PREFIX}dump/w.vma") == data
+    await core.release(fh)
+
+
+async def test_a_part_written_while_it_is_sent_is_sent_again(make_core, store, s3) -> None:
+    """Parts go from the cache file to S3 as they are read (store/body.py): a write into a
+    part between its hashing and its sending makes S3 refuse it (Content-MD5); it is hashed
+    and sent again, and S3 never holds a mix of the two versions."""
+    data = bytearray(payload(2 * PART, seed=9))
+    s3.put(f"{PREFIX}images/disk.raw", bytes(data))
+    sending = trio.Event()
+    refused = []
+
+    class HeldParts(FaultInjectingStore):
+        async def upload_part(self, key, upload_id, number, body):
+            sending.set()
+            await trio.sleep(0.2)  # hashed, not sent yet
+            try:
+                return await super().upload_part(key, upload_id, number, body)
+            except StoreError as exc:
+                refused.append((number, exc.code))
+                raise
+
+    core = await make_core(HeldParts(store))
+    fh, _ = await core.open(await inode(core, "images/disk.raw"), os.O_RDWR)
+    await core.write(fh, 10, b"first")
+    data[10:15] = b"first"
+
+    async def write_meanwhile() -> None:
+        await sending.wait()
+        await core.write(fh, PART + 20, b"second")  # into a part hashed and on its way
+        await core.write(fh, 20, b"second")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_meanwhile)
+        await core.fsync(fh)
+    assert (1, "BadDigest") in refused, refused  # then sent again, and fsync succeeded
+    data[20:26] = b"second"
+    data[PART + 20:PART + 26] = b"second"
+    assert s3.body(f"{PREFIX}images/disk.raw") == data
     await core.release(fh)
 
 
