@@ -1,6 +1,7 @@
 """Bandwidth and request-rate limits through a real mount: an upload limit holds within 10%
-over a minute, a download limit likewise, `s3pvefs set` changes a limit on a running mount, and
-a storm of 503 SlowDown answers slows an upload down without failing it.
+over a minute, a download limit likewise, `s3pvefs set` changes a limit on a running mount, a
+request-rate cap spaces requests, and a storm of 503 SlowDown answers slows an upload down
+without failing it.
 
 The limits are the client's own (store/throttle.py): each test measures what went over the
 wire as a user sees it (the time a known number of bytes took), then checks the objects in S3
@@ -103,3 +104,19 @@ def test_a_503_storm_slows_an_upload_down_without_failing_it(faulty_mount, proxy
     synced(mount)
     stored = object_bytes(s3_client, bucket, "pve/dump/vzdump-qemu-102-2026_12_02-01_00_00.vma")
     assert sha(stored) == sha(data)
+
+
+def test_a_request_rate_cap_spaces_requests(faulty_mount, proxy, s3_client, bucket):
+    rate = 5.0
+    mount = faulty_mount("--max-request-rate", str(rate))
+    started = len(proxy.history)
+    files = {f"vzdump-qemu-{n}.log": os.urandom(100) for n in range(30)}
+    for name, body in files.items():
+        (mount.path / "dump" / name).write_bytes(body)
+    synced(mount)
+    times = [t for t, *_ in proxy.history[started:]]
+    assert len(times) >= 30, proxy.describe()
+    # Turns of 1/rate seconds, and a burst of a quarter second's worth at first.
+    assert len(times) - 1 <= (times[-1] - times[0]) * rate * (1 + TOLERANCE) + 2, proxy.describe()
+    for name, body in files.items():
+        assert object_bytes(s3_client, bucket, f"pve/dump/{name}") == body
