@@ -64,14 +64,14 @@ def test_show_configuration_fetches_what_the_kernel_asks(mount_s3pvefs, s3_clien
     # that (the mount sets 1 MiB: a restore reads 1.5x faster). At a file's head the mount
     # fetches just the ranges the kernel asks for: in no whole block, with no readahead.
     assert received(mount) - before == read_through(mount) - asked
-    assert received(mount) - before <= 4 * MiB
+    assert received(mount) - before <= 8 * MiB  # of 12: the rest was never read
 
     before, asked = received(mount), read_through(mount)
     head = subprocess.run(f"zstd -dc {dump}/vzdump-qemu-100-2026_11_21-01_00_00.vma.zst "
                           "| head -c 65536", shell=True, capture_output=True)
     assert head.stdout[:4] == b"VMA\x00" and len(head.stdout) == 65536
     assert received(mount) - before == read_through(mount) - asked
-    assert received(mount) - before <= 4 * MiB
+    assert received(mount) - before <= 8 * MiB  # of 12: the rest was never read
     assert mount.unmount() == 0
 
 
