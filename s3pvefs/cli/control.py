@@ -237,9 +237,10 @@ def format_status(mountpoint: Path, status: dict) -> str:
     ]
     limits = status.get("limits")
     if limits:
+        rate = limits.get("max_request_rate")
         lines.insert(3, f"  limits:         upload {limits.get('upload.bwlimit')}, download "
                         f"{limits.get('download.bwlimit')}, requests "
-                        f"{limits.get('max_request_rate') or 'no cap'}/s")
+                        f"{f'{rate:g}/s' if rate else 'no cap'}")
     for upload in uploads:
         total, done = upload.get("bytes_total", 0), upload.get("bytes_done", 0)
         rate = upload.get("bytes_per_second", 0) / 1024**2
