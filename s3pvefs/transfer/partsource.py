@@ -41,7 +41,7 @@ class PartSource:
         made its blocks dirty: a later upload sends them anyway.)"""
         with _kept(node, offset, length):  # no eviction until the body is sent
             for _ in range(SLICE_ATTEMPTS):
-                body, crc = await self.body(node, offset, length)
+                body, crc = await self._body(node, offset, length)
                 try:
                     return await request(body, crc), crc
                 except StoreError as exc:
@@ -53,9 +53,9 @@ class PartSource:
             crc = await crc_of(composed)
             return await request(composed, crc), crc
 
-    async def body(self, node: Node, offset: int, length: int) -> tuple[bytes | SliceBody, int]:
-        """The body of the part [offset, offset+length) and the CRC64NVME of its bytes. The
-        caller keeps the range ``in_use`` until the body is sent."""
+    async def _body(self, node: Node, offset: int, length: int) -> tuple[bytes | SliceBody, int]:
+        """The body of the part [offset, offset+length) and the CRC64NVME of its bytes (``send``
+        keeps the range ``in_use`` until it is sent)."""
         data = node.file.data
         if data is not None and length:
             for _ in range(FETCH_ROUNDS):
