@@ -372,15 +372,17 @@ def test_systemd_analyze_verify_catches_mistakes(tmp_path):
 
 
 @needs_systemd_analyze
-def test_verify_units_pass_systemd_analyze_verify(tmp_path):
+def test_verify_and_metrics_units_pass_systemd_analyze_verify(tmp_path):
     if not (REPO / ".venv" / "bin" / "s3pvefs").exists():
         pytest.skip("no .venv/bin/s3pvefs for ExecStart= (bash scripts/run --install-only)")
     directory = tmp_path / "units"
     directory.mkdir()
-    for name in ("s3pvefs-verify@.service", "s3pvefs-verify@.timer"):
+    for name in ("s3pvefs-verify@.service", "s3pvefs-verify@.timer",
+                 "s3pvefs-metrics@.service", "s3pvefs-metrics@.timer"):
         text = (REPO / "systemd" / name).read_text().replace("/opt/s3pvefs", str(REPO))
         (directory / name).write_text(text)
-    for unit in ("s3pvefs-verify@backup.service", "s3pvefs-verify@backup.timer"):
+    for unit in ("s3pvefs-verify@backup.service", "s3pvefs-verify@backup.timer",
+                 "s3pvefs-metrics@backup.service", "s3pvefs-metrics@backup.timer"):
         result = verify(directory / unit)
         assert result.returncode == 0 and result.stdout + result.stderr == "", (unit, result)
     service = (REPO / "systemd" / "s3pvefs-verify@.service").read_text()

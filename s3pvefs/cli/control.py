@@ -45,11 +45,17 @@ def add_parsers(sub: Any) -> None:
         help="show data not yet on S3, uploads in flight and upload errors",
         description=(
             "Show what a running mount has not uploaded yet, the cache use, the uploads in "
-            "flight with their progress and rate, and the files whose upload failed. Exit "
-            "status: 0; 1 when there are upload errors; 2 the mount does not answer."
+            "flight with their progress and rate, and the files whose upload failed; or, with "
+            "--prometheus, its metrics (docs/metrics.md). Exit status: 0; 1 when there are "
+            "upload errors (not with --prometheus: the metrics show them); 2 the mount does "
+            "not answer."
         ),
     )
-    status.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    shown = status.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    shown.add_argument("--prometheus", action="store_true",
+                       help="print the mount's metrics in the Prometheus text format (for "
+                            "node_exporter's textfile collector)")
     status.add_argument("mountpoint", metavar="MOUNTPOINT", type=Path,
                         help="the mountpoint (or any path in the mount)")
     status.set_defaults(handler=cmd_status)
@@ -196,10 +202,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     try:
         mountpoint, _relative = locate(args.mountpoint)
-        answer = request(mountpoint, {"op": "status"}, STATUS_TIMEOUT)
+        answer = request(mountpoint, {"op": "metrics" if args.prometheus else "status"},
+                         STATUS_TIMEOUT)
     except ControlError as exc:
         print_error(str(exc))
         return EXIT_NO_MOUNT
+    if args.prometheus:
+        return _print_metrics(mountpoint, answer)
     status = answer.get("status")
     if not answer.get("ok") or not isinstance(status, dict):
         print_error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
@@ -209,6 +218,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print(format_status(mountpoint, status), end="")
     return EXIT_UPLOAD_FAILED if status.get("errors") else 0
+
+
+def _print_metrics(mountpoint: Path, answer: dict) -> int:
+    text = answer.get("metrics")
+    if not answer.get("ok") or not isinstance(text, str):
+        print_error(f"{mountpoint}: {answer.get('error', 'unexpected answer')}")
+        return EXIT_NO_MOUNT
+    sys.stdout.write(text)
+    return 0
 
 
 STATUS_WAITING_SHOWN = 20  # dirty files not uploading listed by name; the rest are counted

@@ -66,6 +66,7 @@ _VALUE_FLAGS: list[tuple[str, str, str, str]] = [
     # Logging
     ("--log-level", "log_level", "LEVEL", "debug, info, warning, error (default info)"),
     ("--log-file", "log_file", "FILE", "log to this file instead of stderr"),
+    ("--metrics-listen", "metrics_listen", "HOST:PORT", "serve Prometheus metrics at http://HOST:PORT/metrics (a port alone: on 127.0.0.1; default off)"),
 ]
 
 _BOOL_FLAGS: list[tuple[str, str, str]] = [

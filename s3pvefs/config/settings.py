@@ -37,6 +37,7 @@ from s3pvefs.config.values import (
     parse_bool,
     parse_float,
     parse_int,
+    parse_listen,
     parse_mode,
     parse_path,
     parse_secret,
@@ -105,9 +106,10 @@ class Config:
     dir_ttl: float = 10.0  # seconds a directory listing is trusted
     attr_ttl: float = 1.0  # seconds the kernel may cache attributes and entries
     negative_ttl: float = 1.0  # seconds the kernel may remember that a name does not exist
-    # Logging
+    # Logging and metrics
     log_level: str = "INFO"
     log_file: Path | None = None
+    metrics_listen: tuple[str, int] | None = None  # where /metrics is served; None: nowhere
 
     def redacted(self) -> dict[str, Any]:
         """All settings as a plain dict for logging, with the credentials masked."""
@@ -207,6 +209,9 @@ TOML_LAYOUT: dict[str, dict[str, tuple[str, _Converter]]] = {
     "log": {
         "level": ("log_level", parse_str),
         "file": ("log_file", parse_path),
+    },
+    "metrics": {
+        "listen": ("metrics_listen", parse_listen),
     },
 }
 

@@ -154,6 +154,22 @@ def parse_path(value: Any, label: str = "value") -> Path:
     return Path(text).expanduser().absolute()
 
 
+def parse_listen(value: Any, label: str = "listen") -> tuple[str, int] | None:
+    """"HOST:PORT", "[V6]:PORT" or a PORT alone (on 127.0.0.1); "" or "off": None."""
+    text = parse_str(value, label).strip() if not isinstance(value, int) else str(value)
+    if text in ("", "off"):
+        return None
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = (host[1:-1] if bracketed else host) or "127.0.0.1"
+    unbracketed_v6 = ":" in host and not bracketed
+    if (not port.isdigit() or not 0 < int(port) < 65536 or unbracketed_v6
+            or any(c in host for c in "[] /")):
+        raise ConfigError(f"{label}: expected HOST:PORT (127.0.0.1:9598, [::1]:9598) or a "
+                          f"port, got {value!r}")
+    return host, int(port)
+
+
 # --------------------------------------------------------------------------------------------
 # Sizes for people
 

@@ -112,7 +112,7 @@ async def _recover_file(recovery: _Recovery, record: JournalRecord) -> Node:
         raise ValueError(f"its key {key!r} is not under the prefix {recovery.prefix!r}")
     *dir_names, name = key[len(recovery.prefix):].split("/")
     data = await recovery.cache.adopt_file(record.file_id, record.cached, record.dirty,
-                                           record.size)
+                                           record.size, dirty_since_ns=record.seq)
     try:
         parent = await recovery.tree.directory_at(dir_names)
     except BaseException:

@@ -6,6 +6,8 @@ line, and the connection ends.
 
     {"op": "status"}
         -> {"ok": true, "status": {...FsCore.status()...}}
+    {"op": "metrics"}
+        -> {"ok": true, "metrics": "...the Prometheus text format (metrics.py)..."}
     {"op": "sync", "path": "dump/x.vma.zst" or "", "timeout": seconds or null}
         -> {"ok": bool, "failures": {path: error}, "timed_out": bool, "pending": n}
     {"op": "refresh", "path": "dump" or ""}
@@ -69,6 +71,8 @@ class Admin(Protocol):
     """The operations the admin channel answers with (liveadmin.LiveAdmin)."""
 
     def status(self) -> dict: ...
+
+    def metrics_text(self) -> str: ...
 
     async def sync_path(self, path: str | None) -> dict[str, str]: ...
 
@@ -210,6 +214,8 @@ class _Server:
         op = request.get("op")
         if op == "status":
             return {"ok": True, "status": self.core.status()}
+        if op == "metrics":
+            return {"ok": True, "metrics": self.core.metrics_text()}
         if op == "sync":
             path = request.get("path") or ""
             timeout = request.get("timeout")
@@ -232,8 +238,8 @@ class _Server:
             return await self._versions(op, request)
         if op == "set":
             return self._set(request)
-        return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'sync', "
-                                     "'refresh', 'versions', 'undelete' or 'set')"}
+        return {"ok": False, "error": f"unknown op {op!r} (expected 'status', 'metrics', "
+                                     "'sync', 'refresh', 'versions', 'undelete' or 'set')"}
 
     def _set(self, request: dict) -> dict:
         setting, value = request.get("setting"), request.get("value")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import logging
+import time
 from typing import Protocol
 
 import trio
@@ -16,6 +17,7 @@ from s3pvefs.errors import ConfigError, FsError, FsKind, StoreError
 from s3pvefs.fs.core import FsCore
 from s3pvefs.fs.listing import Directories, walk
 from s3pvefs.service import versions
+from s3pvefs.service.metrics import MetricsSample, render
 from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.state.nodes import InodeTable, Node
 from s3pvefs.store.objectstore import ObjectStore
@@ -188,6 +190,29 @@ class LiveAdmin:
             "bytes_read": self.reads.bytes_answered if self.reads is not None else 0,
             "limits": self.limits.describe() if self.limits is not None else None,
         }
+
+    def metrics_sample(self) -> MetricsSample:
+        """The figures the metrics show (metrics.py), all taken now."""
+        status, stats = self.status(), self.store.stats
+        oldest = min((since for node in self.inodes.needing_upload()
+                      if node.file.data is not None
+                      and (since := node.file.data.oldest_dirty_ns) is not None), default=None)
+        return MetricsSample(
+            dirty_files=status["dirty_files"], dirty_bytes=status["dirty_bytes"],
+            oldest_dirty_age=0.0 if oldest is None else max(0.0, time.time() - oldest / 1e9),
+            uploaded_bytes=status["uploaded_bytes"],
+            cache_used_bytes=status["cache_used_bytes"],
+            cache_limit_bytes=status["cache_limit_bytes"],
+            uploads_in_flight=len(status["uploads"]), files_failing=len(status["errors"]),
+            known_nodes=status["known_nodes"], bytes_sent=stats.bytes_sent,
+            bytes_received=stats.bytes_received, bytes_read=status["bytes_read"],
+            retries=stats.retries, endpoint_up=stats.endpoint_up,
+            last_object_written=stats.last_object_written, outcomes=dict(stats.outcomes),
+            latency=list(stats.seconds.collect()))
+
+    def metrics_text(self) -> str:
+        """`s3pvefs status --prometheus`: the Prometheus text format."""
+        return render(self.metrics_sample())
 
     def _upload_figures(self, node: Node) -> tuple[int, int]:
         """(bytes in the parts S3 confirmed of the file's upload in flight that still hold what

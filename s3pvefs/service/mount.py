@@ -30,6 +30,7 @@ from s3pvefs.fs.assembly import build_filesystem, recover_journal
 from s3pvefs.fs.core import FsCore
 from s3pvefs.service.control import serve_control
 from s3pvefs.service.liveadmin import LiveAdmin, build_admin
+from s3pvefs.service.metrics import serving_metrics
 from s3pvefs.service.sdnotify import Notifier
 from s3pvefs.state.blockcache import BlockCache
 from s3pvefs.store.s3store import S3Store, open_s3_store
@@ -76,7 +77,8 @@ async def _mount(config: Config, mountpoint: Path, notifier: Notifier | None = N
             await recover_journal(core)
             try:
                 admin = build_admin(core, config, kernel, limits)
-                return await _serve(core, admin, kernel, config, mountpoint, notifier)
+                async with serving_metrics(admin.metrics_sample, config.metrics_listen):
+                    return await _serve(core, admin, kernel, config, mountpoint, notifier)
             finally:
                 with trio.CancelScope(shield=True):
                     await core.keep_clean_data()

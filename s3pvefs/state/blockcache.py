@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -136,14 +137,16 @@ class BlockCache:
         return cached_file
 
     async def adopt_file(self, file_id: str, cached: set[int], dirty: set[int],
-                         size: int) -> CachedFile:
-        """Take over the cache file of an earlier run (crash recovery) of a ``size`` file."""
+                         size: int, dirty_since_ns: int = 0) -> CachedFile:
+        """Take over the cache file of an earlier run (crash recovery) of a ``size`` file,
+        whose dirty blocks were last journaled at ``dirty_since_ns`` (wall clock)."""
         cached_file = CachedFile(self, file_id)
         if (cached or dirty) and not await self.run_io(cached_file.path.exists):
             raise FileNotFoundError(f"cache file {cached_file.path} is missing")  # empty: none
         for block in set(cached) | set(dirty):
             cached_file.charge(block, size - block * self.block_size)
-        cached_file.dirty = {block: 0 for block in dirty}
+        since = dirty_since_ns or time.time_ns()  # records older than their seq: now
+        cached_file.dirty = {block: since for block in dirty}
         self._files.add(cached_file)
         return cached_file
 

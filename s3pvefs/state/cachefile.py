@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import itertools
 import logging
 import os
 import time
@@ -118,7 +117,7 @@ class CachedFile:
         # Blocks at the start kept while streaming: formats such as qcow2 rewrite their header.
         self.pinned_blocks = 0
         self.low_water = 0  # smallest size since an upload took its snapshot
-        self._generation = itertools.count(1)
+        self._last_generation = 0
         # Serialises changes of the cache file (writes, installs of fetched blocks, truncates).
         self.write_lock = trio.Lock()
         self.busy: Counter[int] = Counter()  # blocks that reads and writes are working on
@@ -175,12 +174,23 @@ class CachedFile:
         return freed
 
     def mark_written(self, offset: int, length: int) -> None:
-        generation = next(self._generation)
+        generation = self._next_generation()
         end = offset + length
         for block in self.blocks(offset, length):
             self.charge(block, end - block * self.block_size)
             self.dirty[block] = generation
         self.last_used = time.monotonic()
+
+    def _next_generation(self) -> int:
+        """Write generations are wall-clock nanoseconds, strictly increasing: the oldest dirty
+        block's says how long data has waited only in the cache (``oldest_dirty_ns``)."""
+        self._last_generation = max(self._last_generation + 1, time.time_ns())
+        return self._last_generation
+
+    @property
+    def oldest_dirty_ns(self) -> int | None:
+        """When the oldest write not yet on S3 was made (wall clock, ns), if there is one."""
+        return min(self.dirty.values(), default=None)
 
     def dirty_snapshot(self, offset: int = 0, length: int | None = None) -> dict[int, int]:
         """Generations of the dirty blocks (of the whole file, or of one range)."""

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
+
+from prometheus_client import Histogram
+
+from s3pvefs.errors import StoreKind
 
 if TYPE_CHECKING:
     from s3pvefs.store.body import SliceBody
@@ -85,6 +90,20 @@ class BucketProtection:
     default_period: str | None = None  # "30d", "1y"
 
 
+# Seconds a request takes (every attempt botocore makes included): the buckets of its histogram.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                   120.0)
+OK = "ok"  # the outcome of a request that succeeded; a failed one's is its StoreKind's name
+# Requests whose success means an object was written.
+OBJECT_WRITES = frozenset({"PutObject", "CompleteMultipartUpload", "CopyObject"})
+
+
+def _latency_histogram() -> Histogram:
+    return Histogram("s3pvefs_request_duration_seconds",
+                     "Seconds an S3 request took, retries included, by operation",
+                     ["operation"], buckets=LATENCY_BUCKETS, registry=None)
+
+
 @dataclass
 class StoreStats:
     """Counted where requests are made (one per API call, not per botocore retry)."""
@@ -93,6 +112,30 @@ class StoreStats:
     bytes_sent: int = 0  # body bytes of PutObject/UploadPart
     bytes_received: int = 0  # body bytes of GetObject
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    # What the metrics show (S3Store keeps them): (operation, outcome) -> requests finished
+    outcomes: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    retries: int = 0  # attempts botocore made again inside those requests
+    seconds: Histogram = field(default_factory=_latency_histogram)
+    last_answer: float | None = None  # wall-clock time of the server's last answer
+    last_unreachable: float | None = None  # ... of the last request that got none in time
+    last_object_written: float | None = None  # ... of the last request that wrote an object
+
+    def finished(self, operation: str, seconds: float, failure: StoreKind | None) -> None:
+        """One request ended: ``failure`` is None when it succeeded."""
+        now = time.time()
+        self.outcomes[operation, OK if failure is None else failure.name.lower()] += 1
+        self.seconds.labels(operation).observe(seconds)
+        if failure is StoreKind.UNAVAILABLE:
+            self.last_unreachable = now
+        else:
+            self.last_answer = now
+        if failure is None and operation in OBJECT_WRITES:
+            self.last_object_written = now
+
+    @property
+    def endpoint_up(self) -> bool:
+        """Whether the server answered the last request (an error answer counts)."""
+        return self.last_unreachable is None or (self.last_answer or 0) > self.last_unreachable
 
     def snapshot(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
@@ -95,6 +96,8 @@ class S3Store:
         self._limiter = trio.CapacityLimiter(config.max_connections)
         self.limits = limits or TrafficLimits.from_config(config)
         self._closed = False
+        # botocore says in each answer how many attempts it made again before it.
+        client.meta.events.register("after-call.s3", self._count_retries)
         warn_about_options(config, self.options)
 
     # -- plumbing --
@@ -112,18 +115,28 @@ class S3Store:
         await trio.sleep(self.limits.requests.reserve(1))
         async with self._limiter:
             self.stats.requests[operation] += 1
+            started = time.monotonic()
             try:
-                return await self._bridge.run(fn, *args)
+                result = await self._bridge.run(fn, *args)
             except REQUEST_FAILURES as exc:
                 error = to_store_error(operation, key, exc)
                 error.__cause__ = exc
+                self.stats.finished(operation, time.monotonic() - started, error.kind)
                 quiet = (quiet_not_found and error.not_found) or error.code in quiet_codes
                 self._record_failure(error, quiet)
+            else:
+                self.stats.finished(operation, time.monotonic() - started, None)
+                return result
         # A refusal because of Object Lock (a delete, an overwrite) says until when; the HEAD
         # that asks takes a connection of its own, outside the limiter.
         if error.kind is StoreKind.LOCKED and operation in _CHANGES_KEY:
             await self._log_lock(key)
         raise error
+
+    def _count_retries(self, parsed: dict[str, Any] | None = None, **_: Any) -> None:
+        """An after-call handler: it runs in the loop thread, the only one that adds."""
+        retried = (parsed or {}).get("ResponseMetadata", {}).get("RetryAttempts", 0)
+        self.stats.retries += retried
 
     async def _call(self, operation: str, key: str | None, **params: Any) -> dict[str, Any]:
         """One plain client call: ``operation`` is the S3 name, params go to botocore as is."""
