@@ -503,3 +503,50 @@ def test_status_is_one_consistent_picture(faulty_mount, proxy):
     status = mount.status()
     assert status["files"] == [] and status["dirty_bytes"] == status["uploaded_bytes"] == 0
     assert mount.unmount() == 0
+
+
+@pytest.mark.parametrize("status, expected", [
+    ({"dirty_files": 0, "uploads": [], "open_files": 0}, ("idle", "")),
+    ({"dirty_files": 2, "dirty_bytes": 3 * MiB, "uploads": [{}], "open_files": 1},
+     ("busy", "2 file(s) not on S3 yet (3.0 MiB only in the cache); 1 upload(s) in flight; "
+              "1 open file(s)")),
+    ({"dirty_files": 0, "uploads": [], "open_files": 4}, ("busy", "4 open file(s)")),
+])
+def test_mount_state(status, expected):
+    from s3pvefs.cli.control import mount_state
+    assert mount_state(status) == expected
+
+
+def test_s3pvefs_mountpoints_reads_only_s3pvefs_lines():
+    assert control.s3pvefs_mountpoints(MOUNTINFO) == [
+        Path("/mnt/pve/backup"), Path("/mnt/pve/backup2"), Path("/mnt/with space\\odd"),
+        Path("/srv/stacked"), Path("/srv/under")]
+
+
+def listed_mounts() -> tuple[int, dict[str, tuple[str, str]]]:
+    """`s3pvefs mounts`: its exit status, and mountpoint -> (state, details). Other mounts of
+    this host may show too; the exit status must agree with all of them."""
+    listed = run_cli("mounts")
+    lines = dict((mountpoint, (state, details)) for mountpoint, state, details in
+                 (line.split("\t") for line in listed.stdout.splitlines()))
+    all_idle = all(state == "idle" for state, _ in lines.values())
+    assert listed.returncode == (0 if all_idle else 1), listed
+    return listed.returncode, lines
+
+
+@needs_fuse
+def test_mounts_tells_idle_from_busy(mount_s3pvefs):
+    mount = mount_s3pvefs()
+    where = str(mount.path)
+    assert listed_mounts()[1][where] == ("idle", "")
+    with open(mount.path / "dump" / "open.log", "w") as f:
+        f.write("x")
+        f.flush()
+        code, lines = listed_mounts()
+        assert code == 1 and lines[where][0] == "busy", lines
+        assert "1 open file(s)" in lines[where][1]
+        assert "1 file(s) not on S3 yet" in lines[where][1]
+    assert mount.cli("sync", mount.path).returncode == 0
+    assert listed_mounts()[1][where] == ("idle", "")
+    assert mount.unmount() == 0
+    assert where not in listed_mounts()[1]

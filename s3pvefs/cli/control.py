@@ -1,6 +1,7 @@
-"""`s3pvefs sync`, `status` and `refresh`: their flags, and the commands, which talk to a running
-mount over its admin socket (``control.py``). Exit status: 0 all is well, 1 an upload failed (or
-sync timed out), 2 the mount cannot be reached. Also the text `status` prints.
+"""`s3pvefs sync`, `status`, `refresh`, `mounts` and `set`: their flags, and the commands, which
+talk to running mounts over their admin sockets (``control.py``). Exit status: 0 all is well, 1
+an upload failed (or sync timed out), 2 the mount cannot be reached. Also the text `status`
+prints.
 """
 
 from __future__ import annotations
@@ -75,6 +76,22 @@ def add_parsers(sub: Any) -> None:
     refresh.add_argument("path", metavar="PATH", nargs="?", default="",
                          help="directory below the mountpoint (default: all of it)")
     refresh.set_defaults(handler=cmd_refresh)
+
+    mounts = sub.add_parser(
+        "mounts",
+        help="list this host's s3pvefs mounts: idle, busy or not answering",
+        description=(
+            "List every s3pvefs mount of this host, one line each, tab-separated: the "
+            "mountpoint, its state, and what makes it busy. idle: nothing waits for S3 and no "
+            "file is open (stopping or restarting it loses nothing and disturbs nobody); busy: "
+            "files not on S3 yet, uploads in flight or open files; unresponsive: the mount "
+            "does not answer. The package's maintainer scripts use it: an upgrade restarts "
+            "only idle mounts, a removal refuses while one is not idle. Exit status: 0 every "
+            "mount is idle (or there is none); 1 some mount is busy or unresponsive; 2 the "
+            "mount table cannot be read."
+        ),
+    )
+    mounts.set_defaults(handler=cmd_mounts)
 
     setting = sub.add_parser(
         "set",
@@ -227,6 +244,46 @@ def _print_metrics(mountpoint: Path, answer: dict) -> int:
         return EXIT_NO_MOUNT
     sys.stdout.write(text)
     return 0
+
+
+MOUNTS_TIMEOUT = 10.0  # seconds a mount has to answer `s3pvefs mounts`
+
+
+def cmd_mounts(args: argparse.Namespace) -> int:
+    from s3pvefs.service.control import ControlError, request, s3pvefs_mountpoints
+
+    try:
+        mountpoints = s3pvefs_mountpoints()
+    except ControlError as exc:
+        print_error(str(exc))
+        return EXIT_NO_MOUNT
+    all_idle = True
+    for mountpoint in mountpoints:
+        try:
+            answer = request(mountpoint, {"op": "status"}, MOUNTS_TIMEOUT)
+            status = answer.get("status") if answer.get("ok") else None
+        except ControlError as exc:
+            status, why = None, str(exc)
+        else:
+            why = "no status in its answer"
+        state, details = ("unresponsive", why) if not isinstance(status, dict) \
+            else mount_state(status)
+        all_idle = all_idle and state == "idle"
+        print(f"{mountpoint}\t{state}\t{details}")
+    return 0 if all_idle else 1
+
+
+def mount_state(status: dict) -> tuple[str, str]:
+    """("idle" or "busy", what keeps it busy) of a mount's status answer."""
+    busy = []
+    if status.get("dirty_files"):
+        busy.append(f"{status['dirty_files']} file(s) not on S3 yet "
+                    f"({human_size(status.get('dirty_bytes', 0))} only in the cache)")
+    if status.get("uploads"):
+        busy.append(f"{len(status['uploads'])} upload(s) in flight")
+    if status.get("open_files"):
+        busy.append(f"{status['open_files']} open file(s)")
+    return ("busy", "; ".join(busy)) if busy else ("idle", "")
 
 
 STATUS_WAITING_SHOWN = 20  # dirty files not uploading listed by name; the rest are counted

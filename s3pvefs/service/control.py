@@ -416,6 +416,17 @@ def find_mountpoint(path: Path | str, mountinfo: str | None = None) -> tuple[Pat
     return Path(mountpoint), relative
 
 
+def s3pvefs_mountpoints(mountinfo: str | None = None) -> list[Path]:
+    """Every s3pvefs mount of this host (of /proc/self/mountinfo, unless its text is given)."""
+    if mountinfo is None:
+        try:
+            mountinfo = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as exc:
+            raise ControlError(f"cannot read {MOUNTINFO}: {exc.strerror or exc}") from None
+    return [Path(mountpoint) for mountpoint, fstype in _parse_mountinfo(mountinfo)
+            if fstype == FSTYPE]
+
+
 def _resolve_parents(path: Path | str) -> str:
     absolute = os.path.abspath(path)
     parent, name = os.path.split(absolute)

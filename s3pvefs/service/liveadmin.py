@@ -8,13 +8,14 @@ import bisect
 import itertools
 import logging
 import time
+from collections.abc import Mapping
 from typing import Protocol
 
 import trio
 
 from s3pvefs.config.settings import Config
 from s3pvefs.errors import ConfigError, FsError, FsKind, StoreError
-from s3pvefs.fs.core import FsCore
+from s3pvefs.fs.core import FsCore, Handle
 from s3pvefs.fs.listing import Directories, walk
 from s3pvefs.service import versions
 from s3pvefs.service.metrics import MetricsSample, render
@@ -41,8 +42,9 @@ class LiveAdmin:
     def __init__(self, config: Config, store: ObjectStore, cache: BlockCache, *,
                  inodes: InodeTable, uploader: Uploader, dirs: Directories,
                  kernel: KernelCache | None, reads: Reads | None = None,
-                 limits: TrafficLimits | None = None):
+                 limits: TrafficLimits | None = None, handles: Mapping[int, Handle] | None = None):
         self.store = store
+        self.handles = handles if handles is not None else {}  # the open file handles
         self.reads = reads
         self.limits = limits  # bandwidth and request rate; None: the store applies none
         self.cache = cache
@@ -178,6 +180,7 @@ class LiveAdmin:
             "cache_peak_bytes": self.cache.peak_used_bytes,
             "cache_limit_bytes": self.cache.size_limit,
             "known_nodes": len(self.inodes),  # files and directories held in memory
+            "open_files": len({handle.node.ino for handle in self.handles.values()}),
             "uploads": uploads,
             "files": files,
             "errors": [
@@ -267,4 +270,5 @@ def build_admin(core: FsCore, config: Config, kernel: KernelCache | None = None,
     """What the admin socket serves for ``core``; ``kernel`` is None without a mount,
     ``limits`` those the store applies (None: it applies none)."""
     return LiveAdmin(config, core.store, core.cache, limits=limits, inodes=core.inodes,
-                     uploader=core.uploader, dirs=core.dirs, kernel=kernel, reads=core.reads)
+                     uploader=core.uploader, dirs=core.dirs, kernel=kernel, reads=core.reads,
+                     handles=core.handles)
