@@ -52,7 +52,7 @@ pytestmark = [
 PART = 5 * MiB
 MOUNT_ARGS = ("--cache-size", "24MiB", "--part-size", "5MiB", "--multipart-threshold", "5MiB",
               "--dir-ttl", "2")
-SEEDS = seeds("S3PVEFS_CRASH_SEEDS", [1, 2, 3, 4])
+SEEDS = seeds("S3PVEFS_CRASH_SEEDS", [1, 2, 3])
 WRITERS = env_int("S3PVEFS_CRASH_WRITERS", 4)
 READERS = env_int("S3PVEFS_CRASH_READERS", 2)
 JOBS = env_int("S3PVEFS_CRASH_JOBS", 8)

@@ -52,7 +52,7 @@ def test_an_upload_limit_holds_over_a_minute(mount_s3pvefs, s3_client, bucket):
 
 
 def test_a_download_limit_holds(mount_s3pvefs, s3_client, bucket):
-    limit, size = 4 * MiB, 60 * MiB
+    limit, size = 4 * MiB, 32 * MiB
     data = os.urandom(size)
     s3_client.put_object(Bucket=bucket, Key="pve/template/iso/big.iso", Body=data)
     mount = mount_s3pvefs("--download-bwlimit", "4MiB", "--cache-size", "256MiB")

@@ -48,7 +48,7 @@ pytestmark = [
 PART = 5 * MiB
 MOUNT_ARGS = ("--cache-size", "24MiB", "--part-size", "5MiB", "--multipart-threshold", "5MiB",
               "--dir-ttl", "2")
-SEEDS = seeds("S3PVEFS_STRESS_SEEDS", [1, 2, 3])
+SEEDS = seeds("S3PVEFS_STRESS_SEEDS", [1, 2])
 WRITERS = env_int("S3PVEFS_STRESS_WRITERS", 8)
 READERS = env_int("S3PVEFS_STRESS_READERS", 4)
 JOBS = env_int("S3PVEFS_STRESS_JOBS", 6)

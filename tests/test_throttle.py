@@ -7,7 +7,13 @@ import pytest
 
 from s3pvefs.config.bwlimit import UNLIMITED, parse_bwlimit
 from s3pvefs.errors import ConfigError
-from s3pvefs.store.throttle import BURST, MIN_CHUNK, Bandwidth, RequestRate, TrafficLimits
+from s3pvefs.store.throttle import (
+    BURST,
+    MIN_CHUNK,
+    Bandwidth,
+    RequestRate,
+    TrafficLimits,
+)
 
 MiB = 1024 * 1024
 

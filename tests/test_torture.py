@@ -29,8 +29,6 @@ import time
 import pytest
 from helpers import needs_fuse
 from hypothesis import HealthCheck, Phase, settings
-
-from s3pvefs.names import KEPT_PREFIX
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -59,6 +57,8 @@ from workload import (
     unmount_problems,
     write_all,
 )
+
+from s3pvefs.names import KEPT_PREFIX
 
 pytestmark = [
     pytest.mark.real_server,
@@ -490,7 +490,7 @@ def torture_settings() -> settings:
     if os.environ.get("S3PVEFS_TORTURE_SHRINK"):
         phases.append(Phase.shrink)
     return settings(
-        max_examples=env_int("S3PVEFS_TORTURE_EXAMPLES", 8),
+        max_examples=env_int("S3PVEFS_TORTURE_EXAMPLES", 5),
         stateful_step_count=env_int("S3PVEFS_TORTURE_STEPS", 40),
         deadline=None,
         derandomize=not os.environ.get("S3PVEFS_TORTURE_RANDOM"),

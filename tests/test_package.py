@@ -1,0 +1,206 @@
+"""The Debian package, as an admin meets it: `bash scripts/build-deb` builds it from this
+checkout; it installs with apt into a clean Debian root made by debootstrap (no compiler, no
+-dev package); there `s3pvefs` runs, the installed units pass `systemd-analyze verify`, a mount
+against the test's S3 server stores a file (checked in S3 by checksum), and the maintainer
+scripts keep a busy mount: a reinstall leaves it running, a removal is refused until it is
+idle, then unmounts it. lintian finds no error.
+
+Slow (a build fetches the Python libraries from PyPI, debootstrap fetches Debian): about five
+minutes, once per session. Needs root, network access to PyPI and deb.debian.org, and
+debootstrap (scripts/test installs it). ``S3PVEFS_TEST_PACKAGE=0`` skips it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import needs_fuse, object_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+SUITE = "bookworm"  # the build machine's Debian (12): the package is built for it
+INSTALLED_LIMIT_KIB = 60 * 1024
+UNITS = ("s3pvefs@backup.service", "s3pvefs-verify@backup.service",
+         "s3pvefs-verify@backup.timer", "s3pvefs-metrics@backup.service",
+         "s3pvefs-metrics@backup.timer")
+
+pytestmark = [
+    needs_fuse,
+    pytest.mark.skipif(os.environ.get("S3PVEFS_TEST_PACKAGE", "1") == "0",
+                       reason="S3PVEFS_TEST_PACKAGE=0: the package tier is off"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="building and installing a package needs root"),
+]
+
+
+def run(argv: list[str], timeout: float = 900, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, **kwargs)
+
+
+class DebianRoot:
+    """A debootstrapped Debian root with /proc, /sys and /dev mounted, for chroot."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._mounted: list[Path] = []
+
+    def create(self) -> None:
+        made = run(["debootstrap", "--variant=minbase", SUITE, str(self.path),
+                    "http://deb.debian.org/debian"], timeout=1200)
+        assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+        for kind, source, target in (("proc", "proc", "proc"), ("sysfs", "sys", "sys"),
+                                     ("bind", "/dev", "dev")):
+            where = self.path / target
+            options = ["--bind", source] if kind == "bind" else ["-t", kind, source]
+            assert run(["mount", *options, str(where)]).returncode == 0
+            self._mounted.append(where)
+        (self.path / "run").mkdir(exist_ok=True)
+
+    def sh(self, command: str, timeout: float = 600,
+           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """A shell command in the root, with only PATH, the locale and ``env`` set."""
+        environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+                       "DEBIAN_FRONTEND": "noninteractive", **(env or {})}
+        return run(["chroot", str(self.path), "/bin/sh", "-c", command], timeout=timeout,
+                   env=environment)
+
+    def close(self) -> None:
+        for where in reversed(self._mounted):
+            run(["umount", "-l", str(where)])
+        self._mounted.clear()
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory) -> Path:
+    if shutil.which("debootstrap") is None:
+        pytest.fail("debootstrap missing: apt-get install debootstrap (scripts/test does)")
+    out = tmp_path_factory.mktemp("dist")
+    built = run(["bash", str(REPO / "scripts" / "build-deb"), "--out", str(out)], timeout=1800)
+    assert built.returncode == 0, built.stderr[-4000:]
+    deb = Path(built.stdout.strip().splitlines()[-1])
+    assert deb.parent == out and deb.name.startswith("s3pvefs_") and deb.suffix == ".deb", deb
+    return deb
+
+
+@pytest.fixture(scope="module")
+def debian(package, tmp_path_factory) -> Iterator[DebianRoot]:
+    root = DebianRoot(tmp_path_factory.mktemp("debian-root"))
+    try:
+        root.create()
+        shutil.copy(package, root.path / "tmp" / package.name)
+        installed = root.sh(f"apt-get update -qq && apt-get install -y -qq /tmp/{package.name}",
+                            timeout=900)
+        assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+        yield root
+    finally:
+        root.close()
+
+
+def test_the_package_installs_what_it_should_and_nothing_else(debian):
+    assert debian.sh("command -v gcc cc c99 || exit 3").returncode == 3  # no compiler there
+    version = debian.sh("s3pvefs --version")
+    assert version.returncode == 0 and version.stdout.startswith("s3pvefs "), version
+    helped = debian.sh("s3pvefs check --help")
+    assert helped.returncode == 0 and "usage: s3pvefs check" in helped.stdout, helped
+    size = debian.sh("dpkg-query -W -f='${Installed-Size}' s3pvefs")
+    assert 0 < int(size.stdout) < INSTALLED_LIMIT_KIB, size.stdout
+    listed = debian.sh("dpkg -L s3pvefs").stdout.splitlines()
+    for wanted in ("/usr/bin/s3pvefs", "/usr/lib/s3pvefs/libexec/s3pvefs-unmount-stale",
+                   "/usr/share/s3pvefs/vzdump-hook-s3pvefs", "/etc/s3pvefs/vzdump-hook.conf",
+                   "/usr/share/doc/s3pvefs/examples/minio.toml",
+                   "/usr/share/doc/s3pvefs/examples/prometheus-alerts.yml"):
+        assert wanted in listed, wanted
+    assert [unit for unit in listed if unit.endswith((".service", ".timer"))]
+    for absent in ("moto", "pytest", "flask", "hypothesis", "pip"):
+        assert not [path for path in listed if f"/site-packages/{absent}/" in path], absent
+    assert debian.sh("stat -c %a /etc/s3pvefs").stdout.strip() == "700"
+    conffiles = debian.sh("cat /var/lib/dpkg/info/s3pvefs.conffiles").stdout.split()
+    assert conffiles == ["/etc/s3pvefs/vzdump-hook.conf"]
+    hook = debian.sh("grep -c 'install -m 0755 /usr/share/s3pvefs/vzdump-hook-s3pvefs' "
+                     "/usr/share/s3pvefs/vzdump-hook-s3pvefs")
+    assert hook.stdout.strip() == "1", "the hook's instructions name the checkout's paths"
+
+
+def test_the_installed_units_pass_systemd_analyze_verify(debian):
+    # systemd is not a dependency (Proxmox has it); the clean root needs it to verify.
+    got = debian.sh("apt-get install -y -qq --no-install-recommends systemd", timeout=600)
+    assert got.returncode == 0, got.stderr[-2000:]
+    for unit in UNITS:
+        verified = debian.sh(f"systemd-analyze verify --man=no {unit}")
+        assert verified.returncode == 0 and not (verified.stdout + verified.stderr).strip(), (
+            unit, verified)
+    service = debian.sh("systemctl cat s3pvefs@backup.service").stdout
+    assert ("ExecStart=/usr/bin/s3pvefs mount --config /etc/s3pvefs/%i.toml /mnt/pve/%i"
+            in service), service
+
+
+def test_a_mount_from_the_package_stores_files_and_keeps_them_through_the_maintainer_scripts(
+        debian, package, s3_server, s3_client, bucket):
+    mountpoint = debian.path / "mnt" / "pve" / "backup"
+    mountpoint.mkdir(parents=True)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    log = debian.path / "tmp" / "mount.log"
+    mount = subprocess.Popen(
+        ["chroot", str(debian.path), "s3pvefs", "mount", "--endpoint-url",
+         s3_server.endpoint_url, "--bucket", bucket, "--prefix", "pve/",
+         "--cache-dir", "/var/cache/s3pvefs", "--cache-size", "64MiB", "/mnt/pve/backup"],
+        env={"PATH": "/usr/bin:/bin", **env}, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (mountpoint / "dump").is_dir():
+            assert mount.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        data = os.urandom(3 * 1024 * 1024)
+        archive = mountpoint / "dump" / "vzdump-qemu-100-2026_12_02-08_00_00.vma.zst"
+        archive.write_bytes(data)
+        # vzdump runs the hook with no PATH: it finds the packaged s3pvefs and syncs.
+        hooked = run(["chroot", str(debian.path), "/usr/share/s3pvefs/vzdump-hook-s3pvefs",
+                      "backup-end", "snapshot", "100"],
+                     env={"STOREID": "backup", "DUMPDIR": "/mnt/pve/backup/dump",
+                          "VMTYPE": "qemu", "TARGET": f"/mnt/pve/backup/dump/{archive.name}"})
+        assert hooked.returncode == 0, hooked
+        assert "s3pvefs" in hooked.stdout + hooked.stderr, hooked
+        stored = object_bytes(s3_client, bucket,
+                              "pve/dump/vzdump-qemu-100-2026_12_02-08_00_00.vma.zst")
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+
+        with open(mountpoint / "dump" / "task.log", "w") as busy:  # the mount is now busy
+            busy.write("INFO: starting new backup job\n")
+            busy.flush()
+            again = debian.sh(f"dpkg -i /tmp/{package.name}")  # an upgrade's scripts
+            assert again.returncode == 0, again.stderr
+            assert mount.poll() is None, "a reinstall stopped a busy mount"
+            removed = debian.sh("apt-get remove -y -qq s3pvefs")
+            assert removed.returncode != 0, removed.stdout
+            assert "not removed: these mounts are busy" in removed.stderr, removed.stderr
+            assert "/mnt/pve/backup: busy (1 file(s) not on S3 yet" in removed.stderr
+            assert mount.poll() is None and debian.sh("s3pvefs --version").returncode == 0
+            busy.write("INFO: finished\n")
+        assert debian.sh("s3pvefs sync /mnt/pve/backup").returncode == 0
+        removed = debian.sh("apt-get remove -y -qq s3pvefs")
+        assert removed.returncode == 0, removed.stderr
+        assert "unmounting /mnt/pve/backup (idle)" in removed.stdout, removed.stdout
+        assert mount.wait(timeout=60) == 0, log.read_text()[-3000:]
+        assert object_bytes(s3_client, bucket, "pve/dump/task.log") == \
+            b"INFO: starting new backup job\nINFO: finished\n"
+        assert debian.sh("test -d /etc/s3pvefs").returncode == 0  # kept until purge
+    finally:
+        if mount.poll() is None:
+            run(["umount", "-l", str(mountpoint)])
+            mount.wait(timeout=60)
+
+
+def test_lintian_finds_no_error(package):
+    if shutil.which("lintian") is None:
+        pytest.fail("lintian missing: apt-get install lintian (scripts/test does)")
+    checked = run(["lintian", "--tag-display-limit", "0", str(package)], timeout=900)
+    errors = [line for line in checked.stdout.splitlines() if line.startswith("E:")]
+    assert not errors, checked.stdout
