@@ -33,6 +33,7 @@ UNITS = ("s3pvefs@backup.service", "s3pvefs-verify@backup.service",
 
 pytestmark = [
     needs_fuse,
+    pytest.mark.xdist_group("package"),  # one build and one root, on one worker
     pytest.mark.skipif(os.environ.get("S3PVEFS_TEST_PACKAGE", "1") == "0",
                        reason="S3PVEFS_TEST_PACKAGE=0: the package tier is off"),
     pytest.mark.skipif(os.geteuid() != 0, reason="building and installing a package needs root"),
