@@ -6,7 +6,7 @@ scripts keep a busy mount: a reinstall leaves it running, a removal is refused u
 idle, then unmounts it. lintian finds no error.
 
 Slow (a build fetches the Python libraries from PyPI, debootstrap fetches Debian): about five
-minutes, once per session. Needs root, network access to PyPI and deb.debian.org, and
+minutes, once per session (its fixtures are session-scoped). Needs root, network access to PyPI and deb.debian.org, and
 debootstrap (scripts/test installs it). ``S3PVEFS_TEST_PACKAGE=0`` skips it.
 """
 
@@ -33,7 +33,9 @@ UNITS = ("s3pvefs@backup.service", "s3pvefs-verify@backup.service",
 
 pytestmark = [
     needs_fuse,
-    pytest.mark.xdist_group("package"),  # one build and one root, on one worker
+    # One build and one root, on one worker: session fixtures, since that worker may run other
+    # modules' tests between these (a module fixture would be made again after them).
+    pytest.mark.xdist_group("package"),
     pytest.mark.skipif(os.environ.get("S3PVEFS_TEST_PACKAGE", "1") == "0",
                        reason="S3PVEFS_TEST_PACKAGE=0: the package tier is off"),
     pytest.mark.skipif(os.geteuid() != 0, reason="building and installing a package needs root"),
@@ -78,7 +80,7 @@ class DebianRoot:
         self._mounted.clear()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def package(tmp_path_factory) -> Path:
     if shutil.which("debootstrap") is None:
         pytest.fail("debootstrap missing: apt-get install debootstrap (scripts/test does)")
@@ -90,7 +92,7 @@ def package(tmp_path_factory) -> Path:
     return deb
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def debian(package, tmp_path_factory) -> Iterator[DebianRoot]:
     root = DebianRoot(tmp_path_factory.mktemp("debian-root"))
     try:
