@@ -144,6 +144,86 @@ def test_the_installed_units_pass_systemd_analyze_verify(debian):
             in service.splitlines()), service
 
 
+def readme_commands(after: str) -> list[str]:
+    """The commands of the README's first ```sh block after the text ``after``, one per
+    command (continuation lines joined, comments dropped)."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("```sh\n", text.index(after)) + len("```sh\n")
+    block = text[start:text.index("```", start)].replace("\\\n", " ")
+    commands = [line.split("  #")[0].split(" # ")[0].strip() for line in block.splitlines()]
+    return [" ".join(command.split()) for command in commands if command]
+
+
+def unit_commands(debian: DebianRoot, unit: str, instance: str) -> list[str]:
+    """ExecStartPre= and ExecStart= of an installed template unit, for one instance."""
+    text = (debian.path / "lib" / "systemd" / "system" / unit).read_text()
+    return [line.split("=", 1)[1].replace("%i", instance) for line in text.splitlines()
+            if line.startswith(("ExecStartPre=", "ExecStart="))]
+
+
+def test_the_readme_steps_on_a_node_run_as_written(debian, package, s3_server, s3_client,
+                                                   bucket):
+    """Replays the README's package steps in the clean root, each as written, except: `-y`
+    for apt (no one answers its question), the admin's editing done by sed, systemd's start
+    of the unit done by running the unit's own commands (no systemd runs in the root), and
+    `pvesm` (no Proxmox here)."""
+    commands = readme_commands("Then on every node")
+    names = [command.split()[0] for command in commands]
+    assert names == ["apt", "cp", "chmod", "s3pvefs", "systemctl", "pvesm", "echo"], commands
+    mountpoint = debian.path / "mnt" / "pve" / "s3backup"
+    started = None
+    try:
+        for command in commands:
+            if command.startswith("apt install ./"):
+                assert command.split()[2] == f"./{package.name}", "the README names another file"
+                done = debian.sh(f"cd /tmp && apt install -y {command.split()[2]}", timeout=600)
+            elif command.startswith("chmod 600 ") and "&& editor " in command:
+                chmod, editor = command.split(" && ")
+                config = editor.split()[1]
+                done = debian.sh(
+                    f"{chmod} && sed -i -e 's|^endpoint_url = .*|endpoint_url = "
+                    f"\"{s3_server.endpoint_url}\"|' -e 's|^bucket = .*|bucket = \"{bucket}\"|'"
+                    f" -e 's|^prefix = .*|prefix = \"pve/\"|' -e 's|^size = .*|size = \"64MiB\"|' "
+                    f"{config} && stat -c %a {config}")
+                assert done.stdout.strip() == "600", done
+            elif command == "systemctl enable --now s3pvefs@s3backup":
+                *before, start = unit_commands(debian, "s3pvefs@.service", "s3backup")
+                for step in before:
+                    prepared = debian.sh(step)
+                    assert prepared.returncode == 0, (step, prepared)
+                started = subprocess.Popen([CHROOT, str(debian.path), *start.split()],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin"})
+                deadline = time.monotonic() + 60
+                while not (mountpoint / "dump").is_dir():
+                    assert started.poll() is None, started.stderr.read().decode()[-3000:]
+                    assert time.monotonic() < deadline, "the mount did not come up"
+                    time.sleep(0.2)
+                continue
+            elif command.startswith("pvesm "):
+                assert "--path /mnt/pve/s3backup --is_mountpoint yes" in command
+                continue
+            else:
+                done = debian.sh(command, timeout=300)
+            assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
+        vzdump_conf = (debian.path / "etc" / "vzdump.conf").read_text().splitlines()
+        hook = vzdump_conf[-1].removeprefix("script: ")
+        # A backup as vzdump makes it, then the hook vzdump.conf names, as vzdump runs it.
+        data = os.urandom(2 * 1024 * 1024)
+        name = "vzdump-lxc-101-2026_12_02-09_00_00.tar.zst"
+        (mountpoint / "dump" / name).write_bytes(data)
+        hooked = run([CHROOT, str(debian.path), hook, "backup-end", "snapshot", "101"],
+                     env={"STOREID": "s3backup", "DUMPDIR": "/mnt/pve/s3backup/dump",
+                          "VMTYPE": "lxc", "TARGET": f"/mnt/pve/s3backup/dump/{name}"})
+        assert hooked.returncode == 0 and "is on S3" in hooked.stdout, hooked
+        stored = object_bytes(s3_client, bucket, f"pve/dump/{name}")
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    finally:
+        if started is not None:
+            run(["umount", str(mountpoint)])
+            started.wait(timeout=120)
+
+
 def test_a_mount_from_the_package_stores_files_and_keeps_them_through_the_maintainer_scripts(
         debian, package, s3_server, s3_client, bucket):
     mountpoint = debian.path / "mnt" / "pve" / "backup"
