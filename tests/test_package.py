@@ -69,7 +69,8 @@ class DebianRoot:
     def sh(self, command: str, timeout: float = 600,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         """A shell command in the root, with only PATH, the locale and ``env`` set."""
-        environment = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+        environment = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                       "LANG": "C.UTF-8",
                        "DEBIAN_FRONTEND": "noninteractive", **(env or {})}
         return run([CHROOT, str(self.path), "/bin/sh", "-c", command], timeout=timeout,
                    env=environment)
@@ -101,13 +102,14 @@ def debian(package, tmp_path_factory) -> Iterator[DebianRoot]:
         installed = root.sh(f"apt-get update -qq && apt-get install -y -qq /tmp/{package.name}",
                             timeout=900)
         assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+        # No compiler: checked here, before any test (the checkout replay installs one).
+        assert root.sh("command -v gcc cc c99 || exit 3").returncode == 3
         yield root
     finally:
         root.close()
 
 
 def test_the_package_installs_what_it_should_and_nothing_else(debian):
-    assert debian.sh("command -v gcc cc c99 || exit 3").returncode == 3  # no compiler there
     version = debian.sh("s3pvefs --version")
     assert version.returncode == 0 and version.stdout.startswith("s3pvefs "), version
     helped = debian.sh("s3pvefs check --help")
@@ -280,6 +282,79 @@ def test_a_mount_from_the_package_stores_files_and_keeps_them_through_the_mainta
         if mount.poll() is None:
             run(["umount", "-l", str(mountpoint)])
             mount.wait(timeout=60)
+
+
+def trust_the_hosts_cas(debian: DebianRoot) -> dict[str, str]:
+    """The CAs this host trusts locally (a proxy in front of PyPI may need one), in the root
+    too; and pip's setting to use the system's bundle, if this host has it."""
+    local = list(Path("/usr/local/share/ca-certificates").glob("*.crt"))
+    if local:
+        target = debian.path / "usr" / "local" / "share" / "ca-certificates"
+        target.mkdir(parents=True, exist_ok=True)
+        for cert in local:
+            shutil.copy(cert, target / cert.name)
+        assert debian.sh("update-ca-certificates").returncode == 0
+    return {"PIP_CERT": os.environ["PIP_CERT"]} if "PIP_CERT" in os.environ else {}
+
+
+def test_the_readme_checkout_steps_run_as_written(debian, s3_server, s3_client, bucket):
+    """The README's other way, from a checkout, replayed in the same root after the package's
+    tests (it installs compilers there: it runs last). As written, except: this checkout
+    copied in place of `git clone`, the steps "as above" (chmod, the edit, check) done as for
+    the package, and systemd's start of the unit done by running the unit's own commands."""
+    commands = readme_commands("From a checkout instead")
+    assert commands[0] == "git clone <this repository> /opt/s3pvefs", commands
+    debian.sh("apt-get remove -y -qq s3pvefs")  # if a test left it: /usr/bin/s3pvefs goes
+    env = trust_the_hosts_cas(debian)
+    copied = run(["rsync", "-a", "--exclude=.git", "--exclude=.venv", "--exclude=dist",
+                  "--exclude=__pycache__", f"{REPO}/", f"{debian.path}/opt/s3pvefs/"])
+    assert copied.returncode == 0, copied.stderr
+    mountpoint = debian.path / "mnt" / "pve" / "s3backup"
+    config = "/etc/s3pvefs/s3backup.toml"
+    started = None
+    try:
+        for command in commands[1:]:
+            if command == "systemctl daemon-reload && systemctl enable --now s3pvefs@s3backup":
+                unit = debian.path / "etc" / "systemd" / "system" / "s3pvefs@.service"
+                steps = [line.split("=", 1)[1].replace("%i", "s3backup")
+                         for line in unit.read_text().splitlines()
+                         if line.startswith(("ExecStartPre=", "ExecStart="))]
+                for step in steps[:-1]:
+                    assert debian.sh(step).returncode == 0, step
+                started = subprocess.Popen([CHROOT, str(debian.path), *steps[-1].split()],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                           stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin"})
+                deadline = time.monotonic() + 60
+                while not (mountpoint / "dump").is_dir():
+                    assert started.poll() is None, started.stderr.read().decode()[-3000:]
+                    assert time.monotonic() < deadline, "the mount did not come up"
+                    time.sleep(0.2)
+                continue
+            done = debian.sh(command, timeout=1200, env=env)
+            assert done.returncode == 0, (command, done.stdout[-3000:], done.stderr[-3000:])
+            if command.startswith(f"cp /opt/s3pvefs/examples/minio.toml {config}"):
+                edited = debian.sh(
+                    f"chmod 600 {config} && sed -i -e 's|^endpoint_url = .*|endpoint_url = "
+                    f"\"{s3_server.endpoint_url}\"|' -e 's|^bucket = .*|bucket = \"{bucket}\"|'"
+                    f" -e 's|^prefix = .*|prefix = \"co/\"|' -e 's|^size = .*|size = \"64MiB\"|' "
+                    f"{config} && s3pvefs check --config {config}")
+                assert edited.returncode == 0, (edited.stdout[-2000:], edited.stderr[-2000:])
+        hook = (debian.path / "etc" / "vzdump.conf").read_text().splitlines()[-1]
+        assert hook == "script: /usr/local/bin/vzdump-hook-s3pvefs"
+        data = os.urandom(1024 * 1024)
+        name = "vzdump-qemu-102-2026_12_02-09_30_00.vma.zst"
+        (mountpoint / "dump" / name).write_bytes(data)
+        hooked = run([CHROOT, str(debian.path), "/usr/local/bin/vzdump-hook-s3pvefs",
+                      "backup-end", "snapshot", "102"],
+                     env={"STOREID": "s3backup", "DUMPDIR": "/mnt/pve/s3backup/dump",
+                          "VMTYPE": "qemu", "TARGET": f"/mnt/pve/s3backup/dump/{name}"})
+        assert hooked.returncode == 0 and "is on S3" in hooked.stdout, hooked
+        stored = object_bytes(s3_client, bucket, f"co/dump/{name}")
+        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    finally:
+        if started is not None:
+            run(["umount", str(mountpoint)])
+            started.wait(timeout=120)
 
 
 def test_lintian_finds_no_error(package):
