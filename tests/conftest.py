@@ -98,16 +98,6 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("s3_server", [pytest.param("moto", id="moto"), rgw], indirect=True)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """scripts/test runs two pytest-xdist workers with ``--dist loadgroup``: tests that share an
-    expensive fixture stay on one worker, so that it is made once. Every ``[rgw]`` test shares
-    the one Ceph cluster; a module may name its own group (tests/test_package.py)."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and "rgw" in callspec.params.values():
-            item.add_marker(pytest.mark.xdist_group("rgw"))
-
-
 def pytest_terminal_summary(terminalreporter) -> None:
     if RGW_TIMES:
         terminalreporter.write_line("Ceph RGW: " + ", ".join(

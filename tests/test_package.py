@@ -33,9 +33,6 @@ UNITS = ("s3pvefs@backup.service", "s3pvefs-verify@backup.service",
 
 pytestmark = [
     needs_fuse,
-    # One build and one root, on one worker: session fixtures, since that worker may run other
-    # modules' tests between these (a module fixture would be made again after them).
-    pytest.mark.xdist_group("package"),
     pytest.mark.skipif(os.environ.get("S3PVEFS_TEST_PACKAGE", "1") == "0",
                        reason="S3PVEFS_TEST_PACKAGE=0: the package tier is off"),
     pytest.mark.skipif(os.geteuid() != 0, reason="building and installing a package needs root"),
@@ -81,6 +78,8 @@ class DebianRoot:
         self._mounted.clear()
 
 
+# Session fixtures: one build and one root. scripts/test's workers take whole modules
+# (--dist loadfile), so these tests share them on one worker.
 @pytest.fixture(scope="session")
 def package(tmp_path_factory) -> Path:
     if shutil.which("debootstrap") is None:
