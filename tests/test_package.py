@@ -155,11 +155,52 @@ def readme_commands(after: str) -> list[str]:
     return [" ".join(command.split()) for command in commands if command]
 
 
-def unit_commands(debian: DebianRoot, unit: str, instance: str) -> list[str]:
-    """ExecStartPre= and ExecStart= of an installed template unit, for one instance."""
-    text = (debian.path / "lib" / "systemd" / "system" / unit).read_text()
-    return [line.split("=", 1)[1].replace("%i", instance) for line in text.splitlines()
+def unit_commands(unit: Path, instance: str) -> list[str]:
+    """ExecStartPre= and ExecStart= of a template unit file, for one instance."""
+    return [line.split("=", 1)[1].replace("%i", instance)
+            for line in unit.read_text().splitlines()
             if line.startswith(("ExecStartPre=", "ExecStart="))]
+
+
+def edit_config(config: str, endpoint_url: str, bucket: str, prefix: str) -> str:
+    """The admin's edit of a copied example (the README's `editor`): what `sed` of the
+    endpoint, bucket, prefix and cache size makes of it, in shell."""
+    return (f"sed -i -e 's|^endpoint_url = .*|endpoint_url = \"{endpoint_url}\"|' "
+            f"-e 's|^bucket = .*|bucket = \"{bucket}\"|' -e 's|^prefix = .*|prefix = \"{prefix}\"|' "
+            f"-e 's|^size = .*|size = \"64MiB\"|' {config}")
+
+
+def start_unit(debian: DebianRoot, steps: list[str], mountpoint: Path) -> subprocess.Popen:
+    """What `systemctl start` does with a unit's ExecStartPre= and ExecStart= ``steps`` (no
+    systemd runs in the root): the first ones in turn, the last in the background, until the
+    mount is up."""
+    *before, start = steps
+    for step in before:
+        prepared = debian.sh(step)
+        assert prepared.returncode == 0, (step, prepared)
+    started = subprocess.Popen([CHROOT, str(debian.path), *start.split()],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin"})
+    deadline = time.monotonic() + 60
+    while not (mountpoint / "dump").is_dir():
+        assert started.poll() is None, started.stderr.read().decode()[-3000:]
+        assert time.monotonic() < deadline, "the mount did not come up"
+        time.sleep(0.2)
+    return started
+
+
+def backup_through_the_hook(debian: DebianRoot, hook: str, name: str, s3_client, bucket: str,
+                            key: str) -> None:
+    """A backup as vzdump writes it into /mnt/pve/s3backup, then ``hook`` as vzdump runs it
+    (no PATH), then the object in S3 by checksum."""
+    data = os.urandom(1024 * 1024)
+    (debian.path / "mnt" / "pve" / "s3backup" / "dump" / name).write_bytes(data)
+    hooked = run([CHROOT, str(debian.path), hook, "backup-end", "snapshot", "101"],
+                 env={"STOREID": "s3backup", "DUMPDIR": "/mnt/pve/s3backup/dump",
+                      "VMTYPE": "qemu", "TARGET": f"/mnt/pve/s3backup/dump/{name}"})
+    assert hooked.returncode == 0 and "is on S3" in hooked.stdout, hooked
+    stored = object_bytes(s3_client, bucket, key)
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
 
 
 def test_the_readme_steps_on_a_node_run_as_written(debian, package, s3_server, s3_client,
@@ -181,25 +222,12 @@ def test_the_readme_steps_on_a_node_run_as_written(debian, package, s3_server, s
             elif command.startswith("chmod 600 ") and "&& editor " in command:
                 chmod, editor = command.split(" && ")
                 config = editor.split()[1]
-                done = debian.sh(
-                    f"{chmod} && sed -i -e 's|^endpoint_url = .*|endpoint_url = "
-                    f"\"{s3_server.endpoint_url}\"|' -e 's|^bucket = .*|bucket = \"{bucket}\"|'"
-                    f" -e 's|^prefix = .*|prefix = \"pve/\"|' -e 's|^size = .*|size = \"64MiB\"|' "
-                    f"{config} && stat -c %a {config}")
+                edit = edit_config(config, s3_server.endpoint_url, bucket, "pve/")
+                done = debian.sh(f"{chmod} && {edit} && stat -c %a {config}")
                 assert done.stdout.strip() == "600", done
             elif command == "systemctl enable --now s3pvefs@s3backup":
-                *before, start = unit_commands(debian, "s3pvefs@.service", "s3backup")
-                for step in before:
-                    prepared = debian.sh(step)
-                    assert prepared.returncode == 0, (step, prepared)
-                started = subprocess.Popen([CHROOT, str(debian.path), *start.split()],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                           stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin"})
-                deadline = time.monotonic() + 60
-                while not (mountpoint / "dump").is_dir():
-                    assert started.poll() is None, started.stderr.read().decode()[-3000:]
-                    assert time.monotonic() < deadline, "the mount did not come up"
-                    time.sleep(0.2)
+                unit = debian.path / "lib" / "systemd" / "system" / "s3pvefs@.service"
+                started = start_unit(debian, unit_commands(unit, "s3backup"), mountpoint)
                 continue
             elif command.startswith("pvesm "):
                 assert "--path /mnt/pve/s3backup --is_mountpoint yes" in command
@@ -209,16 +237,8 @@ def test_the_readme_steps_on_a_node_run_as_written(debian, package, s3_server, s
             assert done.returncode == 0, (command, done.stdout[-2000:], done.stderr[-2000:])
         vzdump_conf = (debian.path / "etc" / "vzdump.conf").read_text().splitlines()
         hook = vzdump_conf[-1].removeprefix("script: ")
-        # A backup as vzdump makes it, then the hook vzdump.conf names, as vzdump runs it.
-        data = os.urandom(2 * 1024 * 1024)
         name = "vzdump-lxc-101-2026_12_02-09_00_00.tar.zst"
-        (mountpoint / "dump" / name).write_bytes(data)
-        hooked = run([CHROOT, str(debian.path), hook, "backup-end", "snapshot", "101"],
-                     env={"STOREID": "s3backup", "DUMPDIR": "/mnt/pve/s3backup/dump",
-                          "VMTYPE": "lxc", "TARGET": f"/mnt/pve/s3backup/dump/{name}"})
-        assert hooked.returncode == 0 and "is on S3" in hooked.stdout, hooked
-        stored = object_bytes(s3_client, bucket, f"pve/dump/{name}")
-        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+        backup_through_the_hook(debian, hook, name, s3_client, bucket, f"pve/dump/{name}")
     finally:
         if started is not None:
             run(["umount", str(mountpoint)])
@@ -315,41 +335,20 @@ def test_the_readme_checkout_steps_run_as_written(debian, s3_server, s3_client, 
         for command in commands[1:]:
             if command == "systemctl daemon-reload && systemctl enable --now s3pvefs@s3backup":
                 unit = debian.path / "etc" / "systemd" / "system" / "s3pvefs@.service"
-                steps = [line.split("=", 1)[1].replace("%i", "s3backup")
-                         for line in unit.read_text().splitlines()
-                         if line.startswith(("ExecStartPre=", "ExecStart="))]
-                for step in steps[:-1]:
-                    assert debian.sh(step).returncode == 0, step
-                started = subprocess.Popen([CHROOT, str(debian.path), *steps[-1].split()],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                           stdin=subprocess.DEVNULL, env={"PATH": "/usr/bin"})
-                deadline = time.monotonic() + 60
-                while not (mountpoint / "dump").is_dir():
-                    assert started.poll() is None, started.stderr.read().decode()[-3000:]
-                    assert time.monotonic() < deadline, "the mount did not come up"
-                    time.sleep(0.2)
+                started = start_unit(debian, unit_commands(unit, "s3backup"), mountpoint)
                 continue
             done = debian.sh(command, timeout=1200, env=env)
             assert done.returncode == 0, (command, done.stdout[-3000:], done.stderr[-3000:])
             if command.startswith(f"cp /opt/s3pvefs/examples/minio.toml {config}"):
-                edited = debian.sh(
-                    f"chmod 600 {config} && sed -i -e 's|^endpoint_url = .*|endpoint_url = "
-                    f"\"{s3_server.endpoint_url}\"|' -e 's|^bucket = .*|bucket = \"{bucket}\"|'"
-                    f" -e 's|^prefix = .*|prefix = \"co/\"|' -e 's|^size = .*|size = \"64MiB\"|' "
-                    f"{config} && s3pvefs check --config {config}")
+                edit = edit_config(config, s3_server.endpoint_url, bucket, "co/")
+                edited = debian.sh(f"chmod 600 {config} && {edit} && "
+                                   f"s3pvefs check --config {config}")
                 assert edited.returncode == 0, (edited.stdout[-2000:], edited.stderr[-2000:])
         hook = (debian.path / "etc" / "vzdump.conf").read_text().splitlines()[-1]
         assert hook == "script: /usr/local/bin/vzdump-hook-s3pvefs"
-        data = os.urandom(1024 * 1024)
         name = "vzdump-qemu-102-2026_12_02-09_30_00.vma.zst"
-        (mountpoint / "dump" / name).write_bytes(data)
-        hooked = run([CHROOT, str(debian.path), "/usr/local/bin/vzdump-hook-s3pvefs",
-                      "backup-end", "snapshot", "102"],
-                     env={"STOREID": "s3backup", "DUMPDIR": "/mnt/pve/s3backup/dump",
-                          "VMTYPE": "qemu", "TARGET": f"/mnt/pve/s3backup/dump/{name}"})
-        assert hooked.returncode == 0 and "is on S3" in hooked.stdout, hooked
-        stored = object_bytes(s3_client, bucket, f"co/dump/{name}")
-        assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+        backup_through_the_hook(debian, hook.removeprefix("script: "), name, s3_client, bucket,
+                                f"co/dump/{name}")
     finally:
         if started is not None:
             run(["umount", str(mountpoint)])
