@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from helpers import needs_fuse, object_bytes
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = "bookworm"  # the build machine's Debian (12): the package is built for it
@@ -239,6 +240,14 @@ def test_the_readme_steps_on_a_node_run_as_written(debian, package, s3_server, s
         hook = vzdump_conf[-1].removeprefix("script: ")
         name = "vzdump-lxc-101-2026_12_02-09_00_00.tar.zst"
         backup_through_the_hook(debian, hook, name, s3_client, bucket, f"pve/dump/{name}")
+        # Metrics as node_exporter's textfile collector reads them (s3pvefs-metrics@.timer).
+        printed = debian.sh("s3pvefs status --prometheus /mnt/pve/s3backup")
+        assert printed.returncode == 0, printed.stderr
+        metrics = {sample.name: sample.value
+                   for family in text_string_to_metric_families(printed.stdout)
+                   for sample in family.samples if not sample.labels}
+        assert metrics["s3pvefs_endpoint_up"] == 1 and metrics["s3pvefs_dirty_bytes"] == 0
+        assert metrics["s3pvefs_sent_bytes_total"] >= 1024 * 1024
     finally:
         if started is not None:
             run(["umount", str(mountpoint)])
