@@ -395,10 +395,7 @@ def find_mountpoint(path: Path | str, mountinfo: str | None = None) -> tuple[Pat
     so a symlink inside the mount means the link itself.
     """
     if mountinfo is None:
-        try:
-            mountinfo = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            raise ControlError(f"cannot read {MOUNTINFO}: {exc.strerror or exc}") from None
+        mountinfo = _read_mountinfo()
         target = _resolve_parents(path)
     else:
         target = os.path.abspath(path)
@@ -419,12 +416,16 @@ def find_mountpoint(path: Path | str, mountinfo: str | None = None) -> tuple[Pat
 def s3pvefs_mountpoints(mountinfo: str | None = None) -> list[Path]:
     """Every s3pvefs mount of this host (of /proc/self/mountinfo, unless its text is given)."""
     if mountinfo is None:
-        try:
-            mountinfo = MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as exc:
-            raise ControlError(f"cannot read {MOUNTINFO}: {exc.strerror or exc}") from None
+        mountinfo = _read_mountinfo()
     return [Path(mountpoint) for mountpoint, fstype in _parse_mountinfo(mountinfo)
             if fstype == FSTYPE]
+
+
+def _read_mountinfo() -> str:
+    try:
+        return MOUNTINFO.read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise ControlError(f"cannot read {MOUNTINFO}: {exc.strerror or exc}") from None
 
 
 def _resolve_parents(path: Path | str) -> str:

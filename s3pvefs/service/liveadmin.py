@@ -175,6 +175,7 @@ class LiveAdmin:
         return {
             "dirty_files": len(dirty),
             "dirty_bytes": sum(file["bytes_dirty"] for file in files),
+            "oldest_dirty_seconds": _oldest_dirty_seconds(dirty),
             "uploaded_bytes": sum(file["bytes_done"] for file in files),
             "cache_used_bytes": self.cache.used_bytes,
             "cache_peak_bytes": self.cache.peak_used_bytes,
@@ -197,12 +198,9 @@ class LiveAdmin:
     def metrics_sample(self) -> MetricsSample:
         """The figures the metrics show (metrics.py), all taken now."""
         status, stats = self.status(), self.store.stats
-        oldest = min((since for node in self.inodes.needing_upload()
-                      if node.file.data is not None
-                      and (since := node.file.data.oldest_dirty_ns) is not None), default=None)
         return MetricsSample(
             dirty_files=status["dirty_files"], dirty_bytes=status["dirty_bytes"],
-            oldest_dirty_age=0.0 if oldest is None else max(0.0, time.time() - oldest / 1e9),
+            oldest_dirty_age=status["oldest_dirty_seconds"],
             uploaded_bytes=status["uploaded_bytes"],
             cache_used_bytes=status["cache_used_bytes"],
             cache_limit_bytes=status["cache_limit_bytes"],
@@ -254,6 +252,13 @@ class LiveAdmin:
                       for block in itertools.chain(dirty, past_object)
                       if (index := part_of(block)) is None or index in stale)
         return done, pending
+
+
+def _oldest_dirty_seconds(dirty: list[Node]) -> float:
+    """How long the oldest write only in the cache has waited (0.0: there is none)."""
+    oldest = min((since for node in dirty if node.file.data is not None
+                  and (since := node.file.data.oldest_dirty_ns) is not None), default=None)
+    return 0.0 if oldest is None else max(0.0, time.time() - oldest / 1e9)
 
 
 def _waiting_for(node: Node) -> str | None:
